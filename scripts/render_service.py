@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Render the orchestrator service from the role's templates and defaults.
+
+The tests and the benchmark harness run what this produces, so what they test
+is what the role deploys: same templates, same defaults/main.yml. Ansible's
+filters used by the templates (to_json, bool) are provided with Ansible's
+semantics.
+
+    scripts/render_service.py OUTPUT_DIR [-e name=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+ROLE = Path(__file__).resolve().parent.parent / "roles" / "orchestrator_workers"
+TEMPLATES = ROLE / "templates" / "shield_orchestrator"
+PACKAGE = "shield_orchestrator"
+
+
+def ansible_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on", "y", "t"}
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    env.filters["bool"] = ansible_bool
+    return env
+
+
+def role_variables(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """defaults/main.yml with overrides, string values templated like Ansible does."""
+    variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    variables.update(overrides or {})
+    env = environment()
+    for _ in range(5):
+        changed = False
+        for key, value in variables.items():
+            if isinstance(value, str) and "{{" in value:
+                rendered = env.from_string(value).render(**variables)
+                changed |= rendered != value
+                variables[key] = rendered
+        if not changed:
+            break
+    return variables
+
+
+def render(output_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Render the package into output_dir/shield_orchestrator; return that directory."""
+    variables = role_variables(overrides)
+    env = environment()
+    package = output_dir / PACKAGE
+    package.mkdir(parents=True, exist_ok=True)
+    for template in sorted(TEMPLATES.glob("*.py.j2")):
+        text = env.from_string(template.read_text()).render(**variables)
+        (package / template.name.removesuffix(".j2")).write_text(text)
+    return package
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("-e", "--extra", action="append", default=[], help="name=value (YAML value)")
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.extra:
+        name, _, value = item.partition("=")
+        overrides[name] = yaml.safe_load(value)
+    print(render(args.output_dir, overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
