@@ -92,8 +92,23 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     data = workdir / "redis"
     data.mkdir()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
-         "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--logfile", str(data / "redis.log")],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str(data / "redis.log"),
+        ],
     )
     server = RedisServer(port, proc)
     wait_until(lambda: server.client().ping(), 15, "redis-server")
@@ -111,27 +126,63 @@ class PostgresServer:
 
     def psql(self, sql: str, database: str = "shield_orchestrator") -> str:
         out = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "orchestrator", "-d", database,
-             "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "orchestrator",
+                "-d",
+                database,
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
             env={**os.environ, "PGPASSWORD": PG_PASSWORD},
-            capture_output=True, text=True, check=True, timeout=30,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         )
         return out.stdout.strip()
 
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60",
-             *args],
-            check=True, capture_output=True, timeout=90,
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-w",
+                "-t",
+                "60",
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=90,
         )
 
     def stop(self) -> None:
-        self.pg_ctl("stop", "-m", "fast")
+        """An outage: immediate mode, as a crash or a lost host would be."""
+        self.pg_ctl("stop", "-m", "immediate")
         self.running = False
 
     def start(self) -> None:
-        self.pg_ctl("start", "-l", str(self.datadir.parent / "postgres.log"), "-o",
-                    f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1")
+        self.pg_ctl(
+            "start",
+            "-l",
+            str(self.datadir.parent / "postgres.log"),
+            "-o",
+            f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1",
+        )
         self.running = True
 
 
@@ -146,18 +197,45 @@ def postgres_server(workdir: Path) -> Iterator[PostgresServer]:
     pwfile.write_text(PG_PASSWORD)
     shutil.chown(pwfile, "postgres", "postgres")
     subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(datadir), "-U", "postgres",
-         "--auth-local=trust", "--auth-host=scram-sha-256", "--pwfile", str(pwfile)],
-        check=True, capture_output=True, timeout=120,
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(datadir),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--pwfile",
+            str(pwfile),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     server = PostgresServer(free_port(), datadir, sockdir)
     server.start()
-    admin = ["runuser", "-u", "postgres", "--", "psql", "-h", str(sockdir), "-p", str(server.port), "-v",
-             "ON_ERROR_STOP=1", "-c"]
-    subprocess.run([*admin, f"CREATE ROLE orchestrator LOGIN PASSWORD '{PG_PASSWORD}'"], check=True,
-                   capture_output=True)
-    subprocess.run([*admin, "CREATE DATABASE shield_orchestrator OWNER orchestrator"], check=True,
-                   capture_output=True)
+    admin = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-h",
+        str(sockdir),
+        "-p",
+        str(server.port),
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+    ]
+    subprocess.run(
+        [*admin, f"CREATE ROLE orchestrator LOGIN PASSWORD '{PG_PASSWORD}'"], check=True, capture_output=True
+    )
+    subprocess.run([*admin, "CREATE DATABASE shield_orchestrator OWNER orchestrator"], check=True, capture_output=True)
     yield server
     if server.running:
         server.stop()
@@ -178,11 +256,20 @@ class Standin:
 def llm_standin(workdir: Path) -> Iterator[Standin]:
     """The test/lab stand-in for the external LLM + embedding endpoint."""
     port = free_port()
-    log = open(workdir / "standin.log", "w")  # noqa: SIM115 - closed below
+    log = open(workdir / "standin.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(port),
-         "--embedding-dim", str(EMBEDDING_DIM)],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            str(STANDIN),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--embedding-dim",
+            str(EMBEDDING_DIM),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     standin = Standin(port, proc)
     wait_until(lambda: httpx.get(f"{standin.base_url}/models").status_code == 200, 30, "the LLM stand-in")
@@ -214,9 +301,11 @@ class ServiceProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         for key, value in overrides.items():
             self.env[f"ORCHESTRATOR_{key.upper()}"] = str(value)
-        log = open(self.log_path, "a")  # noqa: SIM115 - owned by the process
+        log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shield_orchestrator", "serve"], env=self.env, stdout=log,
+            [sys.executable, "-m", "shield_orchestrator", "serve"],
+            env=self.env,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
@@ -248,16 +337,15 @@ class ServiceProcess:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-@pytest.fixture
-def service_env(
-    rendered: Path, redis_server: RedisServer, postgres_server: PostgresServer, llm_standin: Standin, tmp_path: Path
+def build_env(
+    rendered: Path, redis_server: RedisServer, postgres_server: PostgresServer, llm_standin: Standin, root: Path
 ) -> dict[str, str]:
-    """Environment of a service process: fresh Redis db contents and LightRAG state per test."""
+    """Environment of a service process: fresh Redis db contents and LightRAG state."""
     redis_server.client().flushdb()
     if not postgres_server.running:
         postgres_server.start()
     postgres_server.psql("DROP TABLE IF EXISTS job_status")
-    state = tmp_path / "state"
+    state = root / "state"
     state.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     env.update(
@@ -282,13 +370,24 @@ def service_env(
     return env
 
 
-@pytest.fixture
-def init_db(service_env: dict[str, str]) -> None:
+def run_init_db(env: dict[str, str]) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "shield_orchestrator", "init-db"], env=service_env, capture_output=True, text=True,
-        timeout=60,
+        [sys.executable, "-m", "shield_orchestrator", "init-db"], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("{"), out.stdout
+
+
+@pytest.fixture
+def service_env(
+    rendered: Path, redis_server: RedisServer, postgres_server: PostgresServer, llm_standin: Standin, tmp_path: Path
+) -> dict[str, str]:
+    return build_env(rendered, redis_server, postgres_server, llm_standin, tmp_path)
+
+
+@pytest.fixture
+def init_db(service_env: dict[str, str]) -> None:
+    run_init_db(service_env)
 
 
 @pytest.fixture

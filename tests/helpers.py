@@ -29,8 +29,11 @@ def chunk_text(i: int) -> str:
 
 def make_chunks(n: int, offset: int = 0, prefix: str = "doc") -> list[dict[str, Any]]:
     return [
-        {"text": chunk_text(offset + i), "source_uri": f"file:///corpus/{prefix}-{offset + i}.txt",
-         "metadata": {"n": offset + i}}
+        {
+            "text": chunk_text(offset + i),
+            "source_uri": f"file:///corpus/{prefix}-{offset + i}.txt",
+            "metadata": {"n": offset + i},
+        }
         for i in range(n)
     ]
 
@@ -41,8 +44,9 @@ def ingest(client: httpx.Client, chunks: list[dict[str, Any]], **extra: Any) -> 
     return response.json()
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 120, statuses: tuple[str, ...] = ("completed", "failed")
-             ) -> dict[str, Any]:
+def wait_job(
+    client: httpx.Client, job_id: str, timeout: float = 120, statuses: tuple[str, ...] = ("completed", "failed")
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:

@@ -72,8 +72,13 @@ def test_twenty_chunks_reach_lightrag_and_every_view_agrees(
     assert client.get("/jobs", params={"status": "failed"}).json()["count"] == 0
 
     # The job's Redis hash got its TTL once PostgreSQL held the final row.
-    ttl = wait_until(lambda: redis_server.client().ttl(f"shield:job:{job_id}") > 0 and
-                     redis_server.client().ttl(f"shield:job:{job_id}"), 10, "the job hash TTL")
+    ttl = wait_until(
+        lambda: (
+            redis_server.client().ttl(f"shield:job:{job_id}") > 0 and redis_server.client().ttl(f"shield:job:{job_id}")
+        ),
+        10,
+        "the job hash TTL",
+    )
     assert 0 < ttl <= 3600
 
     # Nothing left in the stream, nothing pending, nothing dead-lettered.
