@@ -184,3 +184,15 @@ def test_postgres_outage_mid_job_rows_catch_up(
     assert wait_until(lambda: redis_server.client().ttl(f"shield:job:{job_id}") > 0, 10, "the TTL after sync")
     assert "PostgreSQL unreachable" in service.log_text()
     assert "reachable again" in service.log_text()
+
+
+def test_workers_recycle_their_loop_without_dropping_work(service_factory: Any, redis_server: RedisServer) -> None:
+    svc: ServiceProcess = service_factory(worker_max_tasks_per_child=3, worker_batch_size=2, worker_pool_size=2).start()
+    client = svc.client()
+    job = wait_job(client, ingest(client, make_chunks(12, prefix="recycle"))["job_id"], timeout=180)
+    assert_exactly_once(redis_server, job, 12)
+    log = svc.log_text()
+    assert "recycled its loop after" in log
+    assert "reason=recycle" in log
+    consumers = {c["name"] for c in redis_server.client().xinfo_consumers(STREAM, GROUP)}
+    assert consumers == {"testhost-worker-1", "testhost-worker-2"}

@@ -1,0 +1,100 @@
+# shield-orchestrator: deploy the orchestrator worker pool, test it, measure it.
+# Entry point on a fresh Debian machine: ./run TARGET (installs make first).
+#
+#   ./run deploy        the local lab: a systemd container deployed by the real playbook
+#   ./run test          everything CI runs: lint, service tests, bench smoke, Molecule
+#   ./run bench         the benchmarks (not part of the tests)
+#   ./run lab-destroy   remove the lab container
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON        ?= /usr/bin/python3
+VENV          := .venv
+SVC_VENV      := .venv-service
+ROLE          := roles/orchestrator_workers
+CONSTRAINTS   := $(ROLE)/files/constraints.txt
+DEFAULTS      := $(ROLE)/defaults/main.yml
+ANSIBLE_BIN   := $(VENV)/bin
+DOCKER        := /usr/bin/docker
+export PATH   := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DOCKER_HOST ?= unix:///var/run/docker.sock
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+# --- setup ----------------------------------------------------------------
+.PHONY: bootstrap
+bootstrap: ## apt packages, Docker engine, controller venv (.venv)
+	scripts/bootstrap-host.sh
+
+.PHONY: images
+images: bootstrap ## systemd base images for the lab and Molecule (built offline, cached)
+	scripts/build-base-image.sh bookworm
+	scripts/build-base-image.sh trixie
+
+# The service venv for tests and benchmarks: the role's pinned requirements,
+# its constraints file and the test tools. Rebuilt when any of them changes.
+$(SVC_VENV)/.stamp: $(DEFAULTS) $(CONSTRAINTS) requirements-test.txt scripts/service-requirements.py
+	$(PYTHON) -m venv $(SVC_VENV)
+	$(SVC_VENV)/bin/pip install -q --upgrade pip
+	$(PYTHON) scripts/service-requirements.py > $(SVC_VENV)/requirements.txt
+	for attempt in 1 2 3; do \
+	  $(SVC_VENV)/bin/pip install -q -r $(SVC_VENV)/requirements.txt -r requirements-test.txt \
+	    -c $(CONSTRAINTS) && break; \
+	  [ $$attempt = 3 ] && exit 1; sleep 5; \
+	done
+	touch $@
+
+.PHONY: venv-service
+venv-service: bootstrap $(SVC_VENV)/.stamp ## the service venv (tests, benchmarks)
+
+.PHONY: constraints
+constraints: ## regenerate the constraints file from a clean install of the requirements
+	rm -rf .cache/lockvenv && $(PYTHON) -m venv .cache/lockvenv
+	$(PYTHON) scripts/service-requirements.py > .cache/requirements.txt
+	.cache/lockvenv/bin/pip install -q -r .cache/requirements.txt
+	{ sed -n '1,3p' $(CONSTRAINTS); .cache/lockvenv/bin/pip freeze --exclude-editable; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+# --- lint -------------------------------------------------------------------
+.PHONY: lint
+lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff on code and the rendered service
+	yamllint --strict .
+	ansible-lint --profile production
+	rm -rf .cache/rendered && $(SVC_VENV)/bin/python scripts/render_service.py .cache/rendered >/dev/null
+	ruff check tests scripts bench roles .cache/rendered/shield_orchestrator
+	ruff format --check tests scripts bench roles .cache/rendered/shield_orchestrator
+
+# --- tests ------------------------------------------------------------------
+.PHONY: test-service
+test-service: venv-service ## service tests against real Redis, PostgreSQL, LightRAG (+ bench smoke)
+	$(SVC_VENV)/bin/python -m pytest tests bench/test_bench_smoke.py
+
+.PHONY: test-molecule
+test-molecule: images ## every Molecule scenario (systemd containers)
+	molecule test --all
+
+.PHONY: test
+test: lint test-service test-molecule ## everything CI runs
+
+# --- the lab ----------------------------------------------------------------
+.PHONY: deploy
+deploy: images ## build the lab container and deploy data services + the worker pool into it
+	scripts/build-wheelhouse.sh bookworm >/dev/null
+	scripts/lab.sh up
+	ansible-playbook -i inventory/lab playbooks/data-services.yml
+	ansible-playbook -i inventory/lab playbooks/deploy-orchestrator-workers.yml
+	@echo "lab ready: curl -s http://127.0.0.1:8000/health"
+
+.PHONY: lab-destroy
+lab-destroy: ## remove the lab container
+	scripts/lab.sh down
+
+# --- benchmarks ---------------------------------------------------------------
+.PHONY: bench
+bench: venv-service ## throughput, latency and memory against peer queues (prints a table)
+	bench/run.sh
