@@ -1,0 +1,384 @@
+"""Verify the default scenario: shield-orchestrator deployed by the real playbook.
+
+Everything runs inside the container (curl, redis-cli, psql, systemctl) through
+testinfra's host fixture; the test never talks to the network itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCENARIO_VARS = yaml.safe_load(
+    (Path(__file__).resolve().parent.parent / "inventory" / "group_vars" / "all.yml").read_text()
+)
+SERVICE = "shield-orchestrator"
+UNIT_FILE = f"/etc/systemd/system/{SERVICE}.service"
+PORT = 8000
+BASE = f"http://127.0.0.1:{PORT}"
+TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
+POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
+STREAM = "shield:ingestion_queue"
+GROUP = "lightrag-workers"
+STATE_DIR = "/var/lib/shield-orchestrator"
+USER = "orchestrator"
+PG_DB = "shield_orchestrator"
+JOB_DEADLINE = 240  # seconds a test job may take to complete
+
+# Hardening the unit must carry, as `systemctl show` prints it.
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "PrivateTmp": "yes",
+    "ProtectHome": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictNamespaces": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "SystemCallArchitectures": "native",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "UMask": "0027",
+    "KillMode": "mixed",
+    "KillSignal": "15",
+    "Restart": "on-failure",
+    "RestartUSec": "5s",
+    "TimeoutStopUSec": "1min 30s",
+    "User": USER,
+    "Group": USER,
+    "StateDirectory": "shield-orchestrator",
+    "WorkingDirectory": STATE_DIR,
+}
+
+# Entity names the deterministic LLM stand-in extracts from the test texts
+# (capitalised names), checked afterwards in LightRAG's graph.
+ENTITIES = [
+    "Aldermere",
+    "Brightwater",
+    "Corvane",
+    "Dunmore",
+    "Elsworth",
+    "Fairhaven",
+    "Glenrock",
+    "Harrowgate",
+    "Ivydale",
+    "Juniper",
+    "Kestrel",
+    "Larkspur",
+]
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def api(host, method: str, path: str, body: object | None = None, timeout: int = 30) -> tuple[int, object]:
+    """One HTTP request with curl inside the container: (status, parsed JSON or text)."""
+    cmd = (
+        f"curl -sS -m {timeout} -o - -w '\\n%{{http_code}}' -X {method} "
+        f"-H {shlex.quote('Authorization: Bearer ' + TOKEN)} -H 'Content-Type: application/json' "
+    )
+    if body is not None:
+        cmd += f"--data-binary {shlex.quote(json.dumps(body))} "
+    cmd += shlex.quote(BASE + path)
+    result = host.run(cmd)
+    if result.rc != 0:
+        return 0, result.stderr
+    text, _, code = result.stdout.rpartition("\n")
+    try:
+        payload: object = json.loads(text)
+    except ValueError:
+        payload = text
+    return int(code), payload
+
+
+def chunks_for(tag: str, count: int) -> list[dict[str, object]]:
+    """`count` chunks, each naming two entities; unique per call (LightRAG skips duplicates)."""
+    chunks = []
+    for i in range(count):
+        a, b = ENTITIES[i % len(ENTITIES)], ENTITIES[(i + 1) % len(ENTITIES)]
+        text = (
+            f"{a} is a harbour town that trades timber with {b}. "
+            f"The council of {a} met the guild of {b} in the year {1800 + i}. "
+            f"Reference {tag}-{i}."
+        )
+        chunks.append({"text": text, "source_uri": f"molecule://{tag}/{i}", "metadata": {"index": i}})
+    return chunks
+
+
+def submit(host, tag: str, count: int) -> dict:
+    status, body = api(
+        host,
+        "POST",
+        "/lightrag/ingest-async",
+        {"chunks": chunks_for(tag, count), "source_type": "text", "metadata": {"test": tag}},
+    )
+    assert status == 202, body
+    assert isinstance(body, dict)
+    assert body["job_id"]
+    assert body["status_url"] == f"/jobs/{body['job_id']}"
+    return body
+
+
+def wait_job(host, job_id: str, deadline: float = JOB_DEADLINE) -> dict:
+    """Poll GET /jobs/{id} until the job is final; tolerate a restarting service."""
+    end = time.monotonic() + deadline
+    last: object = None
+    while time.monotonic() < end:
+        status, body = api(host, "GET", f"/jobs/{job_id}", timeout=10)
+        if status == 200 and isinstance(body, dict):
+            last = body
+            if body["status"] in ("completed", "failed"):
+                return body
+        else:
+            last = (status, body)
+        time.sleep(1)
+    pytest.fail(f"job {job_id} not final after {deadline}s; last answer: {last}")
+
+
+def show(host, *props: str) -> dict[str, str]:
+    out = host.check_output(f"systemctl show {SERVICE} " + " ".join(f"-p {p}" for p in props))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def main_pid(host) -> int:
+    return int(show(host, "MainPID")["MainPID"])
+
+
+def redis_cli(host, *args: str) -> str:
+    password = SCENARIO_VARS.get("orchestrator_workers_redis_password") or ""
+    auth = f"--no-auth-warning -a {shlex.quote(password)} " if password else ""
+    return host.check_output(f"redis-cli --raw {auth}" + " ".join(shlex.quote(a) for a in args))
+
+
+def psql(host, sql: str) -> str:
+    return host.check_output(f"runuser -u postgres -- psql -d {PG_DB} -tAX -c {shlex.quote(sql)}").strip()
+
+
+# --- the unit -------------------------------------------------------------------
+
+
+def test_unit_active_and_enabled(host):
+    svc = host.service(SERVICE)
+    assert svc.is_running
+    assert svc.is_enabled
+
+
+def test_main_process_runs_as_service_user(host):
+    pid = main_pid(host)
+    assert pid > 0
+    assert host.check_output(f"ps -o user= -p {pid}").strip() == USER
+
+
+@pytest.mark.parametrize(("prop", "expected"), sorted(HARDENING.items()))
+def test_unit_property(host, prop, expected):
+    assert show(host, prop)[prop] == expected
+
+
+def test_unit_address_families(host):
+    families = set(show(host, "RestrictAddressFamilies")["RestrictAddressFamilies"].split())
+    assert families == {"AF_UNIX", "AF_INET", "AF_INET6"}
+
+
+def test_hardening_applies_to_the_process(host):
+    """The kernel view of the running process: no capabilities, no_new_privs, seccomp."""
+    status = host.file(f"/proc/{main_pid(host)}/status").content_string
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert int(fields["CapBnd"].strip(), 16) == 0
+    assert int(fields["CapEff"].strip(), 16) == 0
+    assert fields["Seccomp"].strip() == "2"  # filter mode: SystemCallArchitectures etc.
+
+
+def test_unit_timeout_stop_is_graceful_timeout_plus_30(host):
+    unit = host.file(UNIT_FILE).content_string
+    assert re.search(r"^TimeoutStopSec=90$", unit, re.M)
+    assert "ExecStart=/opt/hx-citadel-shield/orchestrator/venv/bin/python -m shield_orchestrator serve" in unit
+    assert "EnvironmentFile=/etc/shield-orchestrator/orchestrator.env" in unit
+    assert "Environment=PYTHONPATH=/opt/hx-citadel-shield/orchestrator/src" in unit
+
+
+def test_systemd_analyze_verify_clean(host):
+    result = host.run(f"systemd-analyze verify {UNIT_FILE}")
+    assert result.rc == 0, result.stderr
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if SERVICE in line]
+    assert ours == []
+
+
+def test_environment_file_holds_only_secrets(host):
+    env = host.file("/etc/shield-orchestrator/orchestrator.env")
+    assert env.user == USER
+    assert env.mode == 0o600
+    names = {
+        line.split("=", 1)[0]
+        for line in host.check_output("cat /etc/shield-orchestrator/orchestrator.env").splitlines()
+        if line and not line.startswith("#")
+    }
+    assert names == {
+        "ORCHESTRATOR_API_TOKEN",
+        "ORCHESTRATOR_REDIS_PASSWORD",
+        "ORCHESTRATOR_POSTGRES_PASSWORD",
+        "ORCHESTRATOR_LLM_API_KEY",
+        "ORCHESTRATOR_EMBEDDING_API_KEY",
+    }
+
+
+def test_service_user_has_no_login(host):
+    user = host.user(USER)
+    assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
+    assert user.home in (STATE_DIR, "/opt/hx-citadel-shield/orchestrator")
+
+
+def test_code_is_root_owned_and_read_only(host):
+    pkg = "/opt/hx-citadel-shield/orchestrator/src/shield_orchestrator"
+    files = host.check_output(f"find {pkg} -name '*.py' -printf '%u %m %f\\n'").splitlines()
+    assert any(line.endswith(" app.py") for line in files)
+    assert all(line.startswith("root 644 ") for line in files), files
+
+
+# --- the running service ----------------------------------------------------------
+
+
+def test_port_listening(host):
+    assert host.socket(f"tcp://0.0.0.0:{PORT}").is_listening
+
+
+def test_pool_start_logged(host):
+    journal = host.check_output(f"journalctl -u {SERVICE} --no-pager -o cat")
+    started = [line for line in journal.splitlines() if "worker pool started" in line]
+    assert started, journal[-3000:]
+    assert f"workers={POOL_SIZE}" in started[-1]
+
+
+def test_health(host):
+    out = host.check_output(f"curl -sS -m 10 {BASE}/health")
+    body = json.loads(out)
+    assert body["status"] == "healthy"
+
+
+def test_api_requires_token(host):
+    out = host.check_output(f"curl -sS -m 10 -o /dev/null -w '%{{http_code}}' {BASE}/jobs")
+    assert out.strip() == "401"
+
+
+def test_consumer_group_and_consumers(host):
+    groups = redis_cli(host, "XINFO", "GROUPS", STREAM).splitlines()
+    assert GROUP in groups
+    consumers = redis_cli(host, "XINFO", "CONSUMERS", STREAM, GROUP).splitlines()
+    hostname = host.check_output("hostname").strip()
+    mine = sorted(c for c in consumers if re.fullmatch(rf"{re.escape(hostname)}-worker-\d+", c))
+    assert mine == sorted(f"{hostname}-worker-{n}" for n in range(1, POOL_SIZE + 1))
+
+
+# --- end to end ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def completed_job(host):
+    tag = f"e2e-{uuid.uuid4().hex[:8]}"
+    accepted = submit(host, tag, 12)
+    job = wait_job(host, accepted["job_id"])
+    return {"tag": tag, "accepted": accepted, "job": job}
+
+
+def test_job_completes(completed_job):
+    job = completed_job["job"]
+    assert job["status"] == "completed", job
+    assert job["chunks_total"] == 12
+    assert job["chunks_processed"] == 12
+    assert job["chunks_failed"] == 0
+    assert job["percent_complete"] == 100
+
+
+def test_job_listed(host, completed_job):
+    job_id = completed_job["accepted"]["job_id"]
+    status, body = api(host, "GET", "/jobs?limit=100")
+    assert status == 200, body
+    assert job_id in [j["job_id"] for j in body["jobs"]]
+
+
+def test_job_row_in_postgresql(host, completed_job):
+    job_id = str(uuid.UUID(completed_job["accepted"]["job_id"]))  # validated: safe in SQL below
+    # The Redis -> PostgreSQL sync runs every pg_sync_interval; allow a moment.
+    for _ in range(30):
+        row = psql(host, f"SELECT status, chunks_processed FROM job_status WHERE job_id = '{job_id}'")  # noqa: S608
+        if row == "completed|12":
+            break
+        time.sleep(1)
+    assert row == "completed|12"
+
+
+def test_entities_in_lightrag_graph(host, completed_job):
+    graphs = host.check_output(f"find {STATE_DIR}/lightrag -name '*.graphml'").split()
+    assert graphs, "no graphml file under the LightRAG working directory"
+    quoted = " ".join(shlex.quote(g) for g in graphs)
+    for name in ENTITIES[:4]:
+        assert host.run(f"grep -qi {shlex.quote(name)} {quoted}").rc == 0, name
+
+
+def test_sse_events_in_order(host):
+    """queued -> started -> completed for a job, as an SSE client sees them."""
+    out = host.check_output("mktemp").strip()  # inside the container
+    auth = shlex.quote("Authorization: Bearer " + TOKEN)
+    pid = host.check_output(
+        f"nohup timeout 120 curl -sN -H {auth} '{BASE}/events/stream?event_types="
+        f"ingestion.queued,ingestion.started,ingestion.completed,ingestion.failed' > {out} 2>&1 < /dev/null & echo $!"
+    ).strip()
+    # The client is connected when the stream's first comment arrived.
+    for _ in range(30):
+        if host.run(f"grep -q 'connected' {out}").rc == 0:
+            break
+        time.sleep(0.5)
+    accepted = submit(host, f"sse-{uuid.uuid4().hex[:8]}", 3)
+    job = wait_job(host, accepted["job_id"])
+    assert job["status"] == "completed", job
+    seen: list[str] = []
+    for _ in range(20):
+        seen = []
+        for block in host.check_output(f"cat {out}").split("\n\n"):
+            event = re.search(r"^event: (.+)$", block, re.M)
+            data = re.search(r"^data: (.+)$", block, re.M)
+            if event and data and json.loads(data.group(1)).get("job_id") == accepted["job_id"]:
+                seen.append(event.group(1))
+        if "ingestion.completed" in seen:
+            break
+        time.sleep(0.5)
+    host.run(f"kill {int(pid)}; rm -f {out}")
+    assert seen and seen[0] == "ingestion.queued", seen
+    assert "ingestion.started" in seen, seen
+    assert seen.index("ingestion.queued") < seen.index("ingestion.started") < seen.index("ingestion.completed")
+
+
+def test_restart_mid_job_loses_no_chunk(host):
+    """systemctl restart while a job runs: the job still completes with every chunk."""
+    total = 120
+    accepted = submit(host, f"restart-{uuid.uuid4().hex[:8]}", total)
+    job_id = accepted["job_id"]
+    # Restart once the workers have started on the job.
+    for _ in range(100):
+        status, body = api(host, "GET", f"/jobs/{job_id}", timeout=10)
+        if status == 200 and body["status"] != "queued":
+            break
+        time.sleep(0.2)
+    before = body if status == 200 else {}
+    host.check_output(f"systemctl restart {SERVICE}")
+    job = wait_job(host, job_id)
+    assert job["status"] == "completed", job
+    assert job["chunks_total"] == total
+    assert job["chunks_processed"] == total, job
+    assert job["chunks_failed"] == 0, job
+    # The restart must have hit the job while it ran, or the test proved nothing.
+    assert before.get("status") != "completed", (before, "job finished before the restart: raise `total`")
+    assert host.service(SERVICE).is_running
