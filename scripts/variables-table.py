@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The README's variables table, generated from the role's meta/argument_specs.yml.
 
-    scripts/variables-table.py            print the table
-    scripts/variables-table.py --write    replace the table in README.md
-    scripts/variables-table.py --check    exit 1 when README.md is out of step
+scripts/variables-table.py            print the table
+scripts/variables-table.py --write    replace the table in README.md
+scripts/variables-table.py --check    exit 1 when README.md is out of step
 """
 
 from __future__ import annotations
