@@ -56,17 +56,20 @@ disable_host_services() {
     if have_systemd; then
       if systemctl is-enabled --quiet "$s" 2>/dev/null || systemctl is-active --quiet "$s" 2>/dev/null; then
         log "disabling and stopping host service $s"
-        systemctl disable --now "$s" >/dev/null 2>&1 || true
+        systemctl disable --now "$s" >/dev/null 2>&1 \
+          || log "WARNING: could not disable $s: it may hold its default port (the tests use their own ports)"
       fi
     else
       if [[ -x /etc/init.d/$s ]]; then
         if /etc/init.d/"$s" status >/dev/null 2>&1; then
           log "stopping host service $s"
-          /etc/init.d/"$s" stop >/dev/null 2>&1 || true
+          /etc/init.d/"$s" stop >/dev/null 2>&1 \
+            || log "WARNING: could not stop $s: it may hold its default port (the tests use their own ports)"
         fi
         if ls /etc/rc[2-5].d/S??"$s" >/dev/null 2>&1; then
           log "disabling host service $s"
-          update-rc.d "$s" disable >/dev/null 2>&1 || true
+          update-rc.d "$s" disable >/dev/null 2>&1 \
+            || log "WARNING: could not disable $s at boot"
         fi
       fi
     fi
@@ -97,7 +100,8 @@ disable_host_services
 if ! "${DOCKER}" info >/dev/null 2>&1; then
   if have_systemd; then
     log "starting docker.service"
-    systemctl enable --now docker.service >/dev/null 2>&1 || true
+    systemctl enable --now docker.service >/dev/null 2>&1 \
+      || log "docker.service did not start; trying dockerd directly"
   fi
   if ! "${DOCKER}" info >/dev/null 2>&1 && ! pgrep -x dockerd >/dev/null; then
     log "starting dockerd in the background (log: ${DOCKERD_LOG})"
