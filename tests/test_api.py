@@ -91,6 +91,17 @@ def test_rejected_ingest_names_the_field_and_enqueues_nothing(
     assert nothing_enqueued(redis_server)
 
 
+def test_oversize_body_is_rejected_before_parsing(client: httpx.Client, redis_server: RedisServer) -> None:
+    redis_server.client().flushdb()
+    # 5 chunks of at most 200 bytes: the request limit here is 5 * (2 * 200 + 4096) + 65536 bytes.
+    response = client.post(
+        "/lightrag/ingest-async", content=b"x" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["detail"] == "body: 100000 bytes exceed the 88016-byte request limit"
+    assert nothing_enqueued(redis_server)
+
+
 def test_invalid_json_is_rejected(client: httpx.Client, redis_server: RedisServer) -> None:
     redis_server.client().flushdb()
     response = client.post("/lightrag/ingest-async", content=b"{not json", headers={"Content-Type": "application/json"})
