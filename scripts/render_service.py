@@ -23,6 +23,7 @@ import yaml
 ROLE = Path(__file__).resolve().parent.parent / "roles" / "orchestrator_workers"
 TEMPLATES = ROLE / "templates" / "shield_orchestrator"
 PACKAGE = "shield_orchestrator"
+PATTERNS = ("*.py", "*.py.j2", "*.lua")
 
 
 def ansible_bool(value: Any) -> bool:
@@ -33,15 +34,25 @@ def ansible_bool(value: Any) -> bool:
 
 def environment() -> jinja2.Environment:
     # Renders Python source, not HTML: escaping would corrupt it.
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)  # noqa: S701
+    # trim_blocks as Ansible's template module sets it.
+    env = jinja2.Environment(  # noqa: S701
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True
+    )
     env.filters["to_json"] = json.dumps
     env.filters["bool"] = ansible_bool
     return env
 
 
+# Internal role variables (vars/main.yml) the package's templates use: plain data.
+INTERNAL = ("orchestrator_workers__bounds",)
+
+
 def role_variables(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """defaults/main.yml with overrides, string values templated like Ansible does."""
+    """defaults/main.yml with overrides, string values templated like Ansible does,
+    plus the internal data the templates read from vars/main.yml."""
     variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    internal = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    variables.update({name: internal[name] for name in INTERNAL})
     variables.update(overrides or {})
     env = environment()
     for _ in range(5):
@@ -62,9 +73,11 @@ def render(output_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
     env = environment()
     package = output_dir / PACKAGE
     package.mkdir(parents=True, exist_ok=True)
-    for template in sorted(TEMPLATES.glob("*.py.j2")):
-        text = env.from_string(template.read_text()).render(**variables)
-        (package / template.name.removesuffix(".j2")).write_text(text)
+    # Like the role: every file goes through the template engine (a plain .py
+    # or .lua file comes out unchanged; a test keeps Jinja2 out of them).
+    for source in sorted(path for pattern in PATTERNS for path in TEMPLATES.glob(pattern)):
+        text = env.from_string(source.read_text()).render(**variables)
+        (package / source.name.removesuffix(".j2")).write_text(text)
     return package
 
 

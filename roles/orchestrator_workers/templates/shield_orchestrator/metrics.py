@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .stream import QueueStats
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
@@ -23,20 +23,21 @@ class Metrics:
         self.processing_seconds = Histogram(
             "shield_chunk_processing_seconds",
             "Processing time per chunk (batch time divided by batch size)",
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            buckets=PROCESSING_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("shield_queue_depth", "Entries waiting in the stream, not yet delivered", registry=r)
-        self.pending = Gauge("shield_pending", "Entries delivered to a consumer and not yet acked", registry=r)
+        self.queue_depth = Gauge(
+            "shield_queue_depth", "Chunks accepted and not finished (waiting or being processed)", registry=r
+        )
+        self.pending = Gauge("shield_pending", "Chunks delivered to a worker and not yet acked", registry=r)
         self.dead_letters = Gauge("shield_dead_letters", "Entries in the dead-letter stream", registry=r)
         self.active_workers = Gauge("shield_active_workers", "Workers running in this process", registry=r)
         self.sse_clients = Gauge("shield_sse_clients", "Connected Server-Sent Events clients", registry=r)
 
-    async def render(self, refresh: Callable[[], Awaitable[dict[str, Any]]], sse_clients: int) -> bytes:
-        """Refresh the queue gauges from Redis, then render the text format."""
-        stats = await refresh()
-        self.queue_depth.set(stats["queue_depth"])
-        self.pending.set(stats["pending"])
-        self.dead_letters.set(stats["dead_letters"])
+    def render(self, stats: QueueStats, sse_clients: int) -> bytes:
+        """The text format, with the queue gauges set from `stats`."""
+        self.queue_depth.set(stats.queue_depth)
+        self.pending.set(stats.pending)
+        self.dead_letters.set(stats.dead_letters)
         self.sse_clients.set(sse_clients)
         return generate_latest(self.registry)

@@ -2,66 +2,29 @@
 process or host see them; one reader per process fans them out to its clients.
 
 Publishing never waits on Redis in the hot path: events are queued in order and
-a background task writes them in pipelined batches.
+a background task writes them in pipelined batches. An event that must be
+ordered with other writes (a job's "queued" before its chunks) is staged into
+the caller's transaction instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
+
+from .events import SSE_KEEPALIVE, Event, EventType, JsonObject, StreamId, decode, encode, sse_preamble, stream_id_key
+from .redis_text import entry_fields, stream_entries, text, text_fields
 
 log = logging.getLogger("shield_orchestrator.events")
 
-EVENT_TYPES = frozenset(
-    {
-        "ingestion.queued",
-        "ingestion.started",
-        "ingestion.progress",
-        "ingestion.completed",
-        "ingestion.failed",
-        "worker.started",
-        "worker.stopped",
-        "worker.task_failed",
-        "worker_pool.started",
-        "worker_pool.stopped",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Event:
-    id: str
-    type: str
-    data: dict[str, Any]
-
-    def to_sse(self) -> str:
-        return f"id: {self.id}\nevent: {self.type}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n"
-
-
-def stream_id_key(stream_id: str) -> tuple[int, int]:
-    """Order Redis stream ids ("<ms>-<seq>"); raises ValueError on garbage."""
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _decode(entry_id: str, fields: dict[str, str]) -> Event | None:
-    try:
-        return Event(entry_id, fields["type"], json.loads(fields["data"]))
-    except (KeyError, ValueError):
-        log.warning("ignoring malformed event %s in the events stream", entry_id)
-        return None
-
-
-class TooManyClients(Exception):
-    pass
+MAX_BACKOFF_SECONDS = 5.0
 
 
 class EventPublisher:
@@ -72,24 +35,16 @@ class EventPublisher:
         self._stream = stream
         self._maxlen = maxlen
         self._batch = batch
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[EventType, JsonObject]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    def publish(self, event_type: str, data: dict[str, Any]) -> None:
-        if event_type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {event_type!r}")
+    def publish(self, event_type: EventType, data: JsonObject) -> None:
         self._queue.put_nowait((event_type, data))
 
-    def add_to_pipeline(self, pipe: Any, event_type: str, data: dict[str, Any]) -> None:
-        """Publish as part of the caller's MULTI/EXEC (ordered before what follows in it)."""
-        if event_type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {event_type!r}")
-        pipe.xadd(
-            self._stream,
-            {"type": event_type, "data": json.dumps(data, separators=(",", ":"))},
-            maxlen=self._maxlen,
-            approximate=True,
-        )
+    def stage(self, pipe: Pipeline, event_type: EventType, data: JsonObject) -> None:
+        """Publish as part of the caller's transaction (ordered with what follows in it)."""
+        fields = entry_fields({"type": event_type.value, "data": encode(data)})
+        pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-publisher")
@@ -105,52 +60,58 @@ class EventPublisher:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            items = [first]
+            items = [await self._queue.get()]
             while len(items) < self._batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             await self._write(items)
             for _ in items:
                 self._queue.task_done()
 
-    async def _write(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _write(self, items: list[tuple[EventType, JsonObject]]) -> None:
         delay = 0.2
         while True:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for event_type, data in items:
-                        pipe.xadd(
-                            self._stream,
-                            {"type": event_type, "data": json.dumps(data, separators=(",", ":"))},
-                            maxlen=self._maxlen,
-                            approximate=True,
-                        )
+                        self.stage(pipe, event_type, data)
                     await pipe.execute()
                 return
             except RedisError as exc:
                 log.warning("publishing %d events failed (%s); retrying in %.1fs", len(items), exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+
+class RefusalReason(StrEnum):
+    FULL = "full"
+    CLOSING = "closing"
+
+
+class SubscriptionRefused(Exception):
+    """No event stream for this client: all slots taken, or the service is shutting down."""
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Subscription:
-    def __init__(self, hub: EventHub, types: frozenset[str] | None) -> None:
-        self.hub = hub
+    def __init__(self, types: frozenset[str] | None, buffer: int) -> None:
         self.types = types
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=hub.client_buffer)
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)
         self.overflowed = False
 
     def wants(self, event: Event) -> bool:
         return self.types is None or event.type in self.types
 
     def offer(self, event: Event | None) -> None:
+        """Queue an event (None ends the stream). A client that cannot keep up is cut
+        off; it reconnects with Last-Event-ID and gets what it missed from the replay."""
         if self.overflowed:
             return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            # A client that cannot keep up is cut off; it reconnects with
-            # Last-Event-ID and gets what it missed from the replay buffer.
             self.overflowed = True
             self.queue.get_nowait()
             self.queue.put_nowait(None)
@@ -163,6 +124,7 @@ class EventHub:
         self,
         redis: Redis,
         stream: str,
+        *,
         max_clients: int,
         replay_events: int,
         keepalive_seconds: float,
@@ -175,7 +137,7 @@ class EventHub:
         self.replay_events = replay_events
         self.keepalive_seconds = keepalive_seconds
         self._block_ms = block_ms
-        self.client_buffer = client_buffer
+        self._client_buffer = client_buffer
         self._subs: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -186,11 +148,10 @@ class EventHub:
 
     async def start(self) -> None:
         last = await self._redis.xrevrange(self._stream, count=1)
-        last_id = last[0][0] if last else "0-0"
-        self._task = asyncio.create_task(self._run(last_id), name="event-hub")
+        self._task = asyncio.create_task(self._run(text(last[0][0]) if last else "0-0"), name="event-hub")
 
     def begin_close(self) -> None:
-        """End every client stream (they reconnect elsewhere or after restart)."""
+        """End every client stream (they reconnect elsewhere or after the restart)."""
         self._closed.set()
         for sub in list(self._subs):
             sub.offer(None)
@@ -211,26 +172,24 @@ class EventHub:
             except RedisError as exc:
                 log.warning("reading the events stream failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    last_id = entry_id
-                    event = _decode(entry_id, fields)
-                    if event is not None:
-                        self._dispatch(event)
-
-    def _dispatch(self, event: Event) -> None:
-        for sub in list(self._subs):
-            if sub.wants(event):
-                sub.offer(event)
+            for entry_id, fields in stream_entries(reply):
+                last_id = entry_id
+                event = decode(entry_id, fields or {})
+                if event is None:
+                    log.warning("ignoring malformed event %s in the events stream", entry_id)
+                    continue
+                for sub in list(self._subs):
+                    if sub.wants(event):
+                        sub.offer(event)
 
     def subscribe(self, types: Iterable[str] | None) -> Subscription:
         if self._closed.is_set():
-            raise TooManyClients("the service is shutting down")
+            raise SubscriptionRefused(RefusalReason.CLOSING, "the service is shutting down")
         if len(self._subs) >= self.max_clients:
-            raise TooManyClients(f"at most {self.max_clients} event stream clients")
-        sub = Subscription(self, frozenset(types) if types else None)
+            raise SubscriptionRefused(RefusalReason.FULL, f"at most {self.max_clients} event stream clients")
+        sub = Subscription(frozenset(types) if types else None, self._client_buffer)
         self._subs.add(sub)
         return sub
 
@@ -242,43 +201,48 @@ class EventHub:
         after = stream_id_key(last_event_id)
         entries = await self._redis.xrevrange(self._stream, count=self.replay_events)
         events = []
-        for entry_id, fields in reversed(entries):
-            if stream_id_key(entry_id) <= after:
-                continue
-            event = _decode(entry_id, fields)
-            if event is not None and (types is None or event.type in types):
+        for raw_id, raw_fields in reversed(entries or []):
+            entry_id = text(raw_id)
+            event = decode(entry_id, text_fields(raw_fields))
+            if event is not None and stream_id_key(entry_id) > after and (types is None or event.type in types):
                 events.append(event)
         return events
 
     async def stream(self, sub: Subscription, last_event_id: str | None) -> AsyncIterator[str]:
         """SSE text for one client: replay (if asked), then live events and keep-alives."""
         try:
-            yield f"retry: 2000\n: connected to {self._stream}\n\n"
-            floor = (0, 0)
+            yield sse_preamble(self._stream)
+            floor: StreamId = (0, 0)
             if last_event_id:
                 for event in await self.replay_after(last_event_id, sub.types):
                     floor = stream_id_key(event.id)
                     yield event.to_sse()
             while True:
                 try:
-                    event = await asyncio.wait_for(sub.queue.get(), self.keepalive_seconds)
+                    first = await asyncio.wait_for(sub.queue.get(), self.keepalive_seconds)
                 except TimeoutError:
-                    yield ": keep-alive\n\n"
+                    yield SSE_KEEPALIVE
                     continue
-                # Coalesce whatever else is already waiting into one write: with
-                # many clients, one socket write per event is the bottleneck.
-                batch = [event]
-                while not sub.queue.empty() and len(batch) < 500:
-                    batch.append(sub.queue.get_nowait())
-                frames = []
-                for item in batch:
-                    if item is None:
-                        break
-                    if stream_id_key(item.id) > floor:
-                        frames.append(item.to_sse())
+                frames, ended = coalesce(first, sub.queue, floor)
                 if frames:
-                    yield "".join(frames)
-                if None in batch:
+                    yield frames
+                if ended:
                     return
         finally:
             self.unsubscribe(sub)
+
+
+def coalesce(first: Event | None, queue: asyncio.Queue[Event | None], floor: StreamId) -> tuple[str, bool]:
+    """Whatever else is already waiting joins `first` in one write (with many
+    clients, one socket write per event is the bottleneck). Events at or below
+    `floor` were replayed already. Returns (frames, whether the stream ends)."""
+    batch = [first]
+    while not queue.empty() and len(batch) < 500:
+        batch.append(queue.get_nowait())
+    frames: list[str] = []
+    for item in batch:
+        if item is None:
+            return "".join(frames), True
+        if stream_id_key(item.id) > floor:
+            frames.append(item.to_sse())
+    return "".join(frames), False

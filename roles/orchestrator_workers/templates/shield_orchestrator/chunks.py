@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,8 +28,11 @@ class ChunkTask:
         return f"chunk-{self.job_id}-{self.index}"
 
     @classmethod
-    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> ChunkTask:
+    def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> ChunkTask:
         try:
+            metadata = json.loads(fields.get("metadata") or "{}")
+            if not isinstance(metadata, dict):
+                raise ValueError("metadata is not a JSON object")
             return cls(
                 entry_id=entry_id,
                 job_id=fields["job_id"],
@@ -37,14 +40,18 @@ class ChunkTask:
                 text=fields["text"],
                 source_uri=fields.get("source_uri", ""),
                 source_type=fields.get("source_type", "text"),
-                metadata=json.loads(fields.get("metadata") or "{}"),
+                metadata=metadata,
             )
         except (KeyError, ValueError) as exc:
             raise MalformedEntry(f"stream entry {entry_id} is not a chunk task: {exc!r}") from None
 
+    def to_entry(self) -> dict[str, str]:
+        """The stream entry fields of this chunk (entry_id aside)."""
+        return chunk_entry(self.job_id, self.index, self.text, self.source_uri, self.source_type, self.metadata)
+
 
 def chunk_entry(
-    job_id: str, index: int, text: str, source_uri: str, source_type: str, metadata: dict[str, Any]
+    job_id: str, index: int, text: str, source_uri: str, source_type: str, metadata: Mapping[str, Any]
 ) -> dict[str, str]:
     """The stream entry fields of one chunk."""
     return {
@@ -57,6 +64,23 @@ def chunk_entry(
     }
 
 
+@dataclass(frozen=True)
+class DependencyReport:
+    """The health of one thing a component depends on."""
+
+    name: str
+    up: bool
+    required: bool
+    detail: dict[str, str | int | float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": "up" if self.up else "down", "required": self.required, **self.detail}
+
+
+# What a processor answers for a batch: every task's doc_id -> None (done) or an error message.
+BatchResult = dict[str, str | None]
+
+
 class ChunkProcessor(Protocol):
     """What the worker pool calls. The LightRAG processor is the product's one;
     the benchmark harness injects a no-op one."""
@@ -65,10 +89,10 @@ class ChunkProcessor(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> dict[str, str | None]:
-        """Process the batch; map every task's doc_id to None (done) or an error message."""
+    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
+        """Process the batch within time_budget seconds."""
         ...
 
-    async def check(self) -> dict[str, Any]:
-        """Health of the processor's own dependencies."""
+    async def check(self) -> list[DependencyReport]:
+        """Health of the processor's own dependencies, named and marked required by the processor."""
         ...

@@ -1,0 +1,209 @@
+"""The service: wires the components together and runs them under uvicorn.
+
+Everything is built here, once, and handed to whoever needs it; no module
+holds global state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .api import create_app
+from .chunks import ChunkProcessor
+from .context import AppContext
+from .database import JobHistory, create_engine
+from .event_bus import EventHub, EventPublisher
+from .health import HealthService
+from .intake import JobIntake
+from .job_tracker import JobTracker
+from .keys import RedisKeys
+from .lightrag_processor import LightRAGProcessor
+from .metrics import Metrics
+from .projection import JobProjection
+from .settings import Settings
+from .stream import IngestionStream
+from .worker_pool import WorkerPool
+
+log = logging.getLogger("shield_orchestrator")
+
+ProcessorFactory = Callable[[Settings], ChunkProcessor]
+SYNC_STOP_SECONDS = 10
+HTTP_GRACEFUL_SECONDS = 10
+
+
+def make_redis(settings: Settings) -> Redis:
+    return Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password or None,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        # Above every blocking read (XREADGROUP / XREAD BLOCK is at most a few s).
+        socket_timeout=max(30.0, settings.block_ms / 1000 + 10),
+        health_check_interval=30,
+        max_connections=max(64, settings.pool_size * 4 + settings.sse_max_clients // 10),
+    )
+
+
+@dataclass
+class Service:
+    settings: Settings
+    redis: Redis
+    engine: AsyncEngine
+    processor: ChunkProcessor
+    projection: JobProjection
+    publisher: EventPublisher
+    hub: EventHub
+    pool: WorkerPool
+    context: AppContext
+    sync_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    sync_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, processor_factory: ProcessorFactory = LightRAGProcessor) -> Service:
+        redis = make_redis(settings)
+        engine = create_engine(settings)
+        keys = RedisKeys.from_settings(settings)
+        metrics = Metrics()
+        stream = IngestionStream(redis, keys)
+        tracker = JobTracker(redis, keys, ttl_seconds=settings.job_status_ttl)
+        history = JobHistory(engine)
+        projection = JobProjection(tracker, history, interval=settings.pg_sync_interval)
+        publisher = EventPublisher(redis, keys.events, settings.events_stream_maxlen)
+        hub = EventHub(
+            redis,
+            keys.events,
+            max_clients=settings.sse_max_clients,
+            replay_events=settings.sse_replay_events,
+            keepalive_seconds=settings.sse_keepalive_seconds,
+        )
+        processor = processor_factory(settings)
+        pool = WorkerPool(
+            redis=redis,
+            settings=settings,
+            stream=stream,
+            processor=processor,
+            tracker=tracker,
+            events=publisher,
+            metrics=metrics,
+            on_job_finished=projection.request_sync,
+        )
+        intake = JobIntake(
+            redis=redis,
+            stream=stream,
+            tracker=tracker,
+            publisher=publisher,
+            max_queue_depth=settings.max_queue_depth,
+            on_enqueued=projection.request_sync,
+        )
+        health = HealthService(
+            settings=settings, redis=redis, history=history, stream=stream, processor=processor, pool=pool
+        )
+        context = AppContext(settings, intake, tracker, history, stream, hub, health, metrics, pool.rate)
+        return cls(settings, redis, engine, processor, projection, publisher, hub, pool, context)
+
+    def begin_shutdown(self) -> None:
+        """First step on SIGTERM/SIGINT: stop reading new chunks, end SSE streams."""
+        self.pool.begin_shutdown()
+        self.hub.begin_close()
+
+    async def start(self) -> None:
+        s = self.settings
+        log.info(
+            "starting %s %s host=%s redis=%s:%d postgres=%s:%d/%s sslmode=%s",
+            s.service_name,
+            s.version,
+            s.hostname,
+            s.redis_host,
+            s.redis_port,
+            s.postgres_host,
+            s.postgres_port,
+            s.postgres_db,
+            s.postgres_sslmode,
+        )
+        await self.redis.ping()
+        self.publisher.start()
+        await self.processor.start()
+        self.sync_task = asyncio.create_task(self.projection.run(self.sync_stop), name="job-sync")
+        await self.hub.start()
+        await self.pool.start()
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        await self.pool.stop()
+        self.sync_stop.set()
+        self.projection.request_sync()
+        if self.sync_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sync_task, SYNC_STOP_SECONDS)
+        await self.publisher.stop()
+        await self.hub.close()
+        await self.processor.stop()
+        await self.engine.dispose()
+        await self.redis.aclose()
+        log.info("%s stopped cleanly", self.settings.service_name)
+
+    def app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        return create_app(self.context, lifespan)
+
+
+class Server(uvicorn.Server):
+    """uvicorn keeps its own signal handling; on the first signal we also tell the
+    service to stop reading and to end SSE streams, so that uvicorn's wait for open
+    connections ends and the lifespan shutdown drains the worker pool."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("received signal %d: shutting down gracefully", sig)
+            asyncio.get_event_loop().call_soon_threadsafe(self.service.begin_shutdown)
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the captured signal after its shutdown, so the
+        # process would die "killed by SIGTERM". A drained, graceful stop is a
+        # success: exit 0.
+        self._captured_signals.clear()
+
+
+def serve(settings: Settings, processor_factory: ProcessorFactory = LightRAGProcessor) -> int:
+    async def run() -> None:
+        service = Service.build(settings, processor_factory)
+        config = uvicorn.Config(
+            service.app(),
+            host=settings.listen_host,
+            port=settings.listen_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            # HTTP requests are short and SSE streams end at the signal; the
+            # worker pool's own grace period runs in the lifespan shutdown.
+            timeout_graceful_shutdown=HTTP_GRACEFUL_SECONDS,
+        )
+        server = Server(config, service)
+        await server.serve()
+        if not server.started:
+            raise SystemExit(1)
+
+    asyncio.run(run())
+    return 0

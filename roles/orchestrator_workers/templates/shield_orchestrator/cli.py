@@ -1,0 +1,82 @@
+"""Command line: `python -m shield_orchestrator serve | init-db | inspect-queue`.
+
+serve          run the API and the worker pool (the systemd unit runs this)
+init-db        create the PostgreSQL schema if missing (idempotent)
+inspect-queue  print the stream, its consumer group, consumers and statistics as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from .app import make_redis, serve
+from .database import create_engine, ensure_schema
+from .deployed import BOUNDS, DEFAULTS
+from .keys import RedisKeys
+from .settings import Settings, SettingsError
+from .stream import IngestionStream
+
+NOISY_LOGGERS = ("httpx", "httpx2", "openai", "nano-vectordb", "lightrag")
+EXIT_CONFIG = 2
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """The deployed settings with the environment's overrides; SettingsError when invalid."""
+    return Settings.load(environ, DEFAULTS, BOUNDS)
+
+
+def configure_logging(level: str) -> None:
+    # Under systemd, journald stamps time and unit; elsewhere add the time.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    # One line per HTTP call or per LightRAG pipeline step drowns what an
+    # operator greps for; their warnings and errors still come through.
+    if level.upper() != "DEBUG":
+        for noisy in NOISY_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def init_db(settings: Settings) -> list[str]:
+    engine = create_engine(settings)
+    try:
+        return await ensure_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def inspect_queue(settings: Settings) -> dict[str, object]:
+    redis = make_redis(settings)
+    try:
+        inspection = await IngestionStream(redis, RedisKeys.from_settings(settings)).inspect()
+    finally:
+        await redis.aclose()
+    return inspection.as_dict()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="shield_orchestrator", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("command", choices=["serve", "init-db", "inspect-queue"])
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level)
+    if args.command == "serve":
+        return serve(settings)
+    if args.command == "init-db":
+        created = asyncio.run(init_db(settings))
+        print(json.dumps({"created": created, "database": settings.postgres_db}))
+        return 0
+    print(json.dumps(asyncio.run(inspect_queue(settings))))
+    return 0

@@ -1,0 +1,41 @@
+"""What the API's routers need, handed to the app once and read back per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, FastAPI, Request
+
+from .database import JobHistory
+from .event_bus import EventHub
+from .health import HealthService
+from .intake import JobIntake
+from .job_tracker import JobTracker
+from .metrics import Metrics
+from .settings import Settings
+from .stream import IngestionStream
+from .worker_pool import RateMeter
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    intake: JobIntake
+    tracker: JobTracker
+    history: JobHistory
+    stream: IngestionStream
+    hub: EventHub
+    health: HealthService
+    metrics: Metrics
+    rate: RateMeter
+
+    def attach(self, app: FastAPI) -> None:
+        app.state.context = self
+
+
+def get_context(request: Request) -> AppContext:
+    return cast(AppContext, request.app.state.context)
+
+
+Context = Annotated[AppContext, Depends(get_context)]

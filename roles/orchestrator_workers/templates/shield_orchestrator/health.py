@@ -1,0 +1,108 @@
+"""Health: a cheap liveness answer and a detailed dependency report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .chunks import ChunkProcessor, DependencyReport
+from .database import JobHistory
+from .settings import Settings
+from .stream import IngestionStream
+from .worker_pool import WorkerPool
+
+CHECK_TIMEOUT = 3.0
+
+
+class HealthService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        redis: Redis,
+        history: JobHistory,
+        stream: IngestionStream,
+        processor: ChunkProcessor,
+        pool: WorkerPool,
+    ) -> None:
+        self._s = settings
+        self._redis = redis
+        self._history = history
+        self._stream = stream
+        self._processor = processor
+        self._pool = pool
+        self._started = time.monotonic()
+
+    def basic(self) -> dict[str, Any]:
+        return {
+            "status": "healthy",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "version": self._s.version,
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
+        }
+
+    async def detailed(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, report): 503 when a required dependency is down.
+
+        Required: Redis (the queue) and what the processor says it needs.
+        PostgreSQL is reported but not required: ingestion goes on with Redis
+        and the job rows catch up when it returns.
+        """
+        redis_report, postgres_report, processor_reports = await asyncio.gather(
+            _probe("redis", self._redis.ping(), required=True),
+            _probe("postgres", self._history.ping(), required=False),
+            self._processor_reports(),
+        )
+        reports = [redis_report, postgres_report, *processor_reports]
+        pool = await self._pool_report(redis_up=redis_report.up)
+        down_required = [report.name for report in reports if report.required and not report.up]
+        if pool["status"] != "running":
+            down_required.append("worker_pool")
+        degraded = any(not report.up for report in reports)
+        body = {
+            **self.basic(),
+            "status": "unhealthy" if down_required else ("degraded" if degraded else "healthy"),
+            "dependencies": {report.name: report.as_dict() for report in reports},
+            "worker_pool": pool,
+        }
+        if down_required:
+            body["down"] = down_required
+        return (503 if down_required else 200), body
+
+    async def _processor_reports(self) -> list[DependencyReport]:
+        try:
+            return await asyncio.wait_for(self._processor.check(), CHECK_TIMEOUT + 1)
+        except Exception as exc:  # noqa: BLE001 - the processor's own check failed: report it, required
+            return [DependencyReport("processor", False, True, {"error": f"{type(exc).__name__}: {exc}"})]
+
+    async def _pool_report(self, *, redis_up: bool) -> dict[str, Any]:
+        active = self._pool.active_workers
+        configured = self._s.pool_size
+        report: dict[str, Any] = {
+            "status": "running" if active == configured else ("degraded" if active else "stopped"),
+            "active_workers": active,
+            "configured_workers": configured,
+            "processing_rate": self._pool.rate.rate(),
+        }
+        if redis_up:
+            try:
+                stats = await self._stream.stats()
+            except RedisError:
+                return report
+            report.update(queue_depth=stats.queue_depth, pending=stats.pending, dead_letters=stats.dead_letters)
+        return report
+
+
+async def _probe(name: str, probe: Awaitable[object], *, required: bool) -> DependencyReport:
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - any failure means "down"
+        return DependencyReport(name, False, required, {"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+    return DependencyReport(name, True, required, {"latency_ms": round((time.monotonic() - started) * 1000, 1)})

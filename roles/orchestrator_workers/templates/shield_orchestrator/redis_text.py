@@ -1,0 +1,48 @@
+"""Replies of the Redis client as str.
+
+The client runs with decode_responses=True, so replies are already str; its
+type information cannot know that (bytes | str). These helpers say it once,
+and turn a stray bytes value into str rather than let it travel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from redis.typing import EncodableT, FieldT
+
+
+def text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def text_fields(
+    fields: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str] | None,
+) -> dict[str, str]:
+    return {text(key): text(value) for key, value in (fields or {}).items()}
+
+
+def entry_fields(fields: Mapping[str, str]) -> dict[FieldT, EncodableT]:
+    """Fields of a stream entry as XADD takes them."""
+    return {key: value for key, value in fields.items()}
+
+
+# (entry id, fields); fields are None for an entry deleted after it was delivered.
+StreamEntry = tuple[str, dict[str, str] | None]
+
+
+def stream_entries(reply: object) -> list[StreamEntry]:
+    """XREAD / XREADGROUP's reply ([[stream, [(id, fields), ...]], ...], or a dict
+    under RESP3) as one flat list of entries."""
+    if not reply:
+        return []
+    streams = list(reply.items()) if isinstance(reply, dict) else reply
+    if not isinstance(streams, list):
+        raise TypeError(f"unexpected stream reply: {reply!r}")
+    found: list[StreamEntry] = []
+    for _stream, entries in streams:
+        for entry_id, fields in entries:
+            found.append((text(entry_id), None if fields is None else text_fields(fields)))
+    return found

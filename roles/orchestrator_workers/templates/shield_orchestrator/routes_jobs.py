@@ -1,0 +1,66 @@
+"""GET /jobs and GET /jobs/{job_id}: Redis while a job is live, PostgreSQL for history."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from .context import Context
+from .job_tracker import JobView
+from .schemas import ApiError
+from .states import JobState
+
+log = logging.getLogger("shield_orchestrator.api")
+
+router = APIRouter(tags=["jobs"])
+
+
+def parse_job_id(job_id: str) -> str:
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        raise ApiError(422, f"job_id: {job_id[:64]!r} is not a valid job id (a UUID)") from None
+
+
+@router.get("/jobs")
+async def list_jobs(
+    context: Context,
+    status: Annotated[JobState | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+) -> dict[str, Any]:
+    try:
+        jobs = await context.history.list_recent(status, limit)
+        return {"jobs": jobs, "count": len(jobs), "source": "postgresql", "degraded": False}
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("GET /jobs: PostgreSQL unreachable (%s); answering from Redis", exc)
+    try:
+        jobs = await context.tracker.list_recent(status, limit)
+    except RedisError as exc:
+        raise ApiError(503, f"postgresql and redis: both unavailable ({exc})") from None
+    return {
+        "jobs": jobs,
+        "count": len(jobs),
+        "source": "redis",
+        "degraded": True,
+        "warning": "PostgreSQL is unreachable: recent jobs from Redis only (finished jobs expire after "
+        f"{context.settings.job_status_ttl}s)",
+    }
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, context: Context) -> JobView:
+    job_id = parse_job_id(job_id)
+    job = await context.tracker.get(job_id)
+    if job is None:
+        try:
+            job = await context.history.get(job_id)
+        except (SQLAlchemyError, OSError) as exc:
+            raise ApiError(503, f"job {job_id} is not in Redis and PostgreSQL is unreachable ({exc})") from None
+    if job is None:
+        raise ApiError(404, f"job_id: job {job_id} not found")
+    return job
