@@ -62,24 +62,29 @@ constraints: ## regenerate the constraints file from a clean install of the requ
 
 # --- lint -------------------------------------------------------------------
 .PHONY: lint
-lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff on code and the rendered service
+lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff, mypy --strict on the rendered service
 	yamllint --strict .
 	ansible-lint --profile production
 	rm -rf .cache/rendered && $(SVC_VENV)/bin/python scripts/render_service.py .cache/rendered >/dev/null
 	ruff check tests scripts bench roles .cache/rendered/shield_orchestrator
 	ruff format --check tests scripts bench roles .cache/rendered/shield_orchestrator
+	cd .cache/rendered && $(CURDIR)/$(SVC_VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p shield_orchestrator
 
 # --- tests ------------------------------------------------------------------
+.PHONY: test-unit
+test-unit: venv-service ## the unit layer: the service's pure parts and the role's contract, no server (seconds)
+	$(SVC_VENV)/bin/python -m pytest tests/unit
+
 .PHONY: test-service
 test-service: venv-service ## service tests against real Redis, PostgreSQL, LightRAG (+ bench smoke)
-	$(SVC_VENV)/bin/python -m pytest tests bench/test_bench_smoke.py
+	$(SVC_VENV)/bin/python -m pytest tests/service bench/test_bench_smoke.py
 
 .PHONY: test-molecule
 test-molecule: images ## every Molecule scenario (systemd containers)
 	molecule test --all
 
 .PHONY: test
-test: lint test-service test-molecule ## everything CI runs
+test: test-unit lint test-service test-molecule ## everything CI runs (the unit layer first)
 
 # --- the lab ----------------------------------------------------------------
 .PHONY: deploy

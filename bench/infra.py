@@ -12,8 +12,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +25,17 @@ import redis
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-STANDIN = REPO / "roles" / "lab_llm_standin" / "files" / "lab_llm_standin.py"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 API_TOKEN = "bench-token-not-a-secret"
 PG_PASSWORD = "bench-password-not-a-secret"
 EMBEDDING_DIM = 768  # the role's default (nomic-embed-text)
 
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 import render_service  # noqa: E402
+
+from tests.support.servers import PostgresServer, Process, RedisServer, Standin, free_port  # noqa: E402
+
+Proc = Process
 
 
 class BenchError(RuntimeError):
@@ -43,12 +44,6 @@ class BenchError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- statistics ---------------------------------------------------------------
@@ -67,44 +62,6 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 # --- processes -------------------------------------------------------------------
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, chars: int = 1500) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def check(self) -> None:
-        if not self.alive():
-            raise BenchError(f"{self.name} exited with {self.popen.returncode}: {self.tail(600)!r}")
-
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM to the process group this harness created, SIGKILL if it lingers."""
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, sig)
-            try:
-                self.popen.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # children that outlived their parent (a prefork pool) share its group
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,20 +84,15 @@ def self_cpu_seconds() -> float:
 
 
 def spawn(name: str, argv: list[str], env: Mapping[str, str], logdir: Path, cwd: Path | None = None) -> Proc:
-    path = logdir / f"{name}.log"
-    with open(path, "ab") as out:
-        popen = subprocess.Popen(
-            argv, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Proc(name, popen, path)
+    return Process.spawn(name, argv, env, logdir, cwd)
 
 
 async def wait_for(predicate: Callable[[], Any], within: float, what: str, proc: Proc | None = None) -> Any:
     deadline = time.monotonic() + within
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if proc is not None:
-            proc.check()
+        if proc is not None and not proc.alive():
+            raise BenchError(f"{proc.name} exited with {proc.popen.returncode}: {proc.tail(600)!r}")
         try:
             result = predicate()
             if asyncio.iscoroutine(result):
@@ -155,17 +107,28 @@ async def wait_for(predicate: Callable[[], Any], within: float, what: str, proc:
 
 # --- Redis and PostgreSQL ------------------------------------------------------------
 class Infra:
-    """Redis and PostgreSQL of the benchmark's own, in a temporary directory."""
+    """Redis and PostgreSQL of the benchmark's own (tests/support/servers.py), in a temporary directory."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.redis_port = free_port()
-        self.pg_port = free_port()
-        self.pg_root = root / "postgres"
-        self.redis_proc: Proc | None = None
-        self.pg_started = False
+        self.redis_server: RedisServer | None = None
+        self.postgres: PostgresServer | None = None
+
+    @property
+    def redis_port(self) -> int:
+        assert self.redis_server is not None
+        return self.redis_server.port
+
+    @property
+    def redis_proc(self) -> Proc | None:
+        return self.redis_server.proc if self.redis_server else None
+
+    @property
+    def pg_port(self) -> int:
+        assert self.postgres is not None
+        return self.postgres.port
 
     @property
     def redis_url(self) -> str:
@@ -175,120 +138,34 @@ class Infra:
         return redis.Redis(host="127.0.0.1", port=self.redis_port, decode_responses=True)
 
     async def start(self) -> None:
-        data = self.root / "redis"
-        data.mkdir()
-        # As roles/redis_server deploys it (AOF, fsync every second), minus RDB
-        # snapshots, whose forks would land at random in some runs.
-        self.redis_proc = spawn(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            os.environ,
-            self.logs,
-        )
-        await wait_for(lambda: self.redis().ping(), 15, "redis-server", self.redis_proc)
-        self._start_postgres()
-
-    def _pg(self, *args: str, timeout: float = 120) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=timeout)
-
-    def _start_postgres(self) -> None:
-        datadir, sockdir = self.pg_root / "data", self.pg_root / "sock"
-        sockdir.mkdir(parents=True)
-        shutil.chown(self.pg_root, "postgres", "postgres")
-        shutil.chown(sockdir, "postgres", "postgres")
-        pwfile = self.pg_root / "pw"
-        pwfile.write_text(PG_PASSWORD)
-        shutil.chown(pwfile, "postgres", "postgres")
-        self._pg(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(datadir),
-            "-U",
-            "postgres",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "--pwfile",
-            str(pwfile),
-        )
-        self._pg(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(datadir),
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            str(self.pg_root / "postgres.log"),
-            "-o",
-            f"-p {self.pg_port} -k {sockdir} -c listen_addresses=127.0.0.1",
-            "start",
-        )
-        self.pg_started = True
-        self.psql(f"CREATE ROLE orchestrator LOGIN PASSWORD '{PG_PASSWORD}'", database="postgres")
-        self.psql("CREATE DATABASE shield_orchestrator OWNER orchestrator", database="postgres")
-
-    def psql(self, sql: str, database: str = "shield_orchestrator") -> None:
-        sockdir = self.pg_root / "sock"
-        self._pg(
-            "psql", "-h", str(sockdir), "-p", str(self.pg_port), "-d", database, "-v", "ON_ERROR_STOP=1", "-c", sql
-        )
+        self.redis_server = await asyncio.to_thread(RedisServer.start, self.logs)
+        self.postgres = await asyncio.to_thread(PostgresServer.start_new, self.root / "postgres", PG_PASSWORD)
 
     def reset(self) -> None:
         """Empty Redis and the job table between runs."""
+        assert self.postgres is not None
         self.redis().flushall()
-        self.psql("DROP TABLE IF EXISTS job_status")
+        self.postgres.admin("DROP TABLE IF EXISTS job_status")
 
     def stop(self) -> None:
-        if self.pg_started:
+        if self.postgres is not None and self.postgres.running:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
-                self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.pg_root / "data"), "-w", "-m", "fast", "stop")
-            self.pg_started = False
-        if self.redis_proc is not None:
-            self.redis_proc.stop()
-            self.redis_proc = None
+                self.postgres.stop("fast")
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            self.redis_server = None
 
 
 # --- the LLM stand-in ------------------------------------------------------------------
-@dataclass
-class Standin:
-    proc: Proc
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stats(self) -> dict[str, int]:
-        calls: dict[str, int] = httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=10).json()["calls"]
-        return calls
-
-
 async def start_standin(python: str, logdir: Path, delay_ms: int, name: str) -> Standin:
-    port = free_port()
-    argv = [python, str(STANDIN), "--host", "127.0.0.1", "--port", str(port), "--embedding-dim", str(EMBEDDING_DIM)]
-    argv += ["--delay-ms", str(delay_ms), "--no-failure-injection"]
-    proc = spawn(name, argv, os.environ, logdir)
-    standin = Standin(proc, port)
-    await wait_for(
-        lambda: httpx.get(f"{standin.base_url}/models", timeout=2).status_code == 200, 60, "the LLM stand-in", proc
+    return await asyncio.to_thread(
+        Standin.start,
+        logdir,
+        embedding_dim=EMBEDDING_DIM,
+        extra=["--delay-ms", str(delay_ms), "--no-failure-injection"],
+        name=name,
+        python=python,
     )
-    return standin
 
 
 # --- the service ---------------------------------------------------------------------

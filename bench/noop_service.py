@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from shield_orchestrator.app import configure_logging, serve
-from shield_orchestrator.chunks import ChunkTask
-from shield_orchestrator.settings import Settings
+from shield_orchestrator.app import serve
+from shield_orchestrator.chunks import BatchResult, ChunkTask, DependencyReport
+from shield_orchestrator.cli import configure_logging, load_settings
+from shield_orchestrator.settings import Settings, SettingsError
 
 
 class NoopProcessor:
@@ -30,15 +30,19 @@ class NoopProcessor:
     async def stop(self) -> None:
         return None
 
-    async def check(self) -> dict[str, Any]:
-        return {"processor": {"status": "up", "kind": "no-op (benchmark)"}}
+    async def check(self) -> list[DependencyReport]:
+        return [DependencyReport("processor", True, required=True, detail={"kind": "no-op (benchmark)"})]
 
-    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> dict[str, str | None]:
+    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
         return {task.doc_id: None for task in tasks}
 
 
 def main() -> int:
-    settings = Settings.from_env(os.environ)
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     return serve(settings, NoopProcessor)
 

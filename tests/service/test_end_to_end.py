@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from conftest import API_TOKEN, PostgresServer, RedisServer, ServiceProcess
-from helpers import ORGS, PEOPLE, SSECollector, ingest, lightrag_files, make_chunks, wait_job
+from tests.support.helpers import ORGS, PEOPLE, SSECollector, ingest, lightrag_files, make_chunks, wait_job
+from tests.support.servers import PostgresServer, RedisServer, wait_until
+from tests.support.service import API_TOKEN, PG_PASSWORD, ServiceProcess
 
 
 def test_twenty_chunks_reach_lightrag_and_every_view_agrees(
@@ -59,8 +60,6 @@ def test_twenty_chunks_reach_lightrag_and_every_view_agrees(
             f"FROM job_status WHERE job_id = '{job_id}'"
         )
 
-    from conftest import wait_until
-
     row = wait_until(lambda: pg_row() == "completed|20|20|0|e2e" and pg_row(), 30, "the PostgreSQL row")
     assert row == "completed|20|20|0|e2e"
 
@@ -103,4 +102,4 @@ def test_twenty_chunks_reach_lightrag_and_every_view_agrees(
     assert "worker pool started workers=4" in log
     assert "worker started consumer=testhost-worker-1" in log
     assert "worker pool stopped workers=4" in log
-    assert PostgresServer and "test-password-not-a-secret" not in log and API_TOKEN not in log
+    assert PG_PASSWORD not in log and API_TOKEN not in log

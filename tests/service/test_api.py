@@ -13,18 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import (
-    API_TOKEN,
-    PostgresServer,
-    RedisServer,
-    ServiceProcess,
-    Standin,
-    build_env,
-    free_port,
-    run_init_db,
-    stop_process,
-)
-from helpers import SSECollector, ingest, make_chunks, wait_job
+
+from tests.support.helpers import SSECollector, ingest, make_chunks, wait_job
+from tests.support.servers import PostgresServer, RedisServer, Standin, free_port
+from tests.support.service import API_TOKEN, ServiceProcess, build_env, run_init_db
 
 STREAM = "shield:ingestion_queue"
 
@@ -49,10 +41,9 @@ def api_service(
         ORCHESTRATOR_SSE_MAX_CLIENTS="3",
         ORCHESTRATOR_SSE_KEEPALIVE_SECONDS="1",
     )
-    svc = ServiceProcess(env, port, root / "service.log").start()
+    svc = ServiceProcess(env, port, root).start()
     yield svc
-    assert svc.proc is not None
-    stop_process(svc.proc, 90)
+    svc.stop()
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import API_TOKEN, PostgresServer, RedisServer, ServiceProcess, wait_until
-from helpers import SSECollector, ingest, lightrag_files, make_chunks, wait_job
+
+from tests.support.helpers import SSECollector, ingest, lightrag_files, make_chunks, wait_job
+from tests.support.servers import PostgresServer, RedisServer, wait_until
+from tests.support.service import API_TOKEN, ServiceProcess
 
 STREAM = "shield:ingestion_queue"
 GROUP = "lightrag-workers"
@@ -46,7 +48,7 @@ def test_killed_worker_pending_chunks_are_reclaimed_by_another_host(
 ) -> None:
     # Host A is killed with SIGKILL mid-batch; host B (other consumer names)
     # reclaims A's pending entries with XAUTOCLAIM once idle > task timeout.
-    host_a: ServiceProcess = service_factory(hostname="host-a", worker_timeout_seconds=20, worker_batch_size=5).start()
+    host_a: ServiceProcess = service_factory(hostname="host-a", task_timeout_seconds=20, batch_size=5).start()
     client = host_a.client()
     job_id = ingest(client, make_chunks(40, prefix="kill"))["job_id"]
     wait_progress(client, job_id, 3)
@@ -57,7 +59,7 @@ def test_killed_worker_pending_chunks_are_reclaimed_by_another_host(
     consumers = {c["name"]: c["pending"] for c in r.xinfo_consumers(STREAM, GROUP)}
     assert sum(v for k, v in consumers.items() if k.startswith("host-a-worker-")) == pending
 
-    host_b = service_factory(hostname="host-b", worker_timeout_seconds=20, worker_batch_size=5)
+    host_b = service_factory(hostname="host-b", task_timeout_seconds=20, batch_size=5)
     host_b.env["ORCHESTRATOR_STATE_DIR"] = host_a.env["ORCHESTRATOR_STATE_DIR"]
     host_b.start()
     job = wait_job(host_b.client(), job_id, timeout=240)
@@ -187,7 +189,7 @@ def test_postgres_outage_mid_job_rows_catch_up(
 
 
 def test_workers_recycle_their_loop_without_dropping_work(service_factory: Any, redis_server: RedisServer) -> None:
-    svc: ServiceProcess = service_factory(worker_max_tasks_per_child=3, worker_batch_size=2, worker_pool_size=2).start()
+    svc: ServiceProcess = service_factory(recycle_after_tasks=3, batch_size=2, pool_size=2).start()
     client = svc.client()
     job = wait_job(client, ingest(client, make_chunks(12, prefix="recycle"))["job_id"], timeout=180)
     assert_exactly_once(redis_server, job, 12)

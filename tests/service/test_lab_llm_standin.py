@@ -15,15 +15,10 @@ import asyncio
 import base64
 import json
 import math
-import os
 import re
-import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +27,8 @@ import httpx
 import openai
 import pytest
 
-STANDIN = Path(__file__).resolve().parents[1] / "roles" / "lab_llm_standin" / "files" / "lab_llm_standin.py"
+from tests.support.servers import STANDIN, Standin
+
 DIM = 768
 API_KEY = "lab-standin"
 CHAT_MODEL = "lab-standin-chat"
@@ -64,70 +60,23 @@ DOCUMENTS = {
 # --------------------------------------------------------------------------
 
 
-@dataclass
-class Standin:
-    base_url: str  # ends in /v1
-    root: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start(log: Path, args: list[str], env: dict[str, str] | None = None) -> Standin:
-    port = _free_port()
-    root = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(port), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"stand-in exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{root}/health", timeout=1).status_code == 200:
-                return Standin(f"{root}/v1", root, process, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"stand-in did not answer /health:\n{log.read_text()}")
-
-
-def _stop(standin: Standin) -> None:
-    standin.process.terminate()
-    try:
-        standin.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        standin.process.kill()
-        standin.process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
-    server = _start(tmp_path_factory.mktemp("standin") / "standin.log", ["--embedding-dim", str(DIM)])
+    server = Standin.start(tmp_path_factory.mktemp("standin"), embedding_dim=DIM)
     yield server
-    _stop(server)
+    server.stop()
 
 
 @pytest.fixture(scope="module")
 def slow_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
     """Configured through the environment only, with 300 ms of latency per call."""
-    server = _start(
-        tmp_path_factory.mktemp("standin-slow") / "standin.log",
-        [],
+    server = Standin.start(
+        tmp_path_factory.mktemp("standin-slow"),
+        embedding_dim=None,
         env={"LAB_LLM_STANDIN_DELAY_MS": "300", "LAB_LLM_STANDIN_EMBEDDING_DIM": "64"},
     )
     yield server
-    _stop(server)
+    server.stop()
 
 
 def _client(server: Standin) -> openai.AsyncOpenAI:
@@ -157,7 +106,7 @@ def test_health_is_labelled_as_lab_standin(standin: Standin) -> None:
     assert "stand-in" in body["kind"]
     assert "not a language model" in body["kind"]
     assert body["embedding_dim"] == DIM
-    assert "LAB/TEST STAND-IN" in standin.log.read_text()
+    assert "LAB/TEST STAND-IN" in standin.proc.log_path.read_text()
 
 
 @pytest.mark.asyncio

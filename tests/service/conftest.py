@@ -1,0 +1,94 @@
+"""Fixtures: real Redis, real PostgreSQL, the LLM stand-in, and the rendered service.
+
+Everything runs on loopback ports chosen at random. Redis and PostgreSQL are
+Debian's servers started in temporary directories (the test command installs
+them); the service runs as a subprocess exactly as the systemd unit runs it:
+`python -m shield_orchestrator serve`, the package rendered from the role's
+templates and defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import PostgresServer, RedisServer, Standin, free_port
+from tests.support.service import EMBEDDING_DIM, PG_PASSWORD, ServiceProcess, build_env, render, run_init_db
+
+ServiceFactory = Callable[..., ServiceProcess]
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="shield-tests-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer.start(workdir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(workdir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer.start_new(workdir / "postgres", PG_PASSWORD)
+    yield server
+    if server.running:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_standin(workdir: Path) -> Iterator[Standin]:
+    """The test/lab stand-in for the external LLM + embedding endpoint."""
+    standin = Standin.start(workdir, embedding_dim=EMBEDDING_DIM)
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="session")
+def rendered(workdir: Path) -> Path:
+    """The package rendered from the role's templates with the role's defaults."""
+    return render(workdir / "src")
+
+
+@pytest.fixture
+def service_env(
+    rendered: Path, redis_server: RedisServer, postgres_server: PostgresServer, llm_standin: Standin, tmp_path: Path
+) -> dict[str, str]:
+    return build_env(rendered, redis_server, postgres_server, llm_standin, tmp_path)
+
+
+@pytest.fixture
+def init_db(service_env: dict[str, str]) -> None:
+    run_init_db(service_env)
+
+
+@pytest.fixture
+def service_factory(service_env: dict[str, str], init_db: None, tmp_path: Path) -> Iterator[ServiceFactory]:
+    started: list[ServiceProcess] = []
+
+    def make(**overrides: object) -> ServiceProcess:
+        port = free_port()
+        env = dict(service_env, ORCHESTRATOR_LISTEN_PORT=str(port))
+        svc = ServiceProcess(env, port, tmp_path, name=f"service-{len(started)}")
+        svc.env |= {f"ORCHESTRATOR_{key.upper()}": str(value) for key, value in overrides.items()}
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture
+def service(service_factory: ServiceFactory) -> ServiceProcess:
+    return service_factory().start()
