@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Render the orchestrator service from the role's templates and defaults.
+"""Render the orchestrator service from the role's sources and defaults.
 
 The tests and the benchmark harness run what this produces, so what they test
-is what the role deploys: same templates, same defaults/main.yml. Ansible's
-filters used by the templates (to_json, bool) are provided with Ansible's
-semantics.
+is what the role deploys: the same files of
+roles/orchestrator_workers/templates/shield_orchestrator/ (*.py, *.py.j2,
+*.lua, each rendered through Jinja2 and written without ".j2"), the same
+defaults/main.yml. Ansible's filters used by the templates (to_json, bool)
+are provided with Ansible's semantics.
 
     scripts/render_service.py OUTPUT_DIR [-e name=value ...]
 """
@@ -62,10 +64,15 @@ def render(output_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
     env = environment()
     package = output_dir / PACKAGE
     package.mkdir(parents=True, exist_ok=True)
-    for template in sorted(TEMPLATES.glob("*.py.j2")):
-        text = env.from_string(template.read_text()).render(**variables)
-        (package / template.name.removesuffix(".j2")).write_text(text)
+    for source in sources():
+        text = env.from_string(source.read_text()).render(**variables)
+        (package / source.name.removesuffix(".j2")).write_text(text)
     return package
+
+
+def sources() -> list[Path]:
+    """What the role renders: plain modules, modules with deploy-time values, Redis scripts."""
+    return sorted(path for pattern in ("*.py", "*.py.j2", "*.lua") for path in TEMPLATES.glob(pattern))
 
 
 def main() -> int:
