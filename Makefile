@@ -65,6 +65,7 @@ constraints: ## regenerate the constraints file from a clean install of the requ
 lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff on code and the rendered service
 	yamllint --strict .
 	ansible-lint --profile production
+	$(SVC_VENV)/bin/python scripts/role-docs.py --check
 	rm -rf .cache/rendered && $(SVC_VENV)/bin/python scripts/render_service.py .cache/rendered >/dev/null
 	ruff check tests scripts bench roles .cache/rendered/shield_orchestrator
 	ruff format --check tests scripts bench roles .cache/rendered/shield_orchestrator

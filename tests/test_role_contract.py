@@ -76,9 +76,9 @@ def test_known_good_values() -> None:
         assert values[name] == value, name
 
 
-def test_readme_variables_table_is_in_step() -> None:
+def test_defaults_and_readme_tables_are_in_step_with_the_specs() -> None:
     out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "variables-table.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(REPO / "scripts" / "role-docs.py"), "--check"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
 
