@@ -53,7 +53,7 @@ $(SVC_VENV)/.stamp: $(DEFAULTS) $(CONSTRAINTS) requirements-test.txt scripts/ser
 venv-service: bootstrap $(SVC_VENV)/.stamp ## the service venv (tests, benchmarks)
 
 .PHONY: constraints
-constraints: ## regenerate the constraints file from a clean install of the requirements
+constraints: bootstrap ## regenerate the constraints file from a clean install of the requirements
 	rm -rf .cache/lockvenv && $(PYTHON) -m venv .cache/lockvenv
 	$(PYTHON) scripts/service-requirements.py > .cache/requirements.txt
 	.cache/lockvenv/bin/pip install -q -r .cache/requirements.txt
