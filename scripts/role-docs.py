@@ -120,7 +120,10 @@ def dump(name: str, value: Any) -> str:
 
 def defaults_text(role: Path) -> str:
     spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
-    summary = next(iter(spec.values())).get("short_description", "")
+    if "main" in spec:
+        summary = spec["main"].get("short_description", "")
+    else:
+        summary = "entry points " + ", ".join(spec) + " (import_role tasks_from)."
     lines = [
         "---",
         f"# {role.name}: {plain(summary)}",
