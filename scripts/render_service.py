@@ -41,9 +41,25 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def _plain(value: Any) -> bool:
+    """True for data without any Jinja expression in it."""
+    if isinstance(value, str):
+        return "{{" not in value and "{%" not in value
+    if isinstance(value, dict):
+        return all(_plain(key) and _plain(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    return True
+
+
 def role_variables(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """defaults/main.yml with overrides, string values templated like Ansible does."""
+    """defaults/main.yml, the plain-data values of vars/main.yml (such as
+    orchestrator_workers__bounds) and the overrides, string values templated
+    like Ansible does. The other values of vars/main.yml need Ansible (lookups,
+    role_path) and are the role's business, not the service's."""
     variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    variables.update({name: value for name, value in role_vars.items() if _plain(value)})
     variables.update(overrides or {})
     env = environment()
     for _ in range(5):

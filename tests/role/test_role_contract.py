@@ -1,5 +1,6 @@
-"""The role's public surface stays consistent: defaults, argument specs, README,
-and templates that never carry a secret."""
+"""The roles' public surface stays consistent: argument specs, the defaults and
+README tables generated from them, the bounds table, and service sources that
+never carry a secret nor stray Jinja syntax. No containers, no network."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import render_service
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "orchestrator_workers"
 SECRETS = {
     "orchestrator_workers_api_token",
@@ -83,11 +84,13 @@ def test_defaults_and_readme_tables_are_in_step_with_the_specs() -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_service_templates_never_reference_secrets() -> None:
-    for template in (ROLE / "templates" / "shield_orchestrator").glob("*.j2"):
-        text = template.read_text()
+def test_service_sources_never_reference_secrets() -> None:
+    sources = render_service.sources()
+    assert sources
+    for source in sources:
+        text = source.read_text()
         for secret in SECRETS:
-            assert secret not in text, f"{template.name} renders {secret}"
+            assert secret not in text, f"{source.name} renders {secret}"
 
 
 def test_rendered_code_holds_no_secret_value(tmp_path: Path) -> None:
@@ -118,3 +121,57 @@ def test_settings_take_overrides_and_hide_secrets(tmp_path: Path) -> None:
         [sys.executable, "-c", script.replace("'2'", "'two'"), str(package.parent)], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "ORCHESTRATOR_WORKER_POOL_SIZE" in bad.stderr
+
+
+# Jinja2's delimiters. Only a file named *.j2 may carry them: every other file
+# under templates/ is rendered as it is (plain *.py and *.lua of the service
+# package go through ansible.builtin.template too), and files/ are copied.
+JINJA = re.compile(r"\{\{|\{%|\{#")
+
+
+def test_no_jinja_syntax_outside_j2_files() -> None:
+    offenders = []
+    for path in sorted(REPO.glob("roles/*/templates/**/*")) + sorted(REPO.glob("roles/*/files/**/*")):
+        if not path.is_file() or path.name.endswith(".j2"):
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if JINJA.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders, "Jinja2 syntax in a file not named .j2:\n" + "\n".join(offenders)
+
+
+def bounds() -> dict[str, dict[str, float]]:
+    return yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["orchestrator_workers__bounds"]
+
+
+# Numbers of the role that the service does not use.
+ROLE_ONLY_NUMBERS = {"orchestrator_workers_network_retries", "orchestrator_workers_health_wait_seconds"}
+
+
+def test_bounds_cover_every_number_the_service_uses() -> None:
+    numeric = {
+        name.removeprefix("orchestrator_workers_")
+        for name, spec in specs().items()
+        if spec.get("type") in ("int", "float") and name not in ROLE_ONLY_NUMBERS
+    }
+    assert set(bounds()) == numeric
+
+
+def test_bounds_are_plain_data_and_hold_the_defaults() -> None:
+    values = defaults()
+    for name, bound in bounds().items():
+        assert set(bound) in ({"min"}, {"min", "max"}), name
+        assert all(isinstance(limit, int | float) and not isinstance(limit, bool) for limit in bound.values()), name
+        assert bound["min"] <= bound.get("max", bound["min"]), name
+        value = values[f"orchestrator_workers_{name}"]
+        assert bound["min"] <= value <= bound.get("max", value), f"default {name}={value} outside {bound}"
+
+
+def test_renamed_variables_are_gone_and_their_successors_declared() -> None:
+    renamed = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["orchestrator_workers__renamed_variables"]
+    assert renamed
+    for old, new in renamed.items():
+        assert old not in specs(), old
+        assert new in specs(), new
+        for path in [*REPO.glob("group_vars/*.yml"), *REPO.glob("molecule/*/inventory/group_vars/*.yml")]:
+            assert old not in path.read_text(), f"{path.relative_to(REPO)} still sets {old}"
