@@ -67,8 +67,8 @@ lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff on cod
 	ansible-lint --profile production
 	$(SVC_VENV)/bin/python scripts/role-docs.py --check
 	rm -rf .cache/rendered && $(SVC_VENV)/bin/python scripts/render_service.py .cache/rendered >/dev/null
-	ruff check tests scripts bench roles .cache/rendered/shield_orchestrator
-	ruff format --check tests scripts bench roles .cache/rendered/shield_orchestrator
+	ruff check tests scripts bench roles molecule .cache/rendered/shield_orchestrator
+	ruff format --check tests scripts bench roles molecule .cache/rendered/shield_orchestrator
 
 # --- tests ------------------------------------------------------------------
 .PHONY: test-service
