@@ -53,7 +53,7 @@ $(SVC_VENV)/.stamp: $(DEFAULTS) $(CONSTRAINTS) requirements-test.txt scripts/ser
 venv-service: bootstrap $(SVC_VENV)/.stamp ## the service venv (tests, benchmarks)
 
 .PHONY: constraints
-constraints: ## regenerate the constraints file from a clean install of the requirements
+constraints: bootstrap ## regenerate the constraints file from a clean install of the requirements
 	rm -rf .cache/lockvenv && $(PYTHON) -m venv .cache/lockvenv
 	$(PYTHON) scripts/service-requirements.py > .cache/requirements.txt
 	.cache/lockvenv/bin/pip install -q -r .cache/requirements.txt
@@ -65,15 +65,16 @@ constraints: ## regenerate the constraints file from a clean install of the requ
 lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff, mypy --strict on the rendered service
 	yamllint --strict .
 	ansible-lint --profile production
+	$(SVC_VENV)/bin/python scripts/role-docs.py --check
 	rm -rf .cache/rendered && $(SVC_VENV)/bin/python scripts/render_service.py .cache/rendered >/dev/null
-	ruff check tests scripts bench roles .cache/rendered/shield_orchestrator
-	ruff format --check tests scripts bench roles .cache/rendered/shield_orchestrator
+	ruff check tests scripts bench roles molecule .cache/rendered/shield_orchestrator
+	ruff format --check tests scripts bench roles molecule .cache/rendered/shield_orchestrator
 	cd .cache/rendered && $(CURDIR)/$(SVC_VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p shield_orchestrator
 
 # --- tests ------------------------------------------------------------------
 .PHONY: test-unit
 test-unit: venv-service ## the unit layer: the service's pure parts and the role's contract, no server (seconds)
-	$(SVC_VENV)/bin/python -m pytest tests/unit
+	$(SVC_VENV)/bin/python -m pytest tests/unit tests/role
 
 .PHONY: test-service
 test-service: venv-service ## service tests against real Redis, PostgreSQL, LightRAG (+ bench smoke)

@@ -54,12 +54,8 @@ if ! "$service_python" -c "$service_imports" 2>/dev/null; then
   fi
   say "building .venv-service from the role's requirements and constraints"
   requirements="$(mktemp)"
-  "$peers_venv/bin/python" - "$requirements" <<'EOF'
-import sys
-import yaml
-defaults = yaml.safe_load(open("roles/orchestrator_workers/defaults/main.yml"))
-open(sys.argv[1], "w").write("\n".join(defaults["orchestrator_workers_pip_requirements"]) + "\n")
-EOF
+  # The role's pinned requirements, from the project's one reader of that list.
+  "$peers_venv/bin/python" scripts/service-requirements.py >"$requirements"
   "$python" -m venv "$repo/.venv-service"
   "$repo/.venv-service/bin/pip" install "${pip_quiet[@]}" \
     -c roles/orchestrator_workers/files/constraints.txt -r "$requirements"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 controller (run as root) for this repository:
-#   - apt packages: Docker engine, debootstrap, Python build tools, and the
+#   - apt packages: Docker engine, debootstrap, Python build tools, PyYAML
+#     for the controller's python3 (python3-yaml), and the
 #     redis-server / postgresql binaries the service's test suite uses
 #     (their Debian services are stopped and disabled, so 6379/5432 stay free);
 #   - a running Docker daemon, reachable through /usr/bin/docker;
@@ -19,7 +20,9 @@ APT_RETRIES="${APT_RETRIES:-3}"   # also used for pip
 DOCKERD_LOG=/var/log/dockerd-bootstrap.log
 DOCKER=/usr/bin/docker
 
-APT_PACKAGES=(docker.io debootstrap python3-venv python3-dev gcc make
+# python3-yaml: scripts/service-requirements.py and scripts/role-docs.py run on
+# the controller's /usr/bin/python3 before any virtualenv exists.
+APT_PACKAGES=(docker.io debootstrap python3-venv python3-dev python3-yaml gcc make
               redis-server postgresql)
 # Services the packages above enable by default; they must not squat the
 # ports the tests (and the lab) use.

@@ -19,13 +19,15 @@
 # Output: ${XDG_CACHE_HOME:-/root/.cache}/shield-orchestrator/wheelhouse
 #         (bookworm) or .../wheelhouse-SUITE; its path is printed on stdout.
 # Inputs: orchestrator_workers_pip_requirements of the role's defaults/main.yml
-#         and roles/orchestrator_workers/files/constraints.txt. Rebuilt only
+#         (read by scripts/service-requirements.py) and
+#         roles/orchestrator_workers/files/constraints.txt. Rebuilt only
 #         when they (or the suite or this recipe) change: the file .stamp in the
 #         wheelhouse holds their hash. FORCE=1 rebuilds.
 #
 # Environment: WHEELHOUSE (output directory), FORCE, PIP_RETRIES (3),
 #              BUILDER (auto | local | docker), IMAGE_REPO (shield-systemd),
-#              DOCKER (/usr/bin/docker).
+#              DOCKER (/usr/bin/docker), PYTHON (/usr/bin/python3, with PyYAML:
+#              it runs scripts/service-requirements.py).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,6 +37,7 @@ CONSTRAINTS="${ROLE_DIR}/files/constraints.txt"
 PIP_RETRIES="${PIP_RETRIES:-3}"
 BUILDER="${BUILDER:-auto}"
 DOCKER="${DOCKER:-/usr/bin/docker}"
+PYTHON="${PYTHON:-/usr/bin/python3}"
 IMAGE_REPO="${IMAGE_REPO:-shield-systemd}"
 RECIPE_VERSION=3
 SUITE="${1:-bookworm}"
@@ -56,15 +59,10 @@ else
   WHEELHOUSE="${WHEELHOUSE:-${CACHE_DIR}/wheelhouse-${SUITE}}"
 fi
 
-# The requirements, exactly as the role renders them (one per line). The
-# role's defaults are plain YAML; read the block list without PyYAML.
-REQUIREMENTS="$(awk '
-  /^orchestrator_workers_pip_requirements:/ { inside = 1; next }
-  inside && /^[[:space:]]*-[[:space:]]/ {
-    line = $0; sub(/^[[:space:]]*-[[:space:]]*/, "", line); sub(/[[:space:]]+#.*$/, "", line)
-    gsub(/^["\047]|["\047]$/, "", line); print line; next }
-  inside && /^[[:space:]]*(#.*)?$/ { next }
-  inside { exit }' "${DEFAULTS}")"
+# The requirements, exactly as the role renders them (one per line), read by
+# the project's one reader of that list (PyYAML from Debian's python3-yaml).
+REQUIREMENTS="$("${PYTHON}" "${REPO_DIR}/scripts/service-requirements.py")" \
+  || die "cannot read orchestrator_workers_pip_requirements (scripts/service-requirements.py)"
 [[ -n ${REQUIREMENTS} ]] || die "no orchestrator_workers_pip_requirements in ${DEFAULTS}"
 
 WANT="$( { printf 'recipe %s\nsuite %s\n' "${RECIPE_VERSION}" "${SUITE}"

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Render the orchestrator service from the role's templates and defaults.
+"""Render the orchestrator service from the role's sources and defaults.
 
 The tests and the benchmark harness run what this produces, so what they test
-is what the role deploys: same templates, same defaults/main.yml. Ansible's
-filters used by the templates (to_json, bool) are provided with Ansible's
-semantics.
+is what the role deploys: the same files of
+roles/orchestrator_workers/templates/shield_orchestrator/ (*.py, *.py.j2,
+*.lua, each rendered through Jinja2 and written without ".j2"), the same
+defaults/main.yml. Ansible's filters used by the templates (to_json, bool)
+are provided with Ansible's semantics.
 
     scripts/render_service.py OUTPUT_DIR [-e name=value ...]
 """
@@ -23,7 +25,6 @@ import yaml
 ROLE = Path(__file__).resolve().parent.parent / "roles" / "orchestrator_workers"
 TEMPLATES = ROLE / "templates" / "shield_orchestrator"
 PACKAGE = "shield_orchestrator"
-PATTERNS = ("*.py", "*.py.j2", "*.lua")
 
 
 def ansible_bool(value: Any) -> bool:
@@ -43,16 +44,25 @@ def environment() -> jinja2.Environment:
     return env
 
 
-# Internal role variables (vars/main.yml) the package's templates use: plain data.
-INTERNAL = ("orchestrator_workers__bounds",)
+def _plain(value: Any) -> bool:
+    """True for data without any Jinja expression in it."""
+    if isinstance(value, str):
+        return "{{" not in value and "{%" not in value
+    if isinstance(value, dict):
+        return all(_plain(key) and _plain(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    return True
 
 
 def role_variables(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """defaults/main.yml with overrides, string values templated like Ansible does,
-    plus the internal data the templates read from vars/main.yml."""
+    """defaults/main.yml, the plain-data values of vars/main.yml (such as
+    orchestrator_workers__bounds) and the overrides, string values templated
+    like Ansible does. The other values of vars/main.yml need Ansible (lookups,
+    role_path) and are the role's business, not the service's."""
     variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    internal = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
-    variables.update({name: internal[name] for name in INTERNAL})
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    variables.update({name: value for name, value in role_vars.items() if _plain(value)})
     variables.update(overrides or {})
     env = environment()
     for _ in range(5):
@@ -73,12 +83,15 @@ def render(output_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
     env = environment()
     package = output_dir / PACKAGE
     package.mkdir(parents=True, exist_ok=True)
-    # Like the role: every file goes through the template engine (a plain .py
-    # or .lua file comes out unchanged; a test keeps Jinja2 out of them).
-    for source in sorted(path for pattern in PATTERNS for path in TEMPLATES.glob(pattern)):
+    for source in sources():
         text = env.from_string(source.read_text()).render(**variables)
         (package / source.name.removesuffix(".j2")).write_text(text)
     return package
+
+
+def sources() -> list[Path]:
+    """What the role renders: plain modules, modules with deploy-time values, Redis scripts."""
+    return sorted(path for pattern in ("*.py", "*.py.j2", "*.lua") for path in TEMPLATES.glob(pattern))
 
 
 def main() -> int:

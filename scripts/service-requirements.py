@@ -1,26 +1,39 @@
 #!/usr/bin/env python3
-"""Print the service's pinned requirements (orchestrator_workers_pip_requirements
-of the role's defaults/main.yml), one per line: the same list the role renders
-into requirements.txt on the host. Uses only the standard library (the
-controller's python3 has no PyYAML before the venvs exist)."""
+"""Print the service's pinned requirements, one per line.
 
-import re
+They are orchestrator_workers_pip_requirements of the role's defaults/main.yml
+(generated from meta/argument_specs.yml): the list the role renders into
+requirements.txt on the host. This script is the one reader of that list for
+the Makefile (.venv-service, make constraints), scripts/build-wheelhouse.sh
+and bench/run.sh.
+
+Needs PyYAML: Debian's python3-yaml, which scripts/bootstrap-host.sh installs
+so that the controller's /usr/bin/python3 can run this before any virtualenv
+exists.
+"""
+
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "roles/orchestrator_workers/defaults/main.yml"
+VARIABLE = "orchestrator_workers_pip_requirements"
 
 
 def main() -> int:
-    lines = DEFAULTS.read_text().splitlines()
-    start = lines.index("orchestrator_workers_pip_requirements:") + 1
-    for line in lines[start:]:
-        if line.lstrip().startswith("#"):
-            continue
-        match = re.fullmatch(r"  - (\S+)", line)
-        if not match:
-            break
-        print(match.group(1))
+    try:
+        import yaml
+    except ImportError:
+        print(
+            f"{sys.executable} lacks PyYAML: apt-get install python3-yaml (scripts/bootstrap-host.sh)", file=sys.stderr
+        )
+        return 2
+    requirements = yaml.safe_load(DEFAULTS.read_text()).get(VARIABLE)
+    if not requirements or not all(isinstance(item, str) and item.strip() for item in requirements):
+        print(f"{DEFAULTS}: {VARIABLE} must be a non-empty list of requirement strings", file=sys.stderr)
+        return 1
+    print("\n".join(requirements))
     return 0
 
 

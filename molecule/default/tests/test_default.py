@@ -11,26 +11,17 @@ import re
 import shlex
 import time
 import uuid
-from pathlib import Path
 
+import helpers
 import pytest
-import yaml
+from helpers import BASE, GROUP, PORT, SERVICE, STREAM, USER, main_pid, psql, show
 
-SCENARIO_VARS = yaml.safe_load(
-    (Path(__file__).resolve().parent.parent / "inventory" / "group_vars" / "all.yml").read_text()
-)
-SERVICE = "shield-orchestrator"
+SCENARIO_VARS = helpers.scenario_vars(__file__)
 UNIT_FILE = f"/etc/systemd/system/{SERVICE}.service"
-PORT = 8000
-BASE = f"http://127.0.0.1:{PORT}"
 TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
+REDIS_PASSWORD = SCENARIO_VARS.get("orchestrator_workers_redis_password") or ""
 POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
-STREAM = "shield:ingestion_queue"
-GROUP = "lightrag-workers"
 STATE_DIR = "/var/lib/shield-orchestrator"
-USER = "orchestrator"
-PG_DB = "shield_orchestrator"
-JOB_DEADLINE = 240  # seconds a test job may take to complete
 
 # Hardening the unit must carry, as `systemctl show` prints it.
 HARDENING = {
@@ -85,23 +76,7 @@ ENTITIES = [
 
 
 def api(host, method: str, path: str, body: object | None = None, timeout: int = 30) -> tuple[int, object]:
-    """One HTTP request with curl inside the container: (status, parsed JSON or text)."""
-    cmd = (
-        f"curl -sS -m {timeout} -o - -w '\\n%{{http_code}}' -X {method} "
-        f"-H {shlex.quote('Authorization: Bearer ' + TOKEN)} -H 'Content-Type: application/json' "
-    )
-    if body is not None:
-        cmd += f"--data-binary {shlex.quote(json.dumps(body))} "
-    cmd += shlex.quote(BASE + path)
-    result = host.run(cmd)
-    if result.rc != 0:
-        return 0, result.stderr
-    text, _, code = result.stdout.rpartition("\n")
-    try:
-        payload: object = json.loads(text)
-    except ValueError:
-        payload = text
-    return int(code), payload
+    return helpers.api(host, TOKEN, method, path, body, timeout)
 
 
 def chunks_for(tag: str, count: int) -> list[dict[str, object]]:
@@ -119,52 +94,15 @@ def chunks_for(tag: str, count: int) -> list[dict[str, object]]:
 
 
 def submit(host, tag: str, count: int) -> dict:
-    status, body = api(
-        host,
-        "POST",
-        "/lightrag/ingest-async",
-        {"chunks": chunks_for(tag, count), "source_type": "text", "metadata": {"test": tag}},
-    )
-    assert status == 202, body
-    assert isinstance(body, dict)
-    assert body["job_id"]
-    assert body["status_url"] == f"/jobs/{body['job_id']}"
-    return body
+    return helpers.submit(host, TOKEN, chunks_for(tag, count), {"test": tag})
 
 
-def wait_job(host, job_id: str, deadline: float = JOB_DEADLINE) -> dict:
-    """Poll GET /jobs/{id} until the job is final; tolerate a restarting service."""
-    end = time.monotonic() + deadline
-    last: object = None
-    while time.monotonic() < end:
-        status, body = api(host, "GET", f"/jobs/{job_id}", timeout=10)
-        if status == 200 and isinstance(body, dict):
-            last = body
-            if body["status"] in ("completed", "failed"):
-                return body
-        else:
-            last = (status, body)
-        time.sleep(1)
-    pytest.fail(f"job {job_id} not final after {deadline}s; last answer: {last}")
-
-
-def show(host, *props: str) -> dict[str, str]:
-    out = host.check_output(f"systemctl show {SERVICE} " + " ".join(f"-p {p}" for p in props))
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def main_pid(host) -> int:
-    return int(show(host, "MainPID")["MainPID"])
+def wait_job(host, job_id: str) -> dict:
+    return helpers.wait_job(host, TOKEN, job_id)
 
 
 def redis_cli(host, *args: str) -> str:
-    password = SCENARIO_VARS.get("orchestrator_workers_redis_password") or ""
-    auth = f"--no-auth-warning -a {shlex.quote(password)} " if password else ""
-    return host.check_output(f"redis-cli --raw {auth}" + " ".join(shlex.quote(a) for a in args))
-
-
-def psql(host, sql: str) -> str:
-    return host.check_output(f"runuser -u postgres -- psql -d {PG_DB} -tAX -c {shlex.quote(sql)}").strip()
+    return helpers.redis_cli(host, REDIS_PASSWORD, *args)
 
 
 # --- the unit -------------------------------------------------------------------
@@ -276,10 +214,7 @@ def test_api_requires_token(host):
 def test_consumer_group_and_consumers(host):
     groups = redis_cli(host, "XINFO", "GROUPS", STREAM).splitlines()
     assert GROUP in groups
-    consumers = redis_cli(host, "XINFO", "CONSUMERS", STREAM, GROUP).splitlines()
-    hostname = host.check_output("hostname").strip()
-    mine = sorted(c for c in consumers if re.fullmatch(rf"{re.escape(hostname)}-worker-\d+", c))
-    assert mine == sorted(f"{hostname}-worker-{n}" for n in range(1, POOL_SIZE + 1))
+    assert helpers.my_consumers(host, REDIS_PASSWORD) == helpers.expected_consumers(host, POOL_SIZE)
 
 
 # --- end to end ------------------------------------------------------------------------

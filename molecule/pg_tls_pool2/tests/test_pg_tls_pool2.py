@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
-import time
 import uuid
-from pathlib import Path
 
+import helpers
 import pytest
-import yaml
+from helpers import PG_DB, SERVICE, USER, psql
 
-SCENARIO_VARS = yaml.safe_load(
-    (Path(__file__).resolve().parent.parent / "inventory" / "group_vars" / "all.yml").read_text()
-)
-SERVICE = "shield-orchestrator"
-BASE = "http://127.0.0.1:8000"
+SCENARIO_VARS = helpers.scenario_vars(__file__)
 TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
 POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
 REDIS_PASSWORD = SCENARIO_VARS["orchestrator_workers_redis_password"]
-STREAM = "shield:ingestion_queue"
-GROUP = "lightrag-workers"
-USER = "orchestrator"
-PG_DB = "shield_orchestrator"
-
-
-def api(host, method: str, path: str, body: object | None = None, timeout: int = 30) -> tuple[int, object]:
-    cmd = (
-        f"curl -sS -m {timeout} -o - -w '\\n%{{http_code}}' -X {method} "
-        f"-H {shlex.quote('Authorization: Bearer ' + TOKEN)} -H 'Content-Type: application/json' "
-    )
-    if body is not None:
-        cmd += f"--data-binary {shlex.quote(json.dumps(body))} "
-    result = host.run(cmd + shlex.quote(BASE + path))
-    if result.rc != 0:
-        return 0, result.stderr
-    text, _, code = result.stdout.rpartition("\n")
-    try:
-        return int(code), json.loads(text)
-    except ValueError:
-        return int(code), text
-
-
-def psql(host, sql: str) -> str:
-    return host.check_output(f"runuser -u postgres -- psql -d {PG_DB} -tAX -c {shlex.quote(sql)}").strip()
 
 
 def test_debian_13(host):
@@ -59,12 +26,7 @@ def test_unit_active_and_enabled(host):
 
 
 def test_two_consumers(host):
-    hostname = host.check_output("hostname").strip()
-    consumers = host.check_output(
-        f"redis-cli --raw --no-auth-warning -a {shlex.quote(REDIS_PASSWORD)} XINFO CONSUMERS {STREAM} {GROUP}"
-    ).splitlines()
-    mine = sorted(c for c in consumers if re.fullmatch(rf"{re.escape(hostname)}-worker-\d+", c))
-    assert mine == [f"{hostname}-worker-{n}" for n in range(1, POOL_SIZE + 1)]
+    assert helpers.my_consumers(host, REDIS_PASSWORD) == helpers.expected_consumers(host, POOL_SIZE)
 
 
 def test_client_key_private_to_service_user(host):
@@ -85,19 +47,8 @@ def completed_job(host):
         }
         for i in range(4)
     ]
-    status, body = api(
-        host, "POST", "/lightrag/ingest-async", {"chunks": chunks, "source_type": "text", "metadata": {}}
-    )
-    assert status == 202, body
-    job_id = body["job_id"]
-    end = time.monotonic() + 240
-    job: object = None
-    while time.monotonic() < end:
-        status, job = api(host, "GET", f"/jobs/{job_id}", timeout=10)
-        if status == 200 and job["status"] in ("completed", "failed"):
-            break
-        time.sleep(1)
-    return job
+    accepted = helpers.submit(host, TOKEN, chunks)
+    return helpers.wait_job(host, TOKEN, accepted["job_id"])
 
 
 def test_e2e_job_completes(completed_job):

@@ -1,0 +1,116 @@
+"""Helpers of the Molecule scenarios' testinfra tests.
+
+Everything runs inside the container (curl, redis-cli, psql, systemctl)
+through testinfra's `host` fixture; the tests never talk to the network
+themselves. molecule/conftest.py puts this directory on sys.path, so a
+scenario's test file does `import helpers`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+SERVICE = "shield-orchestrator"
+PORT = 8000
+BASE = f"http://127.0.0.1:{PORT}"
+STREAM = "shield:ingestion_queue"
+GROUP = "lightrag-workers"
+USER = "orchestrator"
+PG_DB = "shield_orchestrator"
+JOB_DEADLINE = 240  # seconds a test job may take to complete
+
+
+def scenario_vars(test_file: str) -> dict[str, Any]:
+    """The scenario's inventory values (<scenario>/inventory/group_vars/all.yml) of a test file."""
+    scenario = Path(test_file).resolve().parent.parent
+    return yaml.safe_load((scenario / "inventory" / "group_vars" / "all.yml").read_text())
+
+
+def api(host, token: str, method: str, path: str, body: object | None = None, timeout: int = 30) -> tuple[int, Any]:
+    """One HTTP request with curl inside the container: (status, parsed JSON or text); 0 when curl failed."""
+    cmd = (
+        f"curl -sS -m {timeout} -o - -w '\\n%{{http_code}}' -X {method} "
+        f"-H {shlex.quote('Authorization: Bearer ' + token)} -H 'Content-Type: application/json' "
+    )
+    if body is not None:
+        cmd += f"--data-binary {shlex.quote(json.dumps(body))} "
+    result = host.run(cmd + shlex.quote(BASE + path))
+    if result.rc != 0:
+        return 0, result.stderr
+    text, _, code = result.stdout.rpartition("\n")
+    try:
+        payload: Any = json.loads(text)
+    except ValueError:
+        payload = text
+    return int(code), payload
+
+
+def submit(host, token: str, chunks: list[dict[str, Any]], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POST a job; assert it is accepted (202) and return the answer."""
+    status, body = api(
+        host,
+        token,
+        "POST",
+        "/lightrag/ingest-async",
+        {"chunks": chunks, "source_type": "text", "metadata": metadata or {}},
+    )
+    assert status == 202, body
+    assert isinstance(body, dict)
+    assert body["job_id"]
+    assert body["status_url"] == f"/jobs/{body['job_id']}"
+    return body
+
+
+def wait_job(host, token: str, job_id: str, deadline: float = JOB_DEADLINE) -> dict[str, Any]:
+    """Poll GET /jobs/{id} until the job is final; tolerate a restarting service."""
+    end = time.monotonic() + deadline
+    last: object = None
+    while time.monotonic() < end:
+        status, body = api(host, token, "GET", f"/jobs/{job_id}", timeout=10)
+        if status == 200 and isinstance(body, dict):
+            last = body
+            if body["status"] in ("completed", "failed"):
+                return body
+        else:
+            last = (status, body)
+        time.sleep(1)
+    pytest.fail(f"job {job_id} not final after {deadline}s; last answer: {last}")
+
+
+def show(host, *props: str) -> dict[str, str]:
+    """`systemctl show` properties of the service."""
+    out = host.check_output(f"systemctl show {SERVICE} " + " ".join(f"-p {p}" for p in props))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def main_pid(host) -> int:
+    return int(show(host, "MainPID")["MainPID"])
+
+
+def redis_cli(host, password: str, *args: str) -> str:
+    auth = f"--no-auth-warning -a {shlex.quote(password)} " if password else ""
+    return host.check_output(f"redis-cli --raw {auth}" + " ".join(shlex.quote(a) for a in args))
+
+
+def psql(host, sql: str, db: str = PG_DB) -> str:
+    return host.check_output(f"runuser -u postgres -- psql -d {db} -tAX -c {shlex.quote(sql)}").strip()
+
+
+def my_consumers(host, password: str) -> list[str]:
+    """This host's consumers in the workers' group, sorted: <hostname>-worker-<n>."""
+    consumers = redis_cli(host, password, "XINFO", "CONSUMERS", STREAM, GROUP).splitlines()
+    hostname = host.check_output("hostname").strip()
+    return sorted(c for c in consumers if re.fullmatch(rf"{re.escape(hostname)}-worker-\d+", c))
+
+
+def expected_consumers(host, pool_size: int) -> list[str]:
+    hostname = host.check_output("hostname").strip()
+    return sorted(f"{hostname}-worker-{n}" for n in range(1, pool_size + 1))
