@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from shield_orchestrator.app import serve
+from shield_orchestrator.breaker import DependencyGate
 from shield_orchestrator.chunks import BatchResult, ChunkTask, DependencyReport
 from shield_orchestrator.cli import configure_logging, load_settings
 from shield_orchestrator.settings import Settings, SettingsError
@@ -21,7 +22,7 @@ from shield_orchestrator.settings import Settings, SettingsError
 class NoopProcessor:
     """Takes every chunk as done at once."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, gate: DependencyGate) -> None:
         self.settings = settings
 
     async def start(self) -> None:

@@ -43,42 +43,47 @@ def assert_all_processed(state_dir: Path, job_id: str, total: int) -> None:
         assert statuses[f"chunk-{job_id}-{index}"]["status"] == "processed", index
 
 
-def test_killed_worker_pending_chunks_are_reclaimed_by_another_host(
+def test_killed_host_entries_are_taken_over_once_its_heartbeat_lapses(
     service_factory: Any, redis_server: RedisServer
 ) -> None:
     # Host A is killed with SIGKILL mid-batch; host B (other consumer names)
-    # reclaims A's pending entries with XAUTOCLAIM once idle > task timeout.
-    host_a: ServiceProcess = service_factory(hostname="host-a", task_timeout_seconds=20, batch_size=5).start()
+    # takes A's pending entries over as soon as A's heartbeats have lapsed
+    # (6 s), not after the task timeout (300 s, the default here).
+    host_a: ServiceProcess = service_factory(hostname="host-a", batch_size=5).start()
     client = host_a.client()
     job_id = ingest(client, make_chunks(40, prefix="kill"))["job_id"]
     wait_progress(client, job_id, 3)
     host_a.kill()
+    killed = time.monotonic()
     r = redis_server.client()
     pending = r.xpending(STREAM, GROUP)["pending"]
     assert pending > 0, "the kill should leave delivered, unacked entries"
     consumers = {c["name"]: c["pending"] for c in r.xinfo_consumers(STREAM, GROUP)}
     assert sum(v for k, v in consumers.items() if k.startswith("host-a-worker-")) == pending
 
-    host_b = service_factory(hostname="host-b", task_timeout_seconds=20, batch_size=5)
+    host_b = service_factory(hostname="host-b", batch_size=5)
     host_b.env["ORCHESTRATOR_STATE_DIR"] = host_a.env["ORCHESTRATOR_STATE_DIR"]
     host_b.start()
+    wait_until(lambda: "took over" in host_b.log_text(), 30, "host B taking over host A's entries")
+    assert time.monotonic() - killed < 30
     job = wait_job(host_b.client(), job_id, timeout=240)
     assert_exactly_once(redis_server, job, 40)
-    assert "reclaimed" in host_b.log_text()
+    assert "whose heartbeat has lapsed" in host_b.log_text()
+    assert not [c for c in r.xinfo_consumers(STREAM, GROUP) if c["name"].startswith("host-a-")], "silent consumers go"
     assert host_b.terminate() == 0
     assert_all_processed(Path(host_b.env["ORCHESTRATOR_STATE_DIR"]), job_id, 40)
 
 
 def test_restarted_host_finishes_its_own_pending_entries_first(service_factory: Any, redis_server: RedisServer) -> None:
-    svc: ServiceProcess = service_factory(hostname="host-same").start()
+    svc: ServiceProcess = service_factory(hostname="host-same", batch_size=5).start()
     client = svc.client()
-    job_id = ingest(client, make_chunks(30, prefix="own"))["job_id"]
+    job_id = ingest(client, make_chunks(80, prefix="own"))["job_id"]
     wait_progress(client, job_id, 2)
     svc.kill()
     assert redis_server.client().xpending(STREAM, GROUP)["pending"] > 0
     svc.start()  # same hostname: same consumer names, long task timeout
     job = wait_job(svc.client(), job_id, timeout=240)
-    assert_exactly_once(redis_server, job, 30)
+    assert_exactly_once(redis_server, job, 80)
     assert "resuming" in svc.log_text() and "own pending entries" in svc.log_text()
 
 
@@ -130,9 +135,9 @@ def test_transient_failure_is_retried_and_succeeds(service: ServiceProcess, redi
 
 
 def test_sigterm_mid_job_then_restart_completes(service_factory: Any, redis_server: RedisServer) -> None:
-    svc: ServiceProcess = service_factory(hostname="host-term").start()
+    svc: ServiceProcess = service_factory(hostname="host-term", batch_size=5).start()
     client = svc.client()
-    job_id = ingest(client, make_chunks(30, prefix="term"))["job_id"]
+    job_id = ingest(client, make_chunks(80, prefix="term"))["job_id"]
     wait_progress(client, job_id, 2)
     started = time.monotonic()
     assert svc.terminate(timeout=90) == 0, svc.log_text()[-2000:]
@@ -144,10 +149,10 @@ def test_sigterm_mid_job_then_restart_completes(service_factory: Any, redis_serv
     r = redis_server.client()
     job_hash = r.hgetall(f"shield:job:{job_id}")
     # Whatever was not finished is still in the stream (pending or never read).
-    assert int(job_hash["chunks_processed"]) + r.xlen(STREAM) == 30
+    assert int(job_hash["chunks_processed"]) + r.xlen(STREAM) == 80
     svc.start()
     job = wait_job(svc.client(), job_id, timeout=240)
-    assert_exactly_once(redis_server, job, 30)
+    assert_exactly_once(redis_server, job, 80)
 
 
 def test_postgres_outage_mid_job_rows_catch_up(

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .api import create_app
+from .breaker import DependencyGate
 from .chunks import ChunkProcessor
 from .context import AppContext
 from .database import JobHistory, create_engine
@@ -28,15 +29,16 @@ from .intake import JobIntake
 from .job_tracker import JobTracker
 from .keys import RedisKeys
 from .lightrag_processor import LightRAGProcessor
+from .liveness import Heartbeats
 from .metrics import Metrics
 from .projection import JobProjection
 from .settings import Settings
 from .stream import IngestionStream
-from .worker_pool import WorkerPool
+from .worker_pool import PauseReporter, WorkerPool
 
 log = logging.getLogger("shield_orchestrator")
 
-ProcessorFactory = Callable[[Settings], ChunkProcessor]
+ProcessorFactory = Callable[[Settings, DependencyGate], ChunkProcessor]
 SYNC_STOP_SECONDS = 10
 HTTP_GRACEFUL_SECONDS = 10
 
@@ -88,7 +90,9 @@ class Service:
             replay_events=settings.sse_replay_events,
             keepalive_seconds=settings.sse_keepalive_seconds,
         )
-        processor = processor_factory(settings)
+        gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
+        processor = processor_factory(settings, gate)
+        heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(
             redis=redis,
             settings=settings,
@@ -97,6 +101,8 @@ class Service:
             tracker=tracker,
             events=publisher,
             metrics=metrics,
+            gate=gate,
+            heartbeats=heartbeats,
             on_job_finished=projection.request_sync,
         )
         intake = JobIntake(
@@ -108,7 +114,13 @@ class Service:
             on_enqueued=projection.request_sync,
         )
         health = HealthService(
-            settings=settings, redis=redis, history=history, stream=stream, processor=processor, pool=pool
+            settings=settings,
+            redis=redis,
+            history=history,
+            stream=stream,
+            processor=processor,
+            pool=pool,
+            projection=projection,
         )
         context = AppContext(settings, intake, tracker, history, stream, hub, health, metrics, pool.rate)
         return cls(settings, redis, engine, processor, projection, publisher, hub, pool, context)

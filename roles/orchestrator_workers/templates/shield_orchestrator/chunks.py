@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .faults import Failure
+
 
 class MalformedEntry(ValueError):
     """A stream entry that is not a chunk task (never retried: dead-lettered at once)."""
@@ -77,8 +79,8 @@ class DependencyReport:
         return {"status": "up" if self.up else "down", "required": self.required, **self.detail}
 
 
-# What a processor answers for a batch: every task's doc_id -> None (done) or an error message.
-BatchResult = dict[str, str | None]
+# What a processor answers for a batch: every task's doc_id -> None (done) or why not.
+BatchResult = dict[str, Failure | None]
 
 
 class ChunkProcessor(Protocol):

@@ -22,6 +22,8 @@ class EventType(StrEnum):
     WORKER_TASK_FAILED = "worker.task_failed"
     WORKER_POOL_STARTED = "worker_pool.started"
     WORKER_POOL_STOPPED = "worker_pool.stopped"
+    WORKER_POOL_PAUSED = "worker_pool.paused"
+    WORKER_POOL_RESUMED = "worker_pool.resumed"
 
 
 EVENT_TYPES = frozenset(item.value for item in EventType)

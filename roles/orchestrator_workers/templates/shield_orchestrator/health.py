@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from .chunks import ChunkProcessor, DependencyReport
 from .database import JobHistory
+from .projection import JobProjection
 from .settings import Settings
 from .stream import IngestionStream
 from .worker_pool import WorkerPool
@@ -30,6 +31,7 @@ class HealthService:
         stream: IngestionStream,
         processor: ChunkProcessor,
         pool: WorkerPool,
+        projection: JobProjection,
     ) -> None:
         self._s = settings
         self._redis = redis
@@ -37,6 +39,7 @@ class HealthService:
         self._stream = stream
         self._processor = processor
         self._pool = pool
+        self._projection = projection
         self._started = time.monotonic()
 
     def basic(self) -> dict[str, Any]:
@@ -62,7 +65,7 @@ class HealthService:
         reports = [redis_report, postgres_report, *processor_reports]
         pool = await self._pool_report(redis_up=redis_report.up)
         down_required = [report.name for report in reports if report.required and not report.up]
-        if pool["status"] != "running":
+        if pool["status"] not in ("running", "paused"):
             down_required.append("worker_pool")
         degraded = any(not report.up for report in reports)
         body = {
@@ -70,6 +73,10 @@ class HealthService:
             "status": "unhealthy" if down_required else ("degraded" if degraded else "healthy"),
             "dependencies": {report.name: report.as_dict() for report in reports},
             "worker_pool": pool,
+            "postgres_sync": {
+                "available": self._projection.pg_available,
+                "rejected_jobs": [item.as_dict(job_id) for job_id, item in sorted(self._projection.rejected.items())],
+            },
         }
         if down_required:
             body["down"] = down_required
@@ -84,11 +91,18 @@ class HealthService:
     async def _pool_report(self, *, redis_up: bool) -> dict[str, Any]:
         active = self._pool.active_workers
         configured = self._s.pool_size
+        paused = self._pool.gate.open_breakers()
+        status = "running" if active == configured else ("degraded" if active else "stopped")
         report: dict[str, Any] = {
-            "status": "running" if active == configured else ("degraded" if active else "stopped"),
+            "status": "paused" if paused and active else status,
             "active_workers": active,
             "configured_workers": configured,
             "processing_rate": self._pool.rate.rate(),
+            "paused": [
+                {"dependency": b.name, "since": b.since, "reason": b.reason, "probes": b.probes} for b in paused
+            ],
+            "workers": self._workers(),
+            "taken_over_from_silent_consumers": self._pool.reclaimer.claimed_total,
         }
         if redis_up:
             try:
@@ -97,6 +111,15 @@ class HealthService:
                 return report
             report.update(queue_depth=stats.queue_depth, pending=stats.pending, dead_letters=stats.dead_letters)
         return report
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """This host's workers, as their heartbeats say."""
+        last = self._pool.heartbeats.last_beat
+        age = round(time.monotonic() - last, 1) if last is not None else None
+        return [
+            {"consumer": w.consumer, "state": w.state, "tasks_done": w.tasks_done, "heartbeat_age_seconds": age}
+            for w in self._pool.worker_states()
+        ]
 
 
 async def _probe(name: str, probe: Awaitable[object], *, required: bool) -> DependencyReport:

@@ -44,6 +44,10 @@ class RedisKeys:
         """Hash job id -> version of the jobs PostgreSQL has not caught up with."""
         return f"{self.prefix}jobs:dirty"
 
+    def heartbeat(self, consumer: str) -> str:
+        """A consumer's heartbeat: present (with a short TTL) while its process lives."""
+        return f"{self.prefix}heartbeat:{consumer}"
+
     @property
     def jobs_recent(self) -> str:
         """Sorted set of job ids by creation time (GET /jobs while PostgreSQL is down)."""

@@ -1,12 +1,11 @@
-"""LightRAG processor: inserts batches of chunks into one LightRAG instance.
+"""LightRAG processor: the product's ChunkProcessor, one LightRAG instance per process.
 
-A chunk is done only when its LightRAG document status is PROCESSED. Document
-ids derive from job id and chunk index, so a redelivered chunk that is already
-PROCESSED counts as done without a second insert, and a stale attempt (FAILED,
-or left PENDING/PROCESSING by a process that died) is deleted and inserted
-again. LightRAG refuses a document whose text it already holds (a FAILED
-"dup-" record pointing at the original): such a chunk is done as soon as the
-original is PROCESSED, since its text is then in the graph.
+The feeder (feeder.py) is its one writer. A chunk is done only when its
+LightRAG document is PROCESSED; document ids derive from job id and chunk
+index, so a redelivered chunk already PROCESSED counts without a second
+insert. The LLM and embedding calls report what they run into: a transient
+failure (connection refused, timeout, 429/502/503/504) trips that
+dependency's breaker, which pauses the pool until a probe answers again.
 """
 
 from __future__ import annotations
@@ -14,43 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-from urllib.parse import quote
-from uuid import uuid4
 
 import httpx
 
+from .breaker import DependencyGate
 from .chunks import BatchResult, ChunkTask, DependencyReport
+from .database import ssl_context
+from .faults import EMBEDDING, LLM, STORAGE, classify_exception
+from .feeder import LightRAGFeeder
 from .settings import Settings
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
-POLL_SECONDS = 0.05
-STALE_STATUSES = frozenset({"failed", "pending", "parsing", "analyzing", "processing", "preprocessed"})
 ENDPOINT_CHECK_TIMEOUT = 5.0
-
-# A doc-status record: a dict or a DocProcessingStatus object, by storage.
-DocRecord = Any
-
-
-def _field(doc: DocRecord, name: str) -> Any:
-    return doc.get(name) if isinstance(doc, dict) else getattr(doc, name, None)
-
-
-def doc_status(doc: DocRecord | None) -> str:
-    """A doc-status record's status in lower case ("" for no record)."""
-    if doc is None:
-        return ""
-    value = _field(doc, "status")
-    return str(getattr(value, "value", value) or "").lower()
-
-
-def document_path(task: ChunkTask) -> str:
-    """LightRAG dedups documents by file_path basename: give each chunk its own."""
-    source = quote(task.source_uri or "inline", safe="")
-    return f"{task.doc_id}__{source}"
+PROBE_FILE = ".shield-storage-probe"
 
 
 def postgres_environment(settings: Settings) -> dict[str, str]:
@@ -87,17 +65,23 @@ def storage_classes(settings: Settings) -> dict[str, str]:
 
 
 class LightRAGProcessor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, gate: DependencyGate) -> None:
         self._s = settings
+        self._gate = gate
         self.rag: Any = None  # lightrag.LightRAG: the package ships no type information
-        self._ready = False
+        self._feeder: LightRAGFeeder | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
-        self._inflight: dict[str, asyncio.Future[None]] = {}
+        gate.register(LLM, lambda: self._endpoint_answers(settings.llm_base_url, settings.llm_api_key))
+        gate.register(
+            EMBEDDING, lambda: self._endpoint_answers(settings.embedding_base_url, settings.embedding_api_key)
+        )
+        gate.register(STORAGE, self._storage_answers)
 
     async def start(self) -> None:
         # Imported here: `import lightrag` takes ~2 s, which the CLI's other
         # commands need not pay.
         from lightrag import LightRAG
+        from lightrag.utils_pipeline import compute_text_content_hash
 
         s = self._s
         if s.log_level.upper() != "DEBUG":
@@ -109,11 +93,11 @@ class LightRAGProcessor:
         self.rag = LightRAG(
             working_dir=s.lightrag_working_dir,
             workspace=s.lightrag_workspace,
-            llm_model_func=llm_function(s),
+            llm_model_func=llm_function(s, self._gate),
             llm_model_name=s.llm_model,
             llm_model_max_async=s.llm_max_async,
             default_llm_timeout=int(s.llm_timeout_seconds),
-            embedding_func=embedding_function(s),
+            embedding_func=embedding_function(s, self._gate),
             embedding_func_max_async=s.embedding_max_async,
             default_embedding_timeout=int(s.embedding_timeout_seconds),
             tokenizer=_offline_tokenizer(),
@@ -121,7 +105,8 @@ class LightRAGProcessor:
             **storage_classes(s),
         )
         await self.rag.initialize_storages()
-        self._ready = True
+        self._feeder = LightRAGFeeder(self.rag, asyncio.Lock(), self._gate, compute_text_content_hash)
+        self._feeder.start()
         log.info(
             "LightRAG storages initialised storage=%s workspace=%s working_dir=%s llm=%s embedding=%s dim=%d",
             s.lightrag_storage,
@@ -133,138 +118,103 @@ class LightRAGProcessor:
         )
 
     async def stop(self) -> None:
-        if self.rag is not None and self._ready:
-            self._ready = False
+        if self._feeder is not None:
+            await self._feeder.stop()
+            self._feeder = None
+        if self.rag is not None:
             await self.rag.finalize_storages()
+            self.rag = None
             log.info("LightRAG storages finalised")
         await self._http.aclose()
 
     async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
-        if not self._ready:
+        if self._feeder is None:
             raise RuntimeError("LightRAG storages are not initialised")
-        deadline = time.monotonic() + time_budget
-        results: BatchResult = {}
-        existing: Mapping[str, DocRecord] = await self.rag.aget_docs_by_ids([task.doc_id for task in tasks])
-        to_insert: list[ChunkTask] = []
-        still_running: list[str] = []
-        for task in tasks:
-            running = self._inflight.get(task.doc_id)
-            if running is not None and not running.done():
-                # An earlier attempt's insert is still at work on it: wait for
-                # that one rather than deleting a document LightRAG is processing.
-                still_running.append(task.doc_id)
-                continue
-            state = doc_status(existing.get(task.doc_id))
-            if state == "processed":
-                results[task.doc_id] = None
-                continue
-            if state in STALE_STATUSES:
-                log.info("deleting stale LightRAG document %s (status %s) to insert it again", task.doc_id, state)
-                await self.rag.adelete_by_doc_id(task.doc_id)
-            to_insert.append(task)
-        if to_insert or still_running:
-            results.update(await self._insert(to_insert, still_running, deadline))
-        return results
-
-    async def _insert(self, tasks: Sequence[ChunkTask], still_running: Sequence[str], deadline: float) -> BatchResult:
-        track_id = f"shield-{uuid4().hex}"
-        ids = [task.doc_id for task in tasks]
-        paths = {document_path(task): task.doc_id for task in tasks}
-        if tasks:
-            insert = self._start_insert(tasks, ids, list(paths), track_id)
-            done, _ = await asyncio.wait({insert}, timeout=max(deadline - time.monotonic(), 0.01))
-            if insert in done and insert.exception() is not None:
-                exc = insert.exception()
-                return {doc_id: f"LightRAG insert failed: {type(exc).__name__}: {exc}" for doc_id in ids}
-        return await self._wait_for_documents(set(ids) | set(still_running), track_id, paths, deadline)
-
-    def _start_insert(
-        self, tasks: Sequence[ChunkTask], ids: list[str], paths: list[str], track_id: str
-    ) -> asyncio.Future[None]:
-        """The insert runs on even if we stop waiting: cancelling LightRAG in the
-        middle of its pipeline could leave the pipeline marked busy."""
-        insert: asyncio.Future[None] = asyncio.ensure_future(
-            self.rag.ainsert([task.text for task in tasks], ids=ids, file_paths=paths, track_id=track_id)
-        )
-        for doc_id in ids:
-            self._inflight[doc_id] = insert
-
-        def forget(_future: asyncio.Future[None]) -> None:
-            for doc_id in ids:
-                self._inflight.pop(doc_id, None)
-
-        insert.add_done_callback(forget)
-        return insert
-
-    async def _wait_for_documents(
-        self, waiting: set[str], track_id: str, paths: dict[str, str], deadline: float
-    ) -> BatchResult:
-        """Poll doc status until every document is PROCESSED or FAILED (or a
-        duplicate whose original is), or until the deadline."""
-        results: BatchResult = {}
-        duplicates: dict[str, str] = {}
-        while True:
-            docs: Mapping[str, DocRecord] = await self.rag.aget_docs_by_ids(list(waiting | set(duplicates.values())))
-            for doc_id in list(waiting):
-                state = doc_status(docs.get(doc_id))
-                if state in ("processed", "failed"):
-                    results[doc_id] = None if state == "processed" else (_field(docs[doc_id], "error_msg") or "FAILED")
-                    waiting.discard(doc_id)
-            if waiting and paths:
-                duplicates.update(await self._duplicates(track_id, paths, waiting))
-                for doc_id, original in duplicates.items():
-                    state = doc_status(docs.get(original))
-                    if doc_id in waiting and state in ("processed", "failed"):
-                        results[doc_id] = (
-                            None if state == "processed" else f"identical text as document {original}, which FAILED"
-                        )
-                        waiting.discard(doc_id)
-            if not waiting:
-                return results
-            if time.monotonic() >= deadline:
-                return results | {doc_id: "timed out waiting for LightRAG to process the chunk" for doc_id in waiting}
-            await asyncio.sleep(POLL_SECONDS)
-
-    async def _duplicates(self, track_id: str, paths: dict[str, str], waiting: set[str]) -> dict[str, str]:
-        """Map our doc ids that LightRAG recorded as content duplicates to their originals."""
-        found: dict[str, str] = {}
-        records: Mapping[str, DocRecord] = await self.rag.aget_docs_by_track_id(track_id)
-        for record in records.values():
-            metadata = _field(record, "metadata") or {}
-            doc_id = paths.get(_field(record, "file_path") or "")
-            original = metadata.get("original_doc_id")
-            if metadata.get("is_duplicate") and doc_id in waiting and original != doc_id:
-                found[doc_id] = str(original)
-        return found
+        return await self._feeder.process(tasks, time_budget)
 
     async def check(self) -> list[DependencyReport]:
         """Health of LightRAG's storages and of the LLM / embedding endpoints."""
         s = self._s
-        reports = [DependencyReport("lightrag", self._ready, required=True)]
+        reports = [DependencyReport("lightrag", self._feeder is not None, required=True)]
         for name, base_url, key in (
-            ("llm_endpoint", s.llm_base_url, s.llm_api_key),
-            ("embedding_endpoint", s.embedding_base_url, s.embedding_api_key),
+            (LLM, s.llm_base_url, s.llm_api_key),
+            (EMBEDDING, s.embedding_base_url, s.embedding_api_key),
         ):
             reports.append(await self._check_endpoint(name, base_url, key))
         return reports
 
     async def _check_endpoint(self, name: str, base_url: str, key: str) -> DependencyReport:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
         required = self._s.llm_required
         try:
-            response = await self._http.get(base_url.rstrip("/") + "/models", headers=headers)
+            response = await self._http.get(base_url.rstrip("/") + "/models", headers=_auth(key))
         except httpx.HTTPError as exc:
             return DependencyReport(name, False, required, {"error": type(exc).__name__})
-        return DependencyReport(name, response.status_code < 500, required, {"http_status": response.status_code})
+        up = response.status_code < 500 and response.status_code != 429
+        return DependencyReport(name, up, required, {"http_status": response.status_code})
+
+    async def _endpoint_answers(self, base_url: str, key: str) -> bool:
+        """The breaker's probe of an endpoint: its model list answers (not 429, not 5xx)."""
+        response = await self._http.get(base_url.rstrip("/") + "/models", headers=_auth(key))
+        return response.status_code < 500 and response.status_code != 429
+
+    async def _storage_answers(self) -> bool:
+        """The breaker's probe of LightRAG's storages: PostgreSQL answers, or the state
+        directory takes a write."""
+        s = self._s
+        if s.lightrag_storage == "postgres":
+            import asyncpg
+
+            conn = await asyncpg.connect(
+                host=s.postgres_host,
+                port=s.postgres_port,
+                user=s.postgres_user,
+                password=s.postgres_password or None,
+                database=s.postgres_db,
+                ssl=ssl_context(s),
+                timeout=5,
+            )
+            try:
+                await conn.execute("SELECT 1")
+            finally:
+                await conn.close()
+            return True
+        path = os.path.join(s.lightrag_working_dir, PROBE_FILE)
+        await asyncio.to_thread(_write_and_sync, path)
+        return True
+
+
+def _write_and_sync(path: str) -> None:
+    with open(path, "w", encoding="utf-8") as probe:
+        probe.write("ok\n")
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 LLMFunction = Callable[..., Awaitable[str]]
 
 
-def llm_function(s: Settings) -> LLMFunction:
+def reporting(gate: DependencyGate, dependency: str) -> Callable[[BaseException], None]:
+    """What a call does with an exception before it re-raises it: a transient
+    failure trips the dependency's breaker."""
+
+    def report(exc: BaseException) -> None:
+        failure = classify_exception(exc, dependency)
+        if failure.transient:
+            gate.trip(dependency, failure.message, failure.retry_after)
+
+    return report
+
+
+def llm_function(s: Settings, gate: DependencyGate) -> LLMFunction:
     """LightRAG's LLM function, through its OpenAI binding. A plain function, not a
     method: LightRAG deep-copies its configuration, functions included."""
     from lightrag.llm.openai import openai_complete_if_cache
+
+    report = reporting(gate, LLM)
 
     async def complete(
         prompt: str,
@@ -273,39 +223,49 @@ def llm_function(s: Settings) -> LLMFunction:
         **kwargs: Any,
     ) -> str:
         kwargs.pop("timeout", None)
-        answer: str = await openai_complete_if_cache(
-            s.llm_model,
-            prompt,
-            system_prompt=system_prompt,
-            history_messages=history_messages or [],
-            base_url=s.llm_base_url,
-            api_key=s.llm_api_key or "not-needed",
-            timeout=int(s.llm_timeout_seconds),
-            **kwargs,
-        )
+        try:
+            answer: str = await openai_complete_if_cache(
+                s.llm_model,
+                prompt,
+                system_prompt=system_prompt,
+                history_messages=history_messages or [],
+                base_url=s.llm_base_url,
+                api_key=s.llm_api_key or "not-needed",
+                timeout=int(s.llm_timeout_seconds),
+                **kwargs,
+            )
+        except Exception as exc:
+            report(exc)
+            raise
         return answer
 
     return complete
 
 
-def embedding_function(s: Settings) -> Any:
+def embedding_function(s: Settings, gate: DependencyGate) -> Any:
     """LightRAG's EmbeddingFunc, through its OpenAI binding."""
     from lightrag.llm.openai import openai_embed
     from lightrag.utils import EmbeddingFunc
+
+    report = reporting(gate, EMBEDDING)
 
     async def embed_texts(texts: list[str], **kwargs: Any) -> Any:
         # max_token_size=0: the binding's own truncation would fetch a
         # tiktoken encoding from the internet; LightRAG's chunking already
         # bounds what is embedded.
         kwargs.pop("max_token_size", None)
-        return await openai_embed.func(
-            texts,
-            model=s.embedding_model,
-            base_url=s.embedding_base_url,
-            api_key=s.embedding_api_key or "not-needed",
-            max_token_size=0,
-            **kwargs,
-        )
+        try:
+            return await openai_embed.func(
+                texts,
+                model=s.embedding_model,
+                base_url=s.embedding_base_url,
+                api_key=s.embedding_api_key or "not-needed",
+                max_token_size=0,
+                **kwargs,
+            )
+        except Exception as exc:
+            report(exc)
+            raise
 
     return EmbeddingFunc(
         embedding_dim=s.embedding_dim, max_token_size=8192, model_name=s.embedding_model, func=embed_texts

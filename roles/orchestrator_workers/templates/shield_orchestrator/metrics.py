@@ -31,6 +31,17 @@ class Metrics:
         )
         self.pending = Gauge("shield_pending", "Chunks delivered to a worker and not yet acked", registry=r)
         self.dead_letters = Gauge("shield_dead_letters", "Entries in the dead-letter stream", registry=r)
+        self.chunks_deferred = Counter(
+            "shield_chunks_deferred",
+            "Chunk attempts that failed because of a dependency (no attempt spent; retried once it answers)",
+            registry=r,
+        )
+        self.pool_paused = Gauge(
+            "shield_pool_paused", "1 while the pool is paused on this dependency", ["dependency"], registry=r
+        )
+        self.pool_pauses = Counter(
+            "shield_pool_pauses", "Times the pool paused on this dependency", ["dependency"], registry=r
+        )
         self.active_workers = Gauge("shield_active_workers", "Workers running in this process", registry=r)
         self.sse_clients = Gauge("shield_sse_clients", "Connected Server-Sent Events clients", registry=r)
 

@@ -64,6 +64,8 @@ class Settings:
     retry_attempts: int
     retry_backoff_seconds: float
     recycle_after_tasks: int
+    max_deliveries: int
+    heartbeat_ttl_seconds: float
     graceful_shutdown_timeout: float
     reclaim_interval_seconds: float
     # Redis names

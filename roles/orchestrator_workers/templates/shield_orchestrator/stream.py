@@ -19,9 +19,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
+from . import lua
 from .events import stream_id_key
 from .keys import RedisKeys
-from .redis_text import StreamEntry, entry_fields, stream_entries, text, text_fields
+from .redis_text import StreamEntry, entry_fields, stream_entries, text
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,18 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat()
 
 
+@dataclass(frozen=True)
+class ConsumerInfo:
+    name: str
+    pending: int
+    idle_ms: int
+
+
 class IngestionStream:
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self._redis = redis
         self.keys = keys
+        self._claim_dead = lua.register(redis, "claim_dead")
 
     # --- the group ----------------------------------------------------------------
     async def ensure_group(self) -> bool:
@@ -103,17 +112,27 @@ class IngestionStream:
         reply = await self._redis.xreadgroup(self.keys.group, consumer, {self.keys.stream: "0"}, count=count)
         return stream_entries(reply)
 
-    async def claim_idle(
-        self, consumer: str, min_idle_ms: int, start: str, count: int
-    ) -> tuple[str, list[StreamEntry]]:
-        """XAUTOCLAIM: entries idle longer than min_idle_ms move to `consumer`.
-        Returns the cursor to continue from ("0-0" when the scan is complete)."""
-        cursor, claimed, *_deleted = await self._redis.xautoclaim(
-            self.keys.stream, self.keys.group, consumer, min_idle_time=min_idle_ms, start_id=start, count=count
+    async def consumers(self) -> list[ConsumerInfo]:
+        """Every consumer of the group, with what it holds."""
+        rows = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
+        return [ConsumerInfo(text(row["name"]), int(row["pending"]), int(row["idle"])) for row in rows]
+
+    async def claim_from_silent(self, consumer: str, new_owner: str, count: int) -> list[StreamEntry]:
+        """Up to `count` entries `consumer` holds, moved to `new_owner`, if and only if
+        `consumer`'s heartbeat has lapsed (claim_dead.lua: check and claim in one step)."""
+        reply = await self._claim_dead(
+            keys=[self.keys.stream, self.keys.heartbeat(consumer)],
+            args=[self.keys.group, consumer, new_owner, count],
         )
-        return text(cursor), [
-            (text(entry_id), None if fields is None else text_fields(fields)) for entry_id, fields in claimed
-        ]
+        claimed: list[StreamEntry] = []
+        for item in reply or []:
+            entry_id, fields = item[0], item[1] if len(item) > 1 else None
+            claimed.append((text(entry_id), None if not fields else _pairs(fields)))
+        return claimed
+
+    async def forget_consumer(self, consumer: str) -> int:
+        """Remove a consumer that holds nothing from the group; its pending count."""
+        return int(await self._redis.xgroup_delconsumer(self.keys.stream, self.keys.group, consumer))
 
     async def delivery_counts(self, consumer: str, entry_ids: Sequence[str]) -> dict[str, int]:
         """How often each entry was delivered (XPENDING), for entries `consumer` holds."""
@@ -181,3 +200,11 @@ class IngestionStream:
             consumers=sorted(str(consumer["name"]) for consumer in consumers),
             stats=stats,
         )
+
+
+def _pairs(fields: object) -> dict[str, str]:
+    """A field list of a raw script reply ([k1, v1, k2, v2, ...]) as a dict."""
+    if isinstance(fields, dict):
+        return {text(key): text(value) for key, value in fields.items()}
+    items = list(fields) if isinstance(fields, list | tuple) else []
+    return {text(items[i]): text(items[i + 1]) for i in range(0, len(items) - 1, 2)}

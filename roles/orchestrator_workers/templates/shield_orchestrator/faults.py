@@ -1,0 +1,126 @@
+"""Whose fault a failure is: a dependency's (transient) or the chunk's own.
+
+Only the chunk's own fault spends one of its attempts and can end in the
+dead-letter stream. A transient failure (a dependency refusing connections,
+timing out, rate-limiting, answering 502/503/504, a storage flush that failed
+because of one of those) pauses the pool on that dependency instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+# Dependencies the pool can pause on.
+LLM = "llm_endpoint"
+EMBEDDING = "embedding_endpoint"
+STORAGE = "lightrag_storage"
+
+TRANSIENT_HTTP = frozenset({408, 429, 502, 503, 504})
+
+
+class FaultKind(StrEnum):
+    TRANSIENT = "transient"
+    CHUNK = "chunk"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a chunk was not processed this time."""
+
+    message: str
+    kind: FaultKind = FaultKind.CHUNK
+    dependency: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def transient(self) -> bool:
+        return self.kind is FaultKind.TRANSIENT
+
+
+def chunk_fault(message: str) -> Failure:
+    return Failure(message, FaultKind.CHUNK)
+
+
+def transient(message: str, dependency: str | None, retry_after: float | None = None) -> Failure:
+    return Failure(message, FaultKind.TRANSIENT, dependency, retry_after)
+
+
+# Signatures of transient failures in error texts (LightRAG's doc-status
+# error_msg, exception messages), then hints at which dependency failed.
+_TRANSIENT = re.compile(
+    r"(?i)(APIConnectionError|APITimeoutError|RateLimitError|ServiceUnavailable|"
+    r"Error code: (408|429|502|503|504)\b|status code (408|429|502|503|504)\b|"
+    r"Connection (refused|reset|error|aborted)|ConnectError|ConnectTimeout|ReadTimeout|RemoteProtocolError|"
+    r"timed out|TimeoutError|Temporary failure in name resolution|IndexFlushError|index flush failed|"
+    r"cancellation_reason|Pipeline (was )?cancelled|ConnectionRefusedError|\[Errno (104|110|111|113)\]|"
+    r"ConnectionDoesNotExist|CannotConnectNow|too many connections|server closed the connection|"
+    r"connection was closed|connection is closed|database system is (shutting down|starting up|in recovery)|"
+    r"No space left on device)"
+)
+_CLIENT_ERROR = re.compile(r"APIConnectionError|APITimeoutError|RateLimitError|Error code: \d{3}")
+_STORAGE_HINT = re.compile(r"(?i)(PG\w*Storage|asyncpg|postgres|database system|No space left)")
+_EMBEDDING_HINT = re.compile(r"(?i)(embed|VectorDB|Vector\w*Storage|vdb)")
+
+
+def classify_message(message: str) -> Failure:
+    """A failure from its text alone (what LightRAG records for a FAILED document)."""
+    if not _TRANSIENT.search(message):
+        return chunk_fault(message)
+    if _CLIENT_ERROR.search(message):
+        dependency = EMBEDDING if _EMBEDDING_HINT.search(message) else LLM
+    elif _STORAGE_HINT.search(message):
+        dependency = STORAGE
+    elif _EMBEDDING_HINT.search(message):
+        dependency = EMBEDDING
+    else:
+        dependency = LLM
+    return transient(message, dependency)
+
+
+def http_failure(status: int, message: str, dependency: str, retry_after: float | None) -> Failure:
+    """An HTTP answer of an endpoint: 408/429/502/503/504 are the endpoint's
+    trouble; any other refusal (400, 422, ...) is about this input."""
+    if status in TRANSIENT_HTTP:
+        return transient(message, dependency, retry_after)
+    return chunk_fault(message)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is rare for APIs and ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def classify_exception(exc: BaseException, dependency: str) -> Failure:
+    """A failure from an exception raised while talking to `dependency` (an
+    OpenAI-compatible endpoint, or LightRAG's storages)."""
+    import httpx
+    import openai
+
+    cause = _unwrap(exc)
+    message = f"{type(cause).__name__}: {cause}"[:2000]
+    if isinstance(cause, openai.APIStatusError):
+        retry_after = parse_retry_after(cause.response.headers.get("retry-after"))
+        return http_failure(cause.status_code, message, dependency, retry_after)
+    if isinstance(cause, openai.APIConnectionError | httpx.TransportError | OSError | TimeoutError):
+        return transient(message, dependency)
+    found = classify_message(message)
+    return transient(message, dependency) if found.transient else found
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The error under tenacity's RetryError (LightRAG's bindings retry with it)."""
+    for _ in range(5):
+        last_attempt = getattr(exc, "last_attempt", None)
+        inner = last_attempt.exception() if last_attempt is not None else None
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+    return exc

@@ -1,0 +1,259 @@
+"""The feeder: the one writer of a LightRAG workspace in this process.
+
+Workers hand it their chunks; it runs rounds, one at a time, each under the
+workspace lock (an asyncio lock on one host; across hosts, see locks.py):
+read every document's status afresh, put a FAILED document back to PENDING
+(a retry that really retries: nothing is deleted while LightRAG is busy),
+insert the new ones, let LightRAG's pipeline run to completion, and read the
+statuses again. A document counts as done only once LightRAG wrote it
+PROCESSED, which it does after every storage flushed (durable before acked).
+
+A chunk whose text LightRAG already holds under another document (a content
+duplicate, however many times over) is resolved through the content hash to
+the document that really holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+from uuid import uuid4
+
+from .breaker import DependencyGate
+from .chunks import ChunkTask
+from .faults import STORAGE, Failure, chunk_fault, classify_exception, classify_message, transient
+
+log = logging.getLogger("shield_orchestrator.lightrag")
+
+# A doc-status record: a dict or a DocProcessingStatus object, by storage.
+DocRecord = Any
+Outcome = Failure | None
+IN_PROGRESS = frozenset({"pending", "parsing", "analyzing", "processing", "preprocessed"})
+MAX_ROUND = 500
+
+
+def field_of(doc: DocRecord, name: str) -> Any:
+    return doc.get(name) if isinstance(doc, dict) else getattr(doc, name, None)
+
+
+def doc_status(doc: DocRecord | None) -> str:
+    """A doc-status record's status in lower case ("" for no record)."""
+    if doc is None:
+        return ""
+    value = field_of(doc, "status")
+    return str(getattr(value, "value", value) or "").lower()
+
+
+def document_path(task: ChunkTask) -> str:
+    """LightRAG dedups documents by file_path basename: give each chunk its own."""
+    source = quote(task.source_uri or "inline", safe="")
+    return f"{task.doc_id}__{source}"
+
+
+@dataclass
+class RoundPlan:
+    """What a round does with each document, from the statuses read under the lock."""
+
+    done: dict[str, Outcome] = field(default_factory=dict)
+    reset: list[str] = field(default_factory=list)  # FAILED by an earlier attempt: back to PENDING
+    insert: list[ChunkTask] = field(default_factory=list)  # not in LightRAG yet
+    running: list[str] = field(default_factory=list)  # PENDING/PROCESSING: the pipeline takes them
+
+
+def plan_round(tasks: Sequence[ChunkTask], docs: Mapping[str, DocRecord]) -> RoundPlan:
+    plan = RoundPlan()
+    for task in tasks:
+        state = doc_status(docs.get(task.doc_id))
+        if state == "processed":
+            plan.done[task.doc_id] = None
+        elif state == "failed":
+            plan.reset.append(task.doc_id)
+        elif state in IN_PROGRESS:
+            plan.running.append(task.doc_id)
+        else:
+            plan.insert.append(task)
+    return plan
+
+
+def outcome_of(doc: DocRecord | None, what: str) -> Outcome:
+    """A document's outcome after a round: None when PROCESSED, else why not."""
+    state = doc_status(doc)
+    if state == "processed":
+        return None
+    if state == "failed":
+        return classify_message(f"{what}: {field_of(doc, 'error_msg') or 'FAILED'}")
+    if state in IN_PROGRESS:
+        return transient(f"{what} is still {state} after the pipeline ran", None)
+    return chunk_fault(f"{what}: LightRAG did not record the document")
+
+
+@dataclass
+class _Queued:
+    task: ChunkTask
+    future: asyncio.Future[Outcome]
+
+
+class LightRAGFeeder:
+    def __init__(
+        self, rag: Any, lock: AbstractAsyncContextManager[object], gate: DependencyGate, content_hash: Any
+    ) -> None:
+        self._rag = rag
+        self._lock = lock
+        self._gate = gate
+        self._content_hash = content_hash
+        self._futures: dict[str, asyncio.Future[Outcome]] = {}
+        self._queue: list[_Queued] = []
+        self._wakeup = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lightrag-feeder")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def process(self, tasks: Sequence[ChunkTask], time_budget: float) -> dict[str, Outcome]:
+        """Each task's outcome: None (PROCESSED in LightRAG) or why not."""
+        futures = {task.doc_id: self._submit(task) for task in tasks}
+        _done, late = await asyncio.wait(futures.values(), timeout=time_budget)
+        results: dict[str, Outcome] = {}
+        for doc_id, future in futures.items():
+            if future in late:
+                results[doc_id] = chunk_fault(f"timed out after {time_budget:.0f}s waiting for LightRAG")
+            else:
+                results[doc_id] = future.result()
+        return results
+
+    def _submit(self, task: ChunkTask) -> asyncio.Future[Outcome]:
+        """The future of the task's document: shared by every submission of the same
+        document (a redelivery while an earlier attempt still runs waits for it)."""
+        future = self._futures.get(task.doc_id)
+        if future is None or future.done():
+            future = asyncio.get_running_loop().create_future()
+            self._futures[task.doc_id] = future
+            self._queue.append(_Queued(task, future))
+            self._wakeup.set()
+        return future
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            await self._wakeup.wait()
+            if not await self._gate.wait_closed(self._stop):
+                return
+            batch, self._queue = self._queue[:MAX_ROUND], self._queue[MAX_ROUND:]
+            if not self._queue:
+                self._wakeup.clear()
+            if not batch:
+                continue
+            tasks = [item.task for item in batch]
+            try:
+                async with self._lock:
+                    results = await self._round(tasks)
+            except Exception as exc:  # noqa: BLE001 - every document of the round shares the failure
+                failure = classify_exception(exc, STORAGE)
+                log.warning("LightRAG round of %d documents failed: %s", len(tasks), failure.message[:300])
+                results = {task.doc_id: failure for task in tasks}
+            for item in batch:
+                self._futures.pop(item.task.doc_id, None)
+                if not item.future.done():
+                    item.future.set_result(results.get(item.task.doc_id, transient("no outcome from the round", None)))
+
+    async def _round(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
+        ids = [task.doc_id for task in tasks]
+        plan = plan_round(tasks, await self._rag.aget_docs_by_ids(ids))
+        await self._reset_failed(plan.reset)
+        if plan.insert:
+            await self._rag.ainsert(
+                [task.text for task in plan.insert],
+                ids=[task.doc_id for task in plan.insert],
+                file_paths=[document_path(task) for task in plan.insert],
+                track_id=f"shield-{uuid4().hex}",
+            )
+        elif plan.reset or plan.running:
+            await self._rag.apipeline_process_enqueue_documents()
+        return await self._outcomes(tasks, plan)
+
+    async def _holders(self, tasks: Sequence[ChunkTask]) -> dict[str, str]:
+        """For chunks not in LightRAG under their own id: the document that already
+        holds the same text, if any (a content duplicate, of any depth)."""
+        found: dict[str, str] = {}
+        for task in tasks:
+            holder = await self._rag.doc_status.get_doc_by_content_hash(
+                self._content_hash(task.text), exclude_doc_id=task.doc_id
+            )
+            if holder:
+                found[task.doc_id] = str(holder[0])
+        return found
+
+    async def _reset_failed(self, doc_ids: Sequence[str]) -> None:
+        """FAILED documents back to PENDING, so the pipeline processes them again."""
+        if not doc_ids:
+            return
+        docs = await self._rag.aget_docs_by_ids(list(doc_ids))
+        updates: dict[str, dict[str, Any]] = {}
+        for doc_id in doc_ids:
+            doc = docs.get(doc_id)
+            if doc_status(doc) != "failed":
+                continue
+            content = await self._rag.full_docs.get_by_id(doc_id)
+            if not content:
+                continue  # nothing to process again: its outcome stays FAILED
+            update, _path, _meta = self._rag._build_pending_reset_update(_status_object(doc), content)
+            updates[doc_id] = update
+        if updates:
+            log.info("retrying %d FAILED LightRAG documents: %s", len(updates), ", ".join(sorted(updates))[:300])
+            await self._rag.doc_status.upsert(updates)
+
+    async def _outcomes(self, tasks: Sequence[ChunkTask], plan: RoundPlan) -> dict[str, Outcome]:
+        """Every document's outcome after the pipeline ran. A chunk LightRAG took as
+        a content duplicate has no document of its own: the document that holds
+        its text (found by content hash, however long the chain of duplicates)
+        answers for it."""
+        docs = await self._rag.aget_docs_by_ids([task.doc_id for task in tasks])
+        holders = await self._holders(
+            [task for task in tasks if task.doc_id not in plan.done and not docs.get(task.doc_id)]
+        )
+        if holders:
+            docs = {**docs, **(await self._holder_docs(sorted(set(holders.values()))))}
+        results: dict[str, Outcome] = dict(plan.done)
+        for task in tasks:
+            if task.doc_id in results:
+                continue
+            holder = holders.get(task.doc_id)
+            if holder is not None:
+                results[task.doc_id] = outcome_of(docs.get(holder), f"identical text as document {holder}")
+            else:
+                results[task.doc_id] = outcome_of(docs.get(task.doc_id), f"document {task.doc_id}")
+        return results
+
+    async def _holder_docs(self, holder_ids: list[str]) -> dict[str, DocRecord]:
+        """The holders' records; a holder an earlier attempt left FAILED is
+        processed again first (its own chunk may be long gone)."""
+        docs: dict[str, DocRecord] = await self._rag.aget_docs_by_ids(holder_ids)
+        failed = [doc_id for doc_id in holder_ids if doc_status(docs.get(doc_id)) == "failed"]
+        if failed:
+            await self._reset_failed(failed)
+            await self._rag.apipeline_process_enqueue_documents()
+            docs = await self._rag.aget_docs_by_ids(holder_ids)
+        return docs
+
+
+def _status_object(doc: DocRecord) -> Any:
+    """LightRAG's reset helper wants a DocProcessingStatus; JSON storages answer dicts."""
+    if not isinstance(doc, dict):
+        return doc
+    from lightrag.base import DocProcessingStatus
+
+    fields = DocProcessingStatus.__dataclass_fields__
+    return DocProcessingStatus(**{key: value for key, value in doc.items() if key in fields})
