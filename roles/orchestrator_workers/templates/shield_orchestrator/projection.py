@@ -4,6 +4,11 @@ The upsert is monotonic (database.JobHistory), so replays and concurrent syncs
 from several hosts are harmless; when PostgreSQL was down the rows simply
 catch up. Only once a job's row is written is the job settled in Redis (which
 starts a finished job's TTL).
+
+A batch PostgreSQL refuses while it answers is written again row by row: the
+rows it refuses are set aside (logged with the reason, listed in
+/health/detailed, tried again alone every minute or when the job changes) and
+every other job's row is written.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
@@ -22,6 +29,7 @@ from .job_tracker import DirtyJob, JobTracker
 log = logging.getLogger("shield_orchestrator.jobs")
 
 SYNC_BATCH = 500
+REJECTED_RETRY_SECONDS = 60.0
 
 
 def _time(value: str | None) -> datetime | None:
@@ -46,6 +54,19 @@ def job_row(fields: dict[str, str]) -> JobRow:
     }
 
 
+@dataclass
+class Rejection:
+    """A job whose row PostgreSQL refuses, while it answers."""
+
+    version: str
+    reason: str
+    since: str
+    retry_at: float
+
+    def as_dict(self, job_id: str) -> dict[str, str]:
+        return {"job_id": job_id, "reason": self.reason, "since": self.since}
+
+
 class JobProjection:
     def __init__(self, tracker: JobTracker, history: JobHistory, *, interval: float) -> None:
         self._tracker = tracker
@@ -53,6 +74,7 @@ class JobProjection:
         self._interval = interval
         self._wakeup = asyncio.Event()
         self.pg_available = True
+        self.rejected: dict[str, Rejection] = {}
 
     def request_sync(self) -> None:
         self._wakeup.set()
@@ -69,20 +91,21 @@ class JobProjection:
     async def sync_once(self, batch: int = SYNC_BATCH) -> int:
         """Write up to `batch` dirty jobs; return how many rows were written."""
         try:
-            jobs, dirty_total = await self._tracker.dirty_jobs(batch)
+            jobs, dirty_total = await self._tracker.dirty_jobs(batch + len(self.rejected))
         except RedisError as exc:
             log.warning("job sync: cannot read dirty jobs from Redis: %s", exc)
             return 0
+        jobs = [job for job in jobs if not self._set_aside(job)][:batch]
         if not jobs:
             return 0
         for job in jobs:
             if not job.fields:
                 log.error("job sync: job %s is dirty but its Redis hash is gone", job.job_id)
-        written = [job for job in jobs if job.fields]
-        if written and not await self._write(written):
+        written = await self._write([job for job in jobs if job.fields])
+        if written is None:
             return 0
         try:
-            await self._tracker.settle(jobs)
+            await self._tracker.settle([job for job in jobs if not job.fields or job.job_id in written])
         except RedisError as exc:
             log.warning("job sync: rows written, Redis unreachable to settle them (retried): %s", exc)
             return len(written)
@@ -90,15 +113,64 @@ class JobProjection:
             self._wakeup.set()
         return len(written)
 
-    async def _write(self, jobs: list[DirtyJob]) -> bool:
+    def _set_aside(self, job: DirtyJob) -> bool:
+        """A rejected job waits for its next try, unless it changed meanwhile."""
+        rejection = self.rejected.get(job.job_id)
+        return rejection is not None and rejection.version == job.version and time.monotonic() < rejection.retry_at
+
+    async def _write(self, jobs: list[DirtyJob]) -> set[str] | None:
+        """Upsert the jobs' rows; the ids written, or None when PostgreSQL is unreachable."""
+        if not jobs:
+            return set()
         try:
             await self._history.upsert([job_row(job.fields) for job in jobs])
-        except Exception as exc:  # noqa: BLE001 - whatever the cause, retry on the next tick
+        except Exception as exc:  # noqa: BLE001 - sorted out below: PostgreSQL down, or a row it refuses
+            if not await self._reachable(exc):
+                return None
+            written = await self._write_alone(jobs)
+        else:
+            written = {job.job_id for job in jobs}
+        self._reachable_again()
+        for job_id in written & set(self.rejected):
+            log.info("job sync: PostgreSQL took job %s's row after all", job_id)
+            del self.rejected[job_id]
+        return written
+
+    async def _write_alone(self, jobs: list[DirtyJob]) -> set[str]:
+        """Every row on its own: the refused ones are set aside with their reason."""
+        written: set[str] = set()
+        for job in jobs:
+            try:
+                await self._history.upsert([job_row(job.fields)])
+            except Exception as exc:  # noqa: BLE001 - this row's own problem (or PostgreSQL went away: retried)
+                self._reject(job, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+            else:
+                written.add(job.job_id)
+        return written
+
+    def _reject(self, job: DirtyJob, reason: str) -> None:
+        known = self.rejected.get(job.job_id)
+        if known is None or known.reason != reason:
+            log.error(
+                "job sync: PostgreSQL refuses the row of job %s (%s); every other job's row is written, "
+                "this one is tried again alone every %.0fs",
+                *(job.job_id, reason, REJECTED_RETRY_SECONDS),
+            )
+        since = known.since if known else datetime.now(UTC).isoformat()
+        self.rejected[job.job_id] = Rejection(job.version, reason, since, time.monotonic() + REJECTED_RETRY_SECONDS)
+
+    async def _reachable(self, exc: Exception) -> bool:
+        """Whether PostgreSQL answers (so `exc` was about the rows, not the server)."""
+        try:
+            await self._history.ping()
+        except Exception:  # noqa: BLE001 - any failure of a plain SELECT 1 means unreachable
             if self.pg_available:
                 log.error("PostgreSQL unreachable, job rows will catch up when it returns: %s", exc)
             self.pg_available = False
             return False
+        return True
+
+    def _reachable_again(self) -> None:
         if not self.pg_available:
             log.info("PostgreSQL reachable again; job rows are catching up")
         self.pg_available = True
-        return True

@@ -18,6 +18,7 @@ from .states import JobState
 log = logging.getLogger("shield_orchestrator.api")
 
 router = APIRouter(tags=["jobs"])
+RETRY = {"Retry-After": "5"}
 
 
 def parse_job_id(job_id: str) -> str:
@@ -54,13 +55,22 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: str, context: Context) -> JobView:
+    """Redis holds a live job; PostgreSQL every job it has synced. Either one down:
+    the other answers; both down: 503 (never a 500)."""
     job_id = parse_job_id(job_id)
-    job = await context.tracker.get(job_id)
+    redis_error: RedisError | None = None
+    try:
+        job = await context.tracker.get(job_id)
+    except RedisError as exc:
+        job, redis_error = None, exc
     if job is None:
         try:
             job = await context.history.get(job_id)
         except (SQLAlchemyError, OSError) as exc:
-            raise ApiError(503, f"job {job_id} is not in Redis and PostgreSQL is unreachable ({exc})") from None
+            where = "Redis is unreachable" if redis_error else "it is not in Redis"
+            raise ApiError(503, f"job {job_id}: {where} and PostgreSQL is unreachable ({exc})", RETRY) from None
+    if job is None and redis_error is not None:
+        raise ApiError(503, f"job {job_id}: not in PostgreSQL yet and Redis is unreachable ({redis_error})", RETRY)
     if job is None:
         raise ApiError(404, f"job_id: job {job_id} not found")
     return job
