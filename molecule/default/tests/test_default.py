@@ -157,8 +157,10 @@ def test_systemd_analyze_verify_clean(host):
 
 def test_environment_file_holds_only_secrets(host):
     env = host.file("/etc/shield-orchestrator/orchestrator.env")
-    assert env.user == USER
-    assert env.mode == 0o600
+    # root's file, readable by the service's group: the service cannot rewrite its secrets.
+    assert env.user == "root"
+    assert env.group == USER
+    assert env.mode == 0o640
     names = {
         line.split("=", 1)[0]
         for line in host.check_output("cat /etc/shield-orchestrator/orchestrator.env").splitlines()
@@ -171,6 +173,25 @@ def test_environment_file_holds_only_secrets(host):
         "ORCHESTRATOR_LLM_API_KEY",
         "ORCHESTRATOR_EMBEDDING_API_KEY",
     }
+
+
+def test_no_secret_value_in_the_journal_or_the_auth_log(host):
+    """After a deploy, its idempotence run, a check run and the validate phase
+    (inspect-queue as the service user through sudo): no secret value was logged."""
+    secrets = {
+        name: SCENARIO_VARS[name]
+        for name in (
+            "orchestrator_workers_api_token",
+            "orchestrator_workers_redis_password",
+            "orchestrator_workers_postgres_password",
+        )
+    }
+    journal = host.check_output("journalctl --no-pager -o cat")
+    assert "COMMAND=" in journal, "sudo's log lines reach the journal (or this test proves nothing)"
+    auth = host.run("cat /var/log/auth.log 2>/dev/null").stdout
+    for name, value in secrets.items():
+        assert value and value not in journal, f"{name}'s value is in the journal"
+        assert value not in auth, f"{name}'s value is in the auth log"
 
 
 def test_service_user_has_no_login(host):

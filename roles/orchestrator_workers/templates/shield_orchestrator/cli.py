@@ -1,8 +1,11 @@
-"""Command line: `python -m shield_orchestrator serve | init-db | inspect-queue`.
+"""Command line: `python -m shield_orchestrator [--env-file PATH] serve | init-db | inspect-queue`.
 
 serve          run the API and the worker pool (the systemd unit runs this)
 init-db        create the PostgreSQL schema if missing (idempotent)
 inspect-queue  print the stream, its consumer group, consumers and statistics as JSON
+
+--env-file reads the environment file the unit uses (the secrets) itself, so
+that no secret has to travel on a command line or through sudo's log.
 """
 
 from __future__ import annotations
@@ -24,6 +27,38 @@ from .stream import IngestionStream
 
 NOISY_LOGGERS = ("httpx", "httpx2", "openai", "nano-vectordb", "lightrag")
 EXIT_CONFIG = 2
+
+
+def read_env_file(text: str) -> dict[str, str]:
+    """NAME=value lines as systemd's EnvironmentFile= reads them: comments and
+    blank lines skipped; a value in double quotes takes the escapes \\ \" \\$ \\`
+    and \n, one in single quotes is literal."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, sep, raw = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ValueError(f"line {number}: not NAME=value")
+        values[name.strip()] = _unquote(raw.strip())
+    return values
+
+
+def _unquote(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        return raw[1:-1]
+    if not (len(raw) >= 2 and raw[0] == raw[-1] == '"'):
+        return raw
+    out: list[str] = []
+    chars = iter(raw[1:-1])
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            out.append("\n" if following == "n" else following)
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -63,10 +98,19 @@ async def inspect_queue(settings: Settings) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="shield_orchestrator", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--env-file", help="environment file to read (the unit's EnvironmentFile=)")
     parser.add_argument("command", choices=["serve", "init-db", "inspect-queue"])
     args = parser.parse_args(argv)
+    environ: dict[str, str] = {}
     try:
-        settings = load_settings(os.environ)
+        if args.env_file:
+            with open(args.env_file, encoding="utf-8") as handle:
+                environ = read_env_file(handle.read())
+    except (OSError, ValueError) as exc:
+        print(f"configuration error: --env-file {args.env_file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        settings = load_settings({**environ, **os.environ})
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
