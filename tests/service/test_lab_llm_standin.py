@@ -350,6 +350,15 @@ async def test_injected_failures(standin: Standin) -> None:
         retried_chat = await client.chat.completions.create(
             model=CHAT_MODEL, messages=[{"role": "user", "content": "LAB_STANDIN_FAIL_ONCE chat"}]
         )
+        # Once per marked passage, whatever prompt quotes it.
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(
+                model=CHAT_MODEL, messages=[{"role": "user", "content": "Extract: LAB_STANDIN_FAIL_ONCE passage 7."}]
+            )
+        quoted = await client.chat.completions.create(
+            model=CHAT_MODEL, messages=[{"role": "user", "content": "Summarise: LAB_STANDIN_FAIL_ONCE passage 7."}]
+        )
+        assert quoted.choices[0].message.content
         # Chat markers do not affect embeddings, and the reverse.
         unaffected = await client.embeddings.create(model=EMBED_MODEL, input="LAB_STANDIN_FAIL_ALWAYS")
         with pytest.raises(openai.BadRequestError):

@@ -64,6 +64,7 @@ class SSEEvent:
     id: str
     type: str
     data: dict[str, Any]
+    received: float = field(default_factory=time.time)
 
 
 @dataclass

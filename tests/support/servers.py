@@ -109,19 +109,34 @@ class Process:
 class RedisServer:
     port: int
     proc: Process
+    root: Path
 
     @classmethod
     def start(cls, root: Path) -> RedisServer:
         """As roles/redis_server deploys it (AOF, fsync every second), minus RDB
         snapshots, whose forks would land at random in a measured run."""
-        data = root / "redis"
-        data.mkdir(parents=True)
+        (root / "redis").mkdir(parents=True)
         port = free_port()
-        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", ""]
-        argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"]
-        server = cls(port, Process.spawn("redis", argv, os.environ, root))
-        wait_until(lambda: server.alive_and(server.client().ping()), 15, "redis-server")
+        server = cls(port, cls._spawn(root, port), root)
+        server.wait_ready()
         return server
+
+    @staticmethod
+    def _spawn(root: Path, port: int) -> Process:
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(root / "redis"), "--save", ""]
+        argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"]
+        return Process.spawn("redis", argv, os.environ, root)
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: self.alive_and(self.client().ping()), 15, "redis-server")
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop (SIGTERM: the AOF is flushed), stay down a while, start again on the same port and data."""
+        self.proc.stop()
+        time.sleep(down_seconds)
+        argv = list(self.proc.popen.args)  # type: ignore[arg-type]
+        self.proc = Process.spawn("redis", [str(arg) for arg in argv], os.environ, self.root)
+        self.wait_ready()
 
     def alive_and(self, answer: bool) -> bool:
         self.proc.check()
@@ -224,6 +239,8 @@ class Standin:
 
     port: int
     proc: Process
+    workdir: Path
+    argv: list[str]
 
     @classmethod
     def start(
@@ -235,14 +252,16 @@ class Standin:
         name: str = "standin",
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
+        port: int = 0,
     ) -> Standin:
-        """`embedding_dim` None: the stand-in's own setting (its environment)."""
-        port = free_port()
+        """`embedding_dim` None: the stand-in's own setting (its environment);
+        `port` 0: a free one (give the old one to restart after an outage)."""
+        port = port or free_port()
         argv = [python, str(STANDIN), "--host", "127.0.0.1", "--port", str(port)]
         if embedding_dim is not None:
             argv += ["--embedding-dim", str(embedding_dim)]
         argv += extra or []
-        standin = cls(port, Process.spawn(name, argv, {**os.environ, **(env or {})}, root))
+        standin = cls(port, Process.spawn(name, argv, {**os.environ, **(env or {})}, root), root, argv)
         wait_until(lambda: standin.answering(), 60, "the LLM stand-in")
         return standin
 
@@ -264,3 +283,13 @@ class Standin:
 
     def stop(self) -> None:
         self.proc.stop()
+
+    def start_again(self) -> None:
+        """After stop(): the same server on the same port (an endpoint that came back)."""
+        self.proc = Process.spawn(self.proc.name, self.argv, os.environ, self.workdir)
+        wait_until(lambda: self.answering(), 60, "the LLM stand-in")
+
+    def outage(self, status: int, seconds: float, retry_after: float = 0) -> None:
+        """Every /v1/ route answers `status` for `seconds` (the stand-in's test switch)."""
+        body = {"status": status, "seconds": seconds, "retry_after": retry_after}
+        httpx.post(f"{self.root}/admin/outage", json=body, timeout=10).raise_for_status()

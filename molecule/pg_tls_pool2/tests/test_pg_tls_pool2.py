@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import helpers
@@ -83,3 +84,44 @@ def test_plain_connection_refused(host):
         USER,
     )
     assert result.rc != 0
+
+
+def test_postgresql_down_60s_mid_job_pauses_the_pool_and_loses_nothing(host):
+    """LightRAG's storages are PostgreSQL here: stopped for 60 s mid-job, the pool
+    pauses on them (no chunk spends an attempt), resumes once PostgreSQL answers,
+    and the job completes with every chunk."""
+    tag = uuid.uuid4().hex[:8]
+    chunks = [
+        {
+            "text": f"Harlow Tannery ships leather to Wickmere. Ledger {tag}-{i} notes Harlow Tannery.",
+            "source_uri": f"molecule://pgdown/{tag}/{i}",
+            "metadata": {},
+        }
+        for i in range(60)
+    ]
+    job_id = helpers.submit(host, TOKEN, chunks)["job_id"]
+    for _ in range(120):
+        status, body = helpers.api(host, TOKEN, "GET", f"/jobs/{job_id}")
+        if status == 200 and body["chunks_processed"] >= 5:
+            break
+        time.sleep(0.5)
+    host.check_output("systemctl stop postgresql")
+    try:
+        paused = None
+        for _ in range(60):
+            status, body = helpers.api(host, TOKEN, "GET", "/health/detailed")
+            if isinstance(body, dict) and body.get("worker_pool", {}).get("paused"):
+                paused = body["worker_pool"]["paused"]
+                break
+            time.sleep(1)
+        assert paused and "lightrag_storage" in {item["dependency"] for item in paused}, body
+        time.sleep(60)
+    finally:
+        host.check_output("systemctl start postgresql")
+    job = helpers.wait_job(host, TOKEN, job_id, deadline=300)
+    assert job["status"] == "completed" and job["chunks_processed"] == 60 and job["chunks_failed"] == 0, job
+    assert helpers.redis_cli(host, REDIS_PASSWORD, "XLEN", "shield:ingestion_queue:dlq").strip() == "0"
+    journal = host.check_output(f"journalctl -u {SERVICE} --no-pager -o cat")
+    assert "worker pool paused: lightrag_storage" in journal
+    assert "worker pool resumed: lightrag_storage" in journal
+    assert "chunk dead-lettered" not in journal

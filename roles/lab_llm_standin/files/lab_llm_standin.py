@@ -32,10 +32,14 @@ Chat answers recognise the prompts of LightRAG 1.5.7 (``lightrag/prompt.py``):
 Every chat and embedding call can be slowed down by ``--delay-ms`` (used by
 benchmarks). Failures can be injected for error-path tests: a chat request whose
 last user message contains ``LAB_STANDIN_FAIL_ALWAYS`` gets HTTP 400 every time,
-``LAB_STANDIN_FAIL_ONCE`` only the first time that exact message is seen (a
-transient error). ``LAB_STANDIN_EMBED_FAIL_ALWAYS`` and
+``LAB_STANDIN_FAIL_ONCE`` only the first time that marked passage (the marker
+and the 40 characters after it) is seen, in whatever prompt (a failure that a
+retry clears). ``LAB_STANDIN_EMBED_FAIL_ALWAYS`` and
 ``LAB_STANDIN_EMBED_FAIL_ONCE`` do the same for embedding inputs.
-``--no-failure-injection`` turns the markers off.
+``--no-failure-injection`` turns the markers off. ``POST /admin/outage``
+(``{"status": 503, "seconds": 30, "retry_after": 2}``) makes every ``/v1/``
+route answer that status for a while, as an endpoint that is down or
+rate-limiting would (429 with ``Retry-After``).
 
 Settings come from the command line or from ``LAB_LLM_STANDIN_*`` environment
 variables.
@@ -655,7 +659,12 @@ def create_app(settings: Settings) -> FastAPI:
                 stats["injected_failures"] += 1
                 return _error(400, "lab stand-in: injected failure (fail-always)")
             if once in text:
-                key = hashlib.sha256(f"{route}\0{text}".encode()).hexdigest()
+                # Once per marked passage (the marker and the 40 characters after
+                # it), whatever prompt carries it: a chunk fails once, not once
+                # per extraction, gleaning and summary prompt that quotes it.
+                start = text.index(once)
+                passage = text[start : start + len(once) + 40]
+                key = hashlib.sha256(f"{route}\0{passage}".encode()).hexdigest()
                 if key not in failed_once:
                     failed_once.add(key)
                     stats["injected_failures"] += 1
@@ -672,6 +681,35 @@ def create_app(settings: Settings) -> FastAPI:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         return body if isinstance(body, dict) else None
+
+    # An outage on demand, for tests of the caller's fault handling: every /v1/
+    # route answers `status` (429 or 5xx, with Retry-After when given) until it ends.
+    outage: dict[str, float] = {"until": 0.0, "status": 503, "retry_after": 0.0}
+
+    @app.middleware("http")
+    async def injected_outage(request: Request, call_next: Any) -> Any:
+        if request.url.path.startswith("/v1/") and time.monotonic() < outage["until"]:
+            stats["injected_outage"] += 1
+            response = _error(int(outage["status"]), "lab stand-in: injected outage", "server_error")
+            if outage["retry_after"]:
+                response.headers["Retry-After"] = str(int(outage["retry_after"]))
+            return response
+        return await call_next(request)
+
+    @app.post("/admin/outage")
+    async def start_outage(request: Request) -> JSONResponse:
+        """{"status": 503|429|502|504, "seconds": N, "retry_after": S}: answer that on /v1/ for N seconds."""
+        body = await _json_body(request) or {}
+        try:
+            status, seconds = int(body.get("status", 503)), float(body.get("seconds", 0))
+            retry_after = float(body.get("retry_after", 0))
+        except (TypeError, ValueError):
+            return _error(400, "status, seconds and retry_after must be numbers")
+        if status not in (429, 500, 502, 503, 504) or not 0 <= seconds <= 3600:
+            return _error(400, "status must be 429 or 5xx and seconds within 0-3600")
+        outage.update(until=time.monotonic() + seconds, status=status, retry_after=retry_after)
+        logger.warning("LAB/TEST STAND-IN: injected outage %d for %.0fs", status, seconds)
+        return JSONResponse({"status": status, "seconds": seconds, "retry_after": retry_after})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

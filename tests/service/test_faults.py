@@ -1,0 +1,292 @@
+"""What fails around the pool: kills, dependency outages, rate limits, chunk faults,
+rows PostgreSQL refuses, Redis blips, duplicates. Nothing good is dead-lettered,
+no count runs ahead of the graph, no request answers 500."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.service.conftest import ServiceFactory
+from tests.support.helpers import SSECollector, ingest, lightrag_files, make_chunks, wait_job
+from tests.support.servers import PostgresServer, RedisServer, Standin, wait_until
+from tests.support.service import API_TOKEN, EMBEDDING_DIM, ServiceProcess
+
+STREAM = "shield:ingestion_queue"
+DLQ = f"{STREAM}:dlq"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def processed_docs(state_dir: Path, job_id: str) -> int:
+    """PROCESSED documents of the job in LightRAG's doc status, read from its file."""
+    path = lightrag_files(state_dir).get("doc_status")
+    if path is None:
+        return 0
+    statuses = json.loads(path.read_text())
+    prefix = f"chunk-{job_id}-"
+    return sum(1 for doc_id, doc in statuses.items() if doc_id.startswith(prefix) and doc["status"] == "processed")
+
+
+class CountWatch:
+    """A thread comparing, over and over, the job's count (its Redis hash) with the
+    PROCESSED documents LightRAG holds for it: the count must never run ahead."""
+
+    def __init__(self, redis_server: RedisServer, state_dir: Path, job_id: str) -> None:
+        self.redis = redis_server.client()
+        self.state_dir, self.job_id = state_dir, job_id
+        self.samples = 0
+        self.ahead: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CountWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            counted = int(self.redis.hget(f"shield:job:{self.job_id}", "chunks_processed") or 0)
+            processed = processed_docs(self.state_dir, self.job_id)
+            self.samples += 1
+            if counted > processed:
+                self.ahead.append((counted, processed))
+            time.sleep(0.05)
+
+
+def counted(redis_server: RedisServer, job_id: str) -> int:
+    return int(redis_server.client().hget(f"shield:job:{job_id}", "chunks_processed") or 0)
+
+
+def test_kill_9_five_times_mid_job_never_lets_the_count_run_ahead_of_the_graph(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    svc: ServiceProcess = service_factory(hostname="host-kill", batch_size=5).start()
+    state = Path(svc.env["ORCHESTRATOR_STATE_DIR"])
+    job_id = ingest(svc.client(), make_chunks(200, prefix="kill9"))["job_id"]
+    rng = random.Random(9)
+    hits = []
+    with CountWatch(redis_server, state, job_id) as watch:
+        for _ in range(5):
+            time.sleep(rng.uniform(1.0, 4.0))
+            hits.append(counted(redis_server, job_id))
+            svc.kill()
+            # Restarted at once: after the kill, every chunk counted is PROCESSED.
+            assert counted(redis_server, job_id) <= processed_docs(state, job_id)
+            svc.start()
+        job = wait_job(svc.client(), job_id, timeout=300)
+    assert all(count < 200 for count in hits), f"a kill came after the job ended: {hits}"
+    assert watch.samples > 100 and watch.ahead == [], watch.ahead[:5]
+    assert job["status"] == "completed" and job["chunks_processed"] == 200, job
+    r = redis_server.client()
+    assert r.scard(f"shield:job:{job_id}:done") == 200
+    assert r.xlen(DLQ) == 0 and r.xlen(STREAM) == 0
+    assert svc.terminate() == 0
+    assert processed_docs(state, job_id) == 200
+
+
+def pause_events(collector: SSECollector) -> list[tuple[str, str]]:
+    return [(e.type, e.data["dependency"]) for e in collector.events if e.type.startswith("worker_pool.")]
+
+
+def test_llm_endpoint_down_90s_pauses_and_resumes_with_no_dead_letter(
+    service_factory: ServiceFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    standin = Standin.start(tmp_path, embedding_dim=EMBEDDING_DIM, name="standin-outage")
+    try:
+        svc: ServiceProcess = service_factory(
+            llm_base_url=standin.base_url, embedding_base_url=standin.base_url, batch_size=5
+        ).start()
+        client = svc.client()
+        events = SSECollector(
+            f"{svc.url}/events/stream?event_types=worker_pool.paused,worker_pool.resumed,ingestion.progress", AUTH
+        ).start()
+        job_id = ingest(client, make_chunks(120, prefix="outage"))["job_id"]
+        wait_until(lambda: client.get(f"/jobs/{job_id}").json()["chunks_processed"] >= 10, 120, "10 chunks")
+        standin.stop()
+        paused = wait_until(lambda: _paused_health(client), 60, "the pool to pause")
+        assert paused["worker_pool"]["status"] == "paused"
+        assert {item["dependency"] for item in paused["worker_pool"]["paused"]} <= {
+            "llm_endpoint",
+            "embedding_endpoint",
+        }
+        assert all(item["since"] for item in paused["worker_pool"]["paused"])
+        assert 'shield_pool_paused{dependency="llm_endpoint"} 1.0' in client.get("/metrics").text
+        accepted = client.post("/lightrag/ingest-async", json={"chunks": make_chunks(1, prefix="while-paused")})
+        assert accepted.status_code == 202, "POSTs are accepted while paused"
+        time.sleep(90)
+        returned = time.time()
+        standin.start_again()
+        job = wait_job(client, job_id, timeout=300)
+        wait_job(client, accepted.json()["job_id"], timeout=120)
+    finally:
+        standin.stop()
+    assert job["status"] == "completed" and job["chunks_processed"] == 120 and job["chunks_failed"] == 0, job
+    assert redis_server.client().xlen(DLQ) == 0
+    kinds = [(e.type, e.data.get("dependency")) for e in events.events if e.type.startswith("worker_pool.")]
+    assert ("worker_pool.paused", "llm_endpoint") in kinds and ("worker_pool.resumed", "llm_endpoint") in kinds
+    first_after = min(e.received for e in events.events if e.type == "ingestion.progress" and e.received >= returned)
+    print(f"\nFIGURE outage: first chunk processed {first_after - returned:.1f}s after the endpoint returned")
+    assert first_after - returned < 30
+    log = svc.log_text()
+    assert 1 <= log.count("worker pool paused: llm_endpoint") <= 2, "one line per state change, not per chunk"
+    assert "worker pool resumed: llm_endpoint" in log
+    assert "chunk dead-lettered" not in log and "chunk failed" not in log
+    metrics = client.get("/metrics").text
+    assert 'shield_pool_paused{dependency="llm_endpoint"} 0.0' in metrics
+    assert 'shield_pool_pauses_total{dependency="llm_endpoint"}' in metrics
+
+
+def _paused_health(client: httpx.Client) -> dict[str, Any] | None:
+    body = client.get("/health/detailed").json()
+    return body if body["worker_pool"].get("paused") else None
+
+
+def test_rate_limited_endpoint_429_retry_after_is_waited_out(
+    service_factory: ServiceFactory, redis_server: RedisServer, llm_standin: Standin
+) -> None:
+    svc: ServiceProcess = service_factory(batch_size=5).start()
+    client = svc.client()
+    events = SSECollector(f"{svc.url}/events/stream?event_types=worker_pool.paused,worker_pool.resumed", AUTH).start()
+    job_id = ingest(client, make_chunks(60, prefix="ratelimit"))["job_id"]
+    wait_until(lambda: client.get(f"/jobs/{job_id}").json()["chunks_processed"] >= 5, 120, "5 chunks")
+    llm_standin.outage(429, seconds=30, retry_after=2)
+    job = wait_job(client, job_id, timeout=300)
+    assert job["status"] == "completed" and job["chunks_processed"] == 60, job
+    assert redis_server.client().xlen(DLQ) == 0
+    resumed = [e for e in events.events if e.type == "worker_pool.resumed"]
+    assert resumed and max(e.data["paused_seconds"] for e in resumed) >= 20, resumed
+    assert "chunk dead-lettered" not in svc.log_text()
+
+
+def marked(chunks: list[dict[str, Any]], indexes: range | list[int], marker: str) -> None:
+    for index in indexes:
+        chunks[index]["text"] = f"Marker {marker} number {index} was filed by Quinn Archer at the Tidewater Depot."
+
+
+def test_fail_once_chunks_under_load_are_retried_fail_always_ones_dead_lettered(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    svc: ServiceProcess = service_factory().start()
+    client = svc.client()
+    chunks = make_chunks(120, prefix="chunkfaults")
+    marked(chunks, list(range(5, 120, 10)), "LAB_STANDIN_FAIL_ONCE")
+    marked(chunks, [7, 63], "LAB_STANDIN_FAIL_ALWAYS")
+    job = wait_job(client, ingest(client, chunks)["job_id"], timeout=300)
+    assert job["status"] == "failed" and job["chunks_processed"] == 118 and job["chunks_failed"] == 2, job
+    letters = redis_server.client().xrange(DLQ)
+    assert sorted(int(fields["index"]) for _id, fields in letters) == [7, 63]
+    assert all(fields["attempts"] == "3" for _id, fields in letters)
+    log = svc.log_text()
+    assert "worker pool paused" not in log, "a chunk's own fault never pauses the pool"
+    assert log.count("attempt=3/3") == 2
+
+
+def test_a_row_postgresql_refuses_does_not_hold_back_the_others(
+    service_factory: ServiceFactory, redis_server: RedisServer, postgres_server: PostgresServer
+) -> None:
+    svc: ServiceProcess = service_factory().start()
+    client = svc.client()
+    # Behind the API's back (the API bounds its fields): a job whose job_type
+    # is longer than the column (64), as an older or buggy writer could leave.
+    bad = str(uuid.uuid4())
+    r = redis_server.client()
+    now = "2026-11-29T10:00:00+00:00"
+    r.hset(
+        f"shield:job:{bad}",
+        mapping={
+            "job_id": bad,
+            "job_type": "ingest:" + "x" * 70,
+            "status": "queued",
+            "chunks_total": 1,
+            "chunks_processed": 0,
+            "chunks_failed": 0,
+            "job_metadata": "{}",
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    r.hincrby("shield:jobs:dirty", bad, 1)
+    good = [ingest(client, make_chunks(2, prefix=f"goodrow{i}"))["job_id"] for i in range(3)]
+    for job_id in good:
+        wait_job(client, job_id, timeout=120)
+
+    def rows() -> str:
+        ids = ",".join(f"'{job_id}'" for job_id in good)
+        return postgres_server.psql(f"SELECT count(*) FROM job_status WHERE job_id IN ({ids}) AND status = 'completed'")
+
+    wait_until(lambda: rows() == "3", 30, "every other job's row")
+    health = client.get("/health/detailed").json()
+    [rejected] = health["postgres_sync"]["rejected_jobs"]
+    assert rejected["job_id"] == bad and "value too long" in rejected["reason"], rejected
+    assert health["postgres_sync"]["available"] is True
+    log = svc.log_text()
+    assert f"PostgreSQL refuses the row of job {bad}" in log and "PostgreSQL unreachable" not in log
+    assert r.ttl(f"shield:job:{good[0]}") > 0, "the good jobs were settled (TTL started)"
+
+
+def test_redis_restarts_and_short_outages_never_answer_500(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    svc: ServiceProcess = service_factory().start()
+    client = svc.client()
+    job_id = ingest(client, make_chunks(2, prefix="blips"))["job_id"]
+    wait_job(client, job_id, timeout=120)
+    wait_until(lambda: client.get("/jobs").json()["count"] >= 1, 30, "the job's row in PostgreSQL")
+    statuses: Counter[tuple[str, int]] = Counter()
+    stop = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=svc.url, headers=AUTH, timeout=10) as http:
+            while not stop.is_set():
+                for path in (f"/jobs/{job_id}", "/health/detailed"):
+                    try:
+                        statuses[(path.split("/")[1], http.get(path).status_code)] += 1
+                    except httpx.HTTPError:
+                        statuses[(path.split("/")[1], 0)] += 1
+                time.sleep(0.02)
+
+    pollers = [threading.Thread(target=poll, daemon=True) for _ in range(2)]
+    for thread in pollers:
+        thread.start()
+    try:
+        for _ in range(6):
+            redis_server.restart()
+            time.sleep(1)
+        for _ in range(6):
+            redis_server.restart(down_seconds=5)
+            time.sleep(1)
+    finally:
+        stop.set()
+        for thread in pollers:
+            thread.join(15)
+    assert not [key for key in statuses if key[1] >= 500 and key[1] != 503], statuses
+    assert statuses[("jobs", 200)] > 50 and statuses[("health", 200)] > 10, statuses
+    job = client.get(f"/jobs/{job_id}")
+    assert job.status_code == 200 and job.json()["status"] == "completed"
+
+
+def test_the_same_text_three_times_in_a_job_completes_in_seconds(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    svc: ServiceProcess = service_factory().start()
+    client = svc.client()
+    chunks = make_chunks(20, prefix="dups")
+    for index in (3, 7, 15):
+        chunks[index]["text"] = "Olga Brandt ferried the Meridian Archive from Tallinn to Gdansk in one night."
+    started = time.monotonic()
+    job = wait_job(client, ingest(client, chunks)["job_id"], timeout=120)
+    assert job["status"] == "completed" and job["chunks_processed"] == 20, job
+    assert time.monotonic() - started < 30
+    assert redis_server.client().xlen(DLQ) == 0
