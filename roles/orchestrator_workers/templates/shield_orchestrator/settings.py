@@ -80,6 +80,8 @@ class Settings:
     redis_host: str
     redis_port: int
     redis_db: int
+    redis_sentinels: str
+    redis_sentinel_master: str
     # PostgreSQL
     postgres_host: str
     postgres_port: int
@@ -92,6 +94,7 @@ class Settings:
     # LightRAG
     lightrag_storage: str
     lightrag_workspace: str
+    lightrag_lock_ttl_seconds: float
     # LLM and embeddings
     llm_base_url: str
     llm_model: str
@@ -110,6 +113,15 @@ class Settings:
     postgres_password: str = field(default="", repr=False)
     llm_api_key: str = field(default="", repr=False)
     embedding_api_key: str = field(default="", repr=False)
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """redis_sentinels ("host:port,host:port") as (host, port) pairs."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in self.redis_sentinels.split(","))):
+            host, _, port = item.rpartition(":")
+            pairs.append((host.strip("[]"), int(port)))
+        return pairs
 
     @property
     def lightrag_working_dir(self) -> str:
@@ -218,6 +230,19 @@ def check_consistency(settings: Settings) -> list[str]:
     for name in ("llm_base_url", "embedding_base_url"):
         if not getattr(s, name).startswith(("http://", "https://")):
             problems.append(f"{describe(name)} must be an http:// or https:// URL, got {getattr(s, name)!r}")
+    problems += check_sentinels(s)
     if not s.state_dir.startswith("/"):
         problems.append(f"{describe('state_dir')} must be an absolute path, got {s.state_dir!r}")
     return problems
+
+
+def check_sentinels(s: Settings) -> list[str]:
+    if bool(s.redis_sentinels.strip()) != bool(s.redis_sentinel_master.strip()):
+        return [f"{describe('redis_sentinels')} and {describe('redis_sentinel_master')} go together"]
+    try:
+        pairs = s.sentinels
+    except ValueError:
+        pairs = []
+    if s.redis_sentinels.strip() and (not pairs or any(not host or not 0 < port < 65536 for host, port in pairs)):
+        return [f"{describe('redis_sentinels')} must be host:port items, got {s.redis_sentinels!r}"]
+    return []
