@@ -22,7 +22,7 @@ from shield_orchestrator.settings import Settings, SettingsError
 class NoopProcessor:
     """Takes every chunk as done at once."""
 
-    def __init__(self, settings: Settings, gate: DependencyGate) -> None:
+    def __init__(self, settings: Settings, gate: DependencyGate, lock: object) -> None:
         self.settings = settings
 
     async def start(self) -> None:

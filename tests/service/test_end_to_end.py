@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 from tests.support.helpers import ORGS, PEOPLE, SSECollector, ingest, lightrag_files, make_chunks, wait_job
 from tests.support.servers import PostgresServer, RedisServer, wait_until
-from tests.support.service import API_TOKEN, PG_PASSWORD, ServiceProcess
+from tests.support.service import API_TOKEN, PG_PASSWORD, ServiceProcess, run_cli
 
 
 def test_twenty_chunks_reach_lightrag_and_every_view_agrees(
@@ -85,6 +86,18 @@ def test_twenty_chunks_reach_lightrag_and_every_view_agrees(
     assert r.xlen("shield:ingestion_queue") == 0
     assert r.xpending("shield:ingestion_queue", "lightrag-workers")["pending"] == 0
     assert r.xlen("shield:ingestion_queue:dlq") == 0
+
+    # Read back from LightRAG's own storages: the endpoint, and the CLI (which
+    # asks this host's service: one writer per local storage).
+    verified = client.get(f"/jobs/{job_id}/verify").json()
+    assert verified["verified"] is True, verified
+    assert verified["documents_processed"] == 20 and verified["chunks_total"] == 20
+    assert verified["chunk_vectors_found"] == verified["chunk_vectors_expected"] >= 20
+    assert verified["entities"] >= len(PEOPLE)
+    cli = run_cli(svc.env, "verify-job", job_id)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout.splitlines()[-1])["verified"] is True
+    assert client.get(f"/jobs/{uuid.uuid4()}/verify").status_code == 404
 
     # Stop the service (one writer per LightRAG working dir) and read its storage.
     assert svc.terminate() == 0

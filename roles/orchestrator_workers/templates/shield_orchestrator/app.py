@@ -10,12 +10,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .api import create_app
@@ -30,32 +33,53 @@ from .job_tracker import JobTracker
 from .keys import RedisKeys
 from .lightrag_processor import LightRAGProcessor
 from .liveness import Heartbeats
+from .locks import RedisLeaseLock
 from .metrics import Metrics
 from .projection import JobProjection
 from .settings import Settings
 from .stream import IngestionStream
+from .verify import JobVerifier
 from .worker_pool import PauseReporter, WorkerPool
 
 log = logging.getLogger("shield_orchestrator")
 
-ProcessorFactory = Callable[[Settings, DependencyGate], ChunkProcessor]
+WorkspaceLock = AbstractAsyncContextManager[object]
+ProcessorFactory = Callable[[Settings, DependencyGate, WorkspaceLock], ChunkProcessor]
 SYNC_STOP_SECONDS = 10
 HTTP_GRACEFUL_SECONDS = 10
 
 
 def make_redis(settings: Settings) -> Redis:
-    return Redis(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        db=settings.redis_db,
-        password=settings.redis_password or None,
-        decode_responses=True,
-        socket_connect_timeout=5,
+    """The Redis client: straight to redis_host, or to whichever server the
+    sentinels name master (a failover is followed by the client itself)."""
+    options: dict[str, Any] = {
+        "db": settings.redis_db,
+        "password": settings.redis_password or None,
+        "decode_responses": True,
+        "socket_connect_timeout": 5,
         # Above every blocking read (XREADGROUP / XREAD BLOCK is at most a few s).
-        socket_timeout=max(30.0, settings.block_ms / 1000 + 10),
-        health_check_interval=30,
-        max_connections=max(64, settings.pool_size * 4 + settings.sse_max_clients // 10),
-    )
+        "socket_timeout": max(30.0, settings.block_ms / 1000 + 10),
+        "health_check_interval": 30,
+        "max_connections": max(64, settings.pool_size * 4 + settings.sse_max_clients // 10),
+    }
+    if settings.sentinels:
+        # redis-py's Sentinel.__init__ carries no annotations.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            settings.sentinels,
+            sentinel_kwargs={"password": settings.redis_password or None, "socket_connect_timeout": 5},
+        )
+        client: Redis = sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis, **options)
+        return client
+    return Redis(host=settings.redis_host, port=settings.redis_port, **options)
+
+
+def workspace_lock(settings: Settings, redis: Redis, keys: RedisKeys) -> WorkspaceLock:
+    """One LightRAG pipeline at a time per workspace: in this process for the local
+    storages (one host), across hosts (a lease in Redis) for PostgreSQL's."""
+    if settings.lightrag_storage == "postgres":
+        key = keys.workspace_lock(settings.lightrag_workspace)
+        return RedisLeaseLock(redis, key, ttl_seconds=settings.lightrag_lock_ttl_seconds)
+    return asyncio.Lock()
 
 
 @dataclass
@@ -91,7 +115,7 @@ class Service:
             keepalive_seconds=settings.sse_keepalive_seconds,
         )
         gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
-        processor = processor_factory(settings, gate)
+        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys))
         heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(
             redis=redis,
@@ -122,7 +146,8 @@ class Service:
             pool=pool,
             projection=projection,
         )
-        context = AppContext(settings, intake, tracker, history, stream, hub, health, metrics, pool.rate)
+        verifier = processor if isinstance(processor, JobVerifier) else None
+        context = AppContext(settings, intake, tracker, history, stream, hub, health, metrics, pool.rate, verifier)
         return cls(settings, redis, engine, processor, projection, publisher, hub, pool, context)
 
     def begin_shutdown(self) -> None:

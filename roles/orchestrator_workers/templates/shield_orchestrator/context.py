@@ -15,6 +15,7 @@ from .job_tracker import JobTracker
 from .metrics import Metrics
 from .settings import Settings
 from .stream import IngestionStream
+from .verify import JobVerifier
 from .worker_pool import RateMeter
 
 
@@ -29,6 +30,7 @@ class AppContext:
     health: HealthService
     metrics: Metrics
     rate: RateMeter
+    verifier: JobVerifier | None
 
     def attach(self, app: FastAPI) -> None:
         app.state.context = self

@@ -35,7 +35,9 @@ log = logging.getLogger("shield_orchestrator.lightrag")
 DocRecord = Any
 Outcome = Failure | None
 IN_PROGRESS = frozenset({"pending", "parsing", "analyzing", "processing", "preprocessed"})
-MAX_ROUND = 500
+# Documents per round: large enough to keep LightRAG's parallel inserts busy,
+# small enough that a round ends well within the task timeout.
+MAX_ROUND = 200
 
 
 def field_of(doc: DocRecord, name: str) -> Any:
@@ -101,9 +103,16 @@ class _Queued:
 
 class LightRAGFeeder:
     def __init__(
-        self, rag: Any, lock: AbstractAsyncContextManager[object], gate: DependencyGate, content_hash: Any
+        self,
+        rag: Any,
+        lock: AbstractAsyncContextManager[object],
+        gate: DependencyGate,
+        content_hash: Any,
+        *,
+        round_timeout: float,
     ) -> None:
         self._rag = rag
+        self._round_timeout = round_timeout
         self._lock = lock
         self._gate = gate
         self._content_hash = content_hash
@@ -123,17 +132,13 @@ class LightRAGFeeder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def process(self, tasks: Sequence[ChunkTask], time_budget: float) -> dict[str, Outcome]:
-        """Each task's outcome: None (PROCESSED in LightRAG) or why not."""
+    async def process(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
+        """Each task's outcome: None (PROCESSED in LightRAG) or why not. The wait for
+        the workspace lock does not count against the task timeout; a round that
+        takes longer than it answers its documents with a timeout (a chunk fault)."""
         futures = {task.doc_id: self._submit(task) for task in tasks}
-        _done, late = await asyncio.wait(futures.values(), timeout=time_budget)
-        results: dict[str, Outcome] = {}
-        for doc_id, future in futures.items():
-            if future in late:
-                results[doc_id] = chunk_fault(f"timed out after {time_budget:.0f}s waiting for LightRAG")
-            else:
-                results[doc_id] = future.result()
-        return results
+        await asyncio.wait(futures.values())
+        return {doc_id: future.result() for doc_id, future in futures.items()}
 
     def _submit(self, task: ChunkTask) -> asyncio.Future[Outcome]:
         """The future of the task's document: shared by every submission of the same
@@ -156,18 +161,42 @@ class LightRAGFeeder:
                 self._wakeup.clear()
             if not batch:
                 continue
-            tasks = [item.task for item in batch]
             try:
-                async with self._lock:
-                    results = await self._round(tasks)
-            except Exception as exc:  # noqa: BLE001 - every document of the round shares the failure
-                failure = classify_exception(exc, STORAGE)
-                log.warning("LightRAG round of %d documents failed: %s", len(tasks), failure.message[:300])
-                results = {task.doc_id: failure for task in tasks}
-            for item in batch:
-                self._futures.pop(item.task.doc_id, None)
-                if not item.future.done():
-                    item.future.set_result(results.get(item.task.doc_id, transient("no outcome from the round", None)))
+                await self._locked_round(batch)
+            except Exception as exc:  # noqa: BLE001 - the lock itself (Redis) failed: the round did not run
+                log.warning("no LightRAG round: the workspace lock failed (%s); retrying", exc)
+                self._answer(batch, {item.task.doc_id: transient(f"workspace lock: {exc}", None) for item in batch})
+                await asyncio.sleep(1)
+
+    async def _locked_round(self, batch: list[_Queued]) -> None:
+        """One round under the workspace lock. Its documents are answered when it
+        ends, or with a timeout once it has run for round_timeout seconds (the
+        round itself goes on: cancelling LightRAG mid-pipeline could wedge it)."""
+        tasks = [item.task for item in batch]
+        async with self._lock:
+            work = asyncio.ensure_future(self._round(tasks))
+            finished, _ = await asyncio.wait({work}, timeout=self._round_timeout)
+            if not finished:
+                late = chunk_fault(f"timed out after {self._round_timeout:.0f}s in LightRAG")
+                self._answer(batch, {task.doc_id: late for task in tasks})
+                log.warning("a LightRAG round of %d documents outlasted the task timeout", len(tasks))
+            results = await self._results_of(work, tasks)
+        self._answer(batch, results)
+
+    async def _results_of(self, work: asyncio.Future[dict[str, Outcome]], tasks: list[ChunkTask]) -> dict[str, Outcome]:
+        try:
+            return await work
+        except Exception as exc:  # noqa: BLE001 - every document of the round shares the failure
+            failure = classify_exception(exc, STORAGE)
+            log.warning("LightRAG round of %d documents failed: %s", len(tasks), failure.message[:300])
+            return {task.doc_id: failure for task in tasks}
+
+    def _answer(self, batch: list[_Queued], results: Mapping[str, Outcome]) -> None:
+        for item in batch:
+            if self._futures.get(item.task.doc_id) is item.future:
+                del self._futures[item.task.doc_id]
+            if not item.future.done():
+                item.future.set_result(results.get(item.task.doc_id, transient("no outcome from the round", None)))
 
     async def _round(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
         ids = [task.doc_id for task in tasks]

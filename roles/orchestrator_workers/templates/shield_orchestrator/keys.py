@@ -48,6 +48,10 @@ class RedisKeys:
         """A consumer's heartbeat: present (with a short TTL) while its process lives."""
         return f"{self.prefix}heartbeat:{consumer}"
 
+    def workspace_lock(self, workspace: str) -> str:
+        """The lease that lets one host at a time run LightRAG's pipeline on `workspace`."""
+        return f"{self.prefix}lightrag:lock:{workspace}"
+
     @property
     def jobs_recent(self) -> str:
         """Sorted set of job ids by creation time (GET /jobs while PostgreSQL is down)."""

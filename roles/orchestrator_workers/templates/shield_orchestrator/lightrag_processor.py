@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from .database import ssl_context
 from .faults import EMBEDDING, LLM, STORAGE, classify_exception
 from .feeder import LightRAGFeeder
 from .settings import Settings
+from .verify import JobVerification, verify_job
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
@@ -55,19 +57,26 @@ def postgres_environment(settings: Settings) -> dict[str, str]:
 
 
 def storage_classes(settings: Settings) -> dict[str, str]:
+    """The whole graph in PostgreSQL (several hosts on one graph), or LightRAG's
+    file storages under the state directory (one host)."""
     if settings.lightrag_storage == "postgres":
         return {
             "kv_storage": "PGKVStorage",
             "doc_status_storage": "PGDocStatusStorage",
             "graph_storage": "PGTableGraphStorage",
+            "vector_storage": "PGVectorStorage",
         }
     return {}
 
 
+COSINE_THRESHOLD = 0.2  # LightRAG's own default; PGVectorStorage insists on being told
+
+
 class LightRAGProcessor:
-    def __init__(self, settings: Settings, gate: DependencyGate) -> None:
+    def __init__(self, settings: Settings, gate: DependencyGate, lock: AbstractAsyncContextManager[object]) -> None:
         self._s = settings
         self._gate = gate
+        self._lock = lock
         self.rag: Any = None  # lightrag.LightRAG: the package ships no type information
         self._feeder: LightRAGFeeder | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
@@ -78,34 +87,13 @@ class LightRAGProcessor:
         gate.register(STORAGE, self._storage_answers)
 
     async def start(self) -> None:
-        # Imported here: `import lightrag` takes ~2 s, which the CLI's other
-        # commands need not pay.
-        from lightrag import LightRAG
         from lightrag.utils_pipeline import compute_text_content_hash
 
         s = self._s
-        if s.log_level.upper() != "DEBUG":
-            # Importing lightrag sets its logger to INFO: one line per pipeline step.
-            logging.getLogger("lightrag").setLevel(logging.WARNING)
-        if s.lightrag_storage == "postgres":
-            os.environ.update(postgres_environment(s))
-        os.makedirs(s.lightrag_working_dir, exist_ok=True)
-        self.rag = LightRAG(
-            working_dir=s.lightrag_working_dir,
-            workspace=s.lightrag_workspace,
-            llm_model_func=llm_function(s, self._gate),
-            llm_model_name=s.llm_model,
-            llm_model_max_async=s.llm_max_async,
-            default_llm_timeout=int(s.llm_timeout_seconds),
-            embedding_func=embedding_function(s, self._gate),
-            embedding_func_max_async=s.embedding_max_async,
-            default_embedding_timeout=int(s.embedding_timeout_seconds),
-            tokenizer=_offline_tokenizer(),
-            max_parallel_insert=max(2, s.pool_size),
-            **storage_classes(s),
+        self.rag = await open_lightrag(s, self._gate)
+        self._feeder = LightRAGFeeder(
+            self.rag, self._lock, self._gate, compute_text_content_hash, round_timeout=s.task_timeout_seconds
         )
-        await self.rag.initialize_storages()
-        self._feeder = LightRAGFeeder(self.rag, asyncio.Lock(), self._gate, compute_text_content_hash)
         self._feeder.start()
         log.info(
             "LightRAG storages initialised storage=%s workspace=%s working_dir=%s llm=%s embedding=%s dim=%d",
@@ -130,7 +118,13 @@ class LightRAGProcessor:
     async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
         if self._feeder is None:
             raise RuntimeError("LightRAG storages are not initialised")
-        return await self._feeder.process(tasks, time_budget)
+        return await self._feeder.process(tasks)
+
+    async def verify(self, job_id: str, chunks_total: int) -> JobVerification:
+        """Read the job's chunks back from LightRAG's storages (verify.py)."""
+        if self.rag is None:
+            raise RuntimeError("LightRAG storages are not initialised")
+        return await verify_job(self.rag, job_id, chunks_total)
 
     async def check(self) -> list[DependencyReport]:
         """Health of LightRAG's storages and of the LLM / embedding endpoints."""
@@ -181,6 +175,37 @@ class LightRAGProcessor:
         path = os.path.join(s.lightrag_working_dir, PROBE_FILE)
         await asyncio.to_thread(_write_and_sync, path)
         return True
+
+
+async def open_lightrag(s: Settings, gate: DependencyGate) -> Any:
+    """A LightRAG instance on the deployment's storages, initialised."""
+    # Imported here: `import lightrag` takes ~2 s, which the CLI's other
+    # commands need not pay.
+    from lightrag import LightRAG
+
+    if s.log_level.upper() != "DEBUG":
+        # Importing lightrag sets its logger to INFO: one line per pipeline step.
+        logging.getLogger("lightrag").setLevel(logging.WARNING)
+    if s.lightrag_storage == "postgres":
+        os.environ.update(postgres_environment(s))
+    os.makedirs(s.lightrag_working_dir, exist_ok=True)
+    rag = LightRAG(
+        working_dir=s.lightrag_working_dir,
+        workspace=s.lightrag_workspace,
+        llm_model_func=llm_function(s, gate),
+        llm_model_name=s.llm_model,
+        llm_model_max_async=s.llm_max_async,
+        default_llm_timeout=int(s.llm_timeout_seconds),
+        embedding_func=embedding_function(s, gate),
+        embedding_func_max_async=s.embedding_max_async,
+        default_embedding_timeout=int(s.embedding_timeout_seconds),
+        tokenizer=_offline_tokenizer(),
+        max_parallel_insert=max(2, s.pool_size),
+        vector_db_storage_cls_kwargs={"cosine_better_than_threshold": COSINE_THRESHOLD},
+        **storage_classes(s),
+    )
+    await rag.initialize_storages()
+    return rag
 
 
 def _write_and_sync(path: str) -> None:

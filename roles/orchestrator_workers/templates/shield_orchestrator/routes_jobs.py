@@ -14,6 +14,7 @@ from .context import Context
 from .job_tracker import JobView
 from .schemas import ApiError
 from .states import JobState
+from .verify import JobVerification
 
 log = logging.getLogger("shield_orchestrator.api")
 
@@ -51,6 +52,16 @@ async def list_jobs(
         "warning": "PostgreSQL is unreachable: recent jobs from Redis only (finished jobs expire after "
         f"{context.settings.job_status_ttl}s)",
     }
+
+
+@router.get("/jobs/{job_id}/verify")
+async def verify_job(job_id: str, context: Context) -> JobVerification:
+    """Did the job really land in the graph: every chunk's document PROCESSED, its
+    chunk vectors in the vector store, the entities extracted from it."""
+    job = await get_job(job_id, context)
+    if context.verifier is None:
+        raise ApiError(503, "verify: this host's processor cannot read the graph back", RETRY)
+    return await context.verifier.verify(job["job_id"], job["chunks_total"])
 
 
 @router.get("/jobs/{job_id}")
