@@ -28,7 +28,7 @@ from .database import JobHistory, create_engine, ensure_schema
 from .deployed import BOUNDS, DEFAULTS
 from .job_tracker import JobTracker
 from .keys import RedisKeys
-from .lightrag_processor import open_lightrag
+from .lightrag_processor import Endpoints, open_lightrag
 from .settings import Settings, SettingsError
 from .stream import IngestionStream
 from .verify import verify_job
@@ -119,11 +119,13 @@ async def verify_job_command(settings: Settings, job_id: str) -> dict[str, objec
         await engine.dispose()
     if job is None:
         return {"job_id": job_id, "verified": False, "error": "job not found"}
-    rag = await open_lightrag(settings, DependencyGate(lambda _change: None))
+    endpoints = Endpoints(settings)
+    rag = await open_lightrag(settings, DependencyGate(lambda _change: None), endpoints)
     try:
         return dict(await verify_job(rag, job["job_id"], job["chunks_total"]))
     finally:
         await rag.finalize_storages()
+        await endpoints.close()
 
 
 async def _verify_through_service(settings: Settings, job_id: str) -> dict[str, object]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -22,8 +22,9 @@ import httpx
 from .breaker import DependencyGate
 from .chunks import BatchResult, ChunkTask, DependencyReport
 from .database import ssl_context
-from .faults import EMBEDDING, LLM, STORAGE, classify_exception
+from .faults import EMBEDDING, LLM, STORAGE
 from .feeder import LightRAGFeeder
+from .llm_client import Endpoint, embed_function, llm_function
 from .settings import Settings
 from .verify import JobVerification, verify_job
 
@@ -80,6 +81,7 @@ class LightRAGProcessor:
         self.rag: Any = None  # lightrag.LightRAG: the package ships no type information
         self._feeder: LightRAGFeeder | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
+        self._endpoints = Endpoints(settings)
         gate.register(LLM, lambda: self._endpoint_answers(settings.llm_base_url, settings.llm_api_key))
         gate.register(
             EMBEDDING, lambda: self._endpoint_answers(settings.embedding_base_url, settings.embedding_api_key)
@@ -90,7 +92,7 @@ class LightRAGProcessor:
         from lightrag.utils_pipeline import compute_text_content_hash
 
         s = self._s
-        self.rag = await open_lightrag(s, self._gate)
+        self.rag = await open_lightrag(s, self._gate, self._endpoints)
         self._feeder = LightRAGFeeder(
             self.rag, self._lock, self._gate, compute_text_content_hash, round_timeout=s.task_timeout_seconds
         )
@@ -114,6 +116,7 @@ class LightRAGProcessor:
             self.rag = None
             log.info("LightRAG storages finalised")
         await self._http.aclose()
+        await self._endpoints.close()
 
     async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
         if self._feeder is None:
@@ -177,11 +180,31 @@ class LightRAGProcessor:
         return True
 
 
-async def open_lightrag(s: Settings, gate: DependencyGate) -> Any:
+class Endpoints:
+    """The LLM and embedding endpoints' long-lived clients (llm_client.py)."""
+
+    def __init__(self, s: Settings) -> None:
+        self.llm = Endpoint(
+            base_url=s.llm_base_url, api_key=s.llm_api_key, timeout=s.llm_timeout_seconds, concurrency=s.llm_max_async
+        )
+        self.embedding = Endpoint(
+            base_url=s.embedding_base_url,
+            api_key=s.embedding_api_key,
+            timeout=s.embedding_timeout_seconds,
+            concurrency=s.embedding_max_async,
+        )
+
+    async def close(self) -> None:
+        await self.llm.close()
+        await self.embedding.close()
+
+
+async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints) -> Any:
     """A LightRAG instance on the deployment's storages, initialised."""
     # Imported here: `import lightrag` takes ~2 s, which the CLI's other
     # commands need not pay.
     from lightrag import LightRAG
+    from lightrag.utils import EmbeddingFunc
 
     if s.log_level.upper() != "DEBUG":
         # Importing lightrag sets its logger to INFO: one line per pipeline step.
@@ -192,11 +215,16 @@ async def open_lightrag(s: Settings, gate: DependencyGate) -> Any:
     rag = LightRAG(
         working_dir=s.lightrag_working_dir,
         workspace=s.lightrag_workspace,
-        llm_model_func=llm_function(s, gate),
+        llm_model_func=llm_function(endpoints.llm, s.llm_model, gate),
         llm_model_name=s.llm_model,
         llm_model_max_async=s.llm_max_async,
         default_llm_timeout=int(s.llm_timeout_seconds),
-        embedding_func=embedding_function(s, gate),
+        embedding_func=EmbeddingFunc(
+            embedding_dim=s.embedding_dim,
+            max_token_size=8192,
+            model_name=s.embedding_model,
+            func=embed_function(endpoints.embedding, s.embedding_model, gate),
+        ),
         embedding_func_max_async=s.embedding_max_async,
         default_embedding_timeout=int(s.embedding_timeout_seconds),
         tokenizer=_offline_tokenizer(),
@@ -217,84 +245,6 @@ def _write_and_sync(path: str) -> None:
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-LLMFunction = Callable[..., Awaitable[str]]
-
-
-def reporting(gate: DependencyGate, dependency: str) -> Callable[[BaseException], None]:
-    """What a call does with an exception before it re-raises it: a transient
-    failure trips the dependency's breaker."""
-
-    def report(exc: BaseException) -> None:
-        failure = classify_exception(exc, dependency)
-        if failure.transient:
-            gate.trip(dependency, failure.message, failure.retry_after)
-
-    return report
-
-
-def llm_function(s: Settings, gate: DependencyGate) -> LLMFunction:
-    """LightRAG's LLM function, through its OpenAI binding. A plain function, not a
-    method: LightRAG deep-copies its configuration, functions included."""
-    from lightrag.llm.openai import openai_complete_if_cache
-
-    report = reporting(gate, LLM)
-
-    async def complete(
-        prompt: str,
-        system_prompt: str | None = None,
-        history_messages: list[dict[str, Any]] | None = None,
-        **kwargs: Any,
-    ) -> str:
-        kwargs.pop("timeout", None)
-        try:
-            answer: str = await openai_complete_if_cache(
-                s.llm_model,
-                prompt,
-                system_prompt=system_prompt,
-                history_messages=history_messages or [],
-                base_url=s.llm_base_url,
-                api_key=s.llm_api_key or "not-needed",
-                timeout=int(s.llm_timeout_seconds),
-                **kwargs,
-            )
-        except Exception as exc:
-            report(exc)
-            raise
-        return answer
-
-    return complete
-
-
-def embedding_function(s: Settings, gate: DependencyGate) -> Any:
-    """LightRAG's EmbeddingFunc, through its OpenAI binding."""
-    from lightrag.llm.openai import openai_embed
-    from lightrag.utils import EmbeddingFunc
-
-    report = reporting(gate, EMBEDDING)
-
-    async def embed_texts(texts: list[str], **kwargs: Any) -> Any:
-        # max_token_size=0: the binding's own truncation would fetch a
-        # tiktoken encoding from the internet; LightRAG's chunking already
-        # bounds what is embedded.
-        kwargs.pop("max_token_size", None)
-        try:
-            return await openai_embed.func(
-                texts,
-                model=s.embedding_model,
-                base_url=s.embedding_base_url,
-                api_key=s.embedding_api_key or "not-needed",
-                max_token_size=0,
-                **kwargs,
-            )
-        except Exception as exc:
-            report(exc)
-            raise
-
-    return EmbeddingFunc(
-        embedding_dim=s.embedding_dim, max_token_size=8192, model_name=s.embedding_model, func=embed_texts
-    )
 
 
 def _offline_tokenizer() -> Any:

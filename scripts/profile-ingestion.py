@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Where does the service spend its CPU per chunk on the LightRAG path? A py-spy profile.
+
+Starts its own Redis, PostgreSQL and the LLM stand-in (test/lab stand-in,
+answering at once) on loopback, the service rendered from a role checkout,
+posts N chunks of prose, samples the service with py-spy while they are
+ingested, and prints the functions with the most CPU of their own (self time)
+and the chunks/s and CPU seconds of the run.
+
+    .venv-service/bin/python scripts/profile-ingestion.py [--chunks 300] [--top 15] [--repo PATH]
+
+--repo renders the service from another checkout (to compare before/after).
+Needs root (PostgreSQL runs as user postgres) and py-spy on PATH or in the venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.servers import PostgresServer, RedisServer, Standin, free_port, wait_until  # noqa: E402
+from tests.support.service import API_TOKEN, PG_PASSWORD, settings_env  # noqa: E402
+
+PEOPLE = ["Amara Osei", "Bjorn Halvorsen", "Chiara Benedetti", "Dmitri Volkov", "Elena Marquez", "Farid Haddad"]
+PLACES = ["Rotterdam", "Valparaiso", "Kyoto", "Tromso", "Marrakesh", "Wellington"]
+ORGS = ["Northwind Shipping", "Helios Grid", "Aurora Textiles", "Cobalt Ridge Mining", "Lumen Archives"]
+
+
+def prose(index: int, tag: str) -> str:
+    a, b = PEOPLE[index % 6], PEOPLE[(index + 2) % 6]
+    org, place = ORGS[index % 5], PLACES[index % 6]
+    return (
+        f"In report {tag}-{index}, {a} of {org} met {b} in {place} to settle the spring contract. "
+        f"{b} had led the {org} office in {place} for years, and {a} agreed to ship the first cargo "
+        f"from {place} before the autumn storms. The {org} board in {place} approved the plan."
+    )
+
+
+def top_self(collapsed: Path, top: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """py-spy's raw (collapsed) stacks: the share of samples per innermost frame,
+    and per package of the innermost frame (where the CPU goes, by library)."""
+    frames_count: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        inner = stack.split(";")[-1]
+        samples = int(count)
+        total += samples
+        name, _, where = inner.partition(" (")
+        path = where.rstrip(")").rsplit(":", 1)[0]
+        frames_count[f"{name} ({Path(path).name})"] += samples
+        packages[_package(path)] += samples
+    share = 100.0 / max(total, 1)
+    return (
+        [(frame, n * share) for frame, n in frames_count.most_common(top)],
+        [(package, n * share) for package, n in packages.most_common(top)],
+    )
+
+
+def _package(path: str) -> str:
+    marker = "site-packages/"
+    if marker in path:
+        return path.split(marker, 1)[1].split("/", 1)[0]
+    if "/shield_orchestrator/" in path:
+        return "shield_orchestrator"
+    return "python stdlib" if "/lib/python" in path else (Path(path).name or "?")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=300)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--repo", type=Path, default=REPO)
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.repo / "scripts"))
+    import render_service
+
+    root = Path(tempfile.mkdtemp(prefix="shield-profile-"))
+    os.chmod(root, 0o755)  # noqa: S103 - PostgreSQL runs as user postgres
+    servers: list[RedisServer | Standin] = []
+    postgres = None
+    try:
+        redis = RedisServer.start(root)
+        servers.append(redis)
+        postgres = PostgresServer.start_new(root / "postgres", PG_PASSWORD)
+        standin = Standin.start(root, embedding_dim=768, extra=["--no-failure-injection"])
+        servers.append(standin)
+        src = render_service.render(root / "src").parent
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | {"PYTHONPATH": str(src)}
+        env |= settings_env(
+            {
+                "state_dir": root / "state",
+                "listen_host": "127.0.0.1",
+                "listen_port": port,
+                "redis_port": redis.port,
+                "postgres_port": postgres.port,
+                "postgres_password": PG_PASSWORD,
+                "api_token": API_TOKEN,
+                "llm_base_url": standin.base_url,
+                "embedding_base_url": standin.base_url,
+                "hostname": "profilehost",
+            }
+        )
+        (root / "state").mkdir()
+        subprocess.run(
+            [sys.executable, "-m", "shield_orchestrator", "init-db"], env=env, check=True, capture_output=True
+        )
+        return profile(env, port, standin, root, args)
+    finally:
+        for server in servers:
+            server.stop()
+        if postgres is not None and postgres.running:
+            postgres.stop("fast")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def profile(env: dict[str, str], port: int, standin: Standin, root: Path, args: argparse.Namespace) -> int:
+    log = open(root / "service.log", "wb")
+    service = subprocess.Popen([sys.executable, "-m", "shield_orchestrator", "serve"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    try:
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 90, "the service")
+        tag = os.urandom(4).hex()
+        chunks = [{"text": prose(i, tag), "source_uri": f"profile/{tag}/{i}"} for i in range(args.chunks)]
+        before = standin.stats()
+        collapsed = root / "profile.txt"
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        sampler = subprocess.Popen(
+            [spy, "record", "--pid", str(service.pid), "--format", "raw", "--output", str(collapsed), "--rate", "50"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        cpu_before = _cpu(service.pid)
+        started = time.monotonic()
+        job = httpx.post(f"{url}/lightrag/ingest-async", json={"chunks": chunks}, headers=headers, timeout=60).json()
+        wait_until(
+            lambda: httpx.get(f"{url}/jobs/{job['job_id']}", headers=headers).json()["status"] == "completed",
+            3600,
+            "the job",
+            0.2,
+        )
+        elapsed = time.monotonic() - started
+        cpu = _cpu(service.pid) - cpu_before
+        sampler.send_signal(subprocess.signal.SIGINT)
+        sampler.wait(60)
+        calls = {key: value - before.get(key, 0) for key, value in standin.stats().items()}
+        print(f"{args.chunks} chunks in {elapsed:.1f}s = {args.chunks / elapsed:.2f} chunks/s; service CPU {cpu:.1f}s")
+        chat, embeddings = calls.get("POST /v1/chat/completions", 0), calls.get("POST /v1/embeddings", 0)
+        print(f"stand-in calls: chat {chat}, embeddings {embeddings}")
+        frames, packages = top_self(collapsed, args.top)
+        print("self time by function:")
+        for frame, share in frames:
+            print(f"  {share:5.1f}%  {frame}")
+        print("self time by package:")
+        for package, share in packages:
+            print(f"  {share:5.1f}%  {package}")
+        return 0
+    finally:
+        service.terminate()
+        service.wait(90)
+        log.close()
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
