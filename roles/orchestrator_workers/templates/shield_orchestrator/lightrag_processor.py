@@ -41,6 +41,14 @@ def postgres_environment(settings: Settings) -> dict[str, str]:
         "POSTGRES_DATABASE": settings.postgres_db,
         "POSTGRES_WORKSPACE": settings.lightrag_workspace,
         "POSTGRES_MAX_CONNECTIONS": "10",
+        # LightRAG retries a lost PostgreSQL for minutes by default (10 tries,
+        # backoff up to 30 s) with the round blocked meanwhile. A few quick
+        # tries instead: the failure surfaces in seconds, the pool pauses on
+        # lightrag_storage, and the breaker's probe resumes it when PostgreSQL
+        # answers again.
+        "POSTGRES_CONNECTION_RETRIES": "3",
+        "POSTGRES_CONNECTION_RETRY_BACKOFF": "0.5",
+        "POSTGRES_CONNECTION_RETRY_BACKOFF_MAX": "2",
     }
     if settings.postgres_sslmode != "disable":
         env["POSTGRES_SSL_MODE"] = settings.postgres_sslmode
@@ -136,6 +144,12 @@ class LightRAGProcessor:
         """Health of LightRAG's storages and of the LLM / embedding endpoints."""
         s = self._s
         reports = [DependencyReport("lightrag", self._feeder is not None, required=True)]
+        try:
+            storage_up = await asyncio.wait_for(self._storage_answers(), ENDPOINT_CHECK_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means down
+            reports.append(DependencyReport(STORAGE, False, True, {"error": f"{type(exc).__name__}: {exc}"[:200]}))
+        else:
+            reports.append(DependencyReport(STORAGE, storage_up, True, {"kind": self._s.lightrag_storage}))
         for name, base_url, key in (
             (LLM, s.llm_base_url, s.llm_api_key),
             (EMBEDDING, s.embedding_base_url, s.embedding_api_key),
