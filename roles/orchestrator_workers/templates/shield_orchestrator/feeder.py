@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,7 @@ DocRecord = Any
 Outcome = Failure | None
 IN_PROGRESS = frozenset({"pending", "parsing", "analyzing", "processing", "preprocessed"})
 MAX_ROUND = 500
+WATCH_SECONDS = 3.0
 
 
 def field_of(doc: DocRecord, name: str) -> Any:
@@ -101,9 +102,15 @@ class _Queued:
 
 class LightRAGFeeder:
     def __init__(
-        self, rag: Any, lock: AbstractAsyncContextManager[object], gate: DependencyGate, content_hash: Any
+        self,
+        rag: Any,
+        lock: AbstractAsyncContextManager[object],
+        gate: DependencyGate,
+        content_hash: Any,
+        storage_probe: Callable[[], Awaitable[bool]],
     ) -> None:
         self._rag = rag
+        self._storage_probe = storage_probe
         self._lock = lock
         self._gate = gate
         self._content_hash = content_hash
@@ -159,7 +166,7 @@ class LightRAGFeeder:
             tasks = [item.task for item in batch]
             try:
                 async with self._lock:
-                    results = await self._round(tasks)
+                    results = await self._watched(self._round(tasks))
             except Exception as exc:  # noqa: BLE001 - every document of the round shares the failure
                 failure = classify_exception(exc, STORAGE)
                 log.warning("LightRAG round of %d documents failed: %s", len(tasks), failure.message[:300])
@@ -168,6 +175,24 @@ class LightRAGFeeder:
                 self._futures.pop(item.task.doc_id, None)
                 if not item.future.done():
                     item.future.set_result(results.get(item.task.doc_id, transient("no outcome from the round", None)))
+
+    async def _watched(self, round_: Awaitable[dict[str, Outcome]]) -> dict[str, Outcome]:
+        """Run a round while watching the storages: LightRAG retries a lost storage
+        inside the round, which then just takes long; once a probe fails, the pool
+        pauses on lightrag_storage at once (the round ends when the storage is back)."""
+        work = asyncio.ensure_future(round_)
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=WATCH_SECONDS)
+            if done:
+                return work.result()
+            try:
+                answered = await asyncio.wait_for(self._storage_probe(), WATCH_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - any failure of the probe means down
+                answered, reason = False, f"{type(exc).__name__}: {exc}"
+            else:
+                reason = "the storage probe failed"
+            if not answered:
+                self._gate.trip(STORAGE, f"LightRAG's storages do not answer during a round: {reason}")
 
     async def _round(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
         ids = [task.doc_id for task in tasks]

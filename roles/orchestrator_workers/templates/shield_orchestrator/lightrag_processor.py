@@ -62,6 +62,35 @@ def postgres_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def patch_postgres_reconnect() -> None:
+    """Work around a deadlock of LightRAG 1.5.7's PostgreSQL layer (pinned version).
+
+    When PostgreSQL stays down through a reconnect, `_ensure_pool` holds
+    `_pool_reconnect_lock` while `initdb` retries, and the retry hook
+    `_before_sleep` calls `_reset_pool`, which takes the same (non-reentrant)
+    lock: every storage call then waits forever, even after PostgreSQL is
+    back (found by the outage test: tasks stuck in `_run_with_retry`). While
+    the lock is held, a reconnect is under way and owns the pool, so the hook
+    only logs and lets the retry go on."""
+    from lightrag.kg.postgres_impl import PostgreSQLDB
+
+    original = PostgreSQLDB._before_sleep
+    if getattr(original, "__shield_patched__", False):
+        return
+
+    async def before_sleep(self: Any, retry_state: Any) -> None:
+        if self._pool_reconnect_lock.locked():
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            log.warning(
+                "PostgreSQL still unreachable while reconnecting (attempt %s): %r", retry_state.attempt_number, error
+            )
+            return
+        await original(self, retry_state)
+
+    before_sleep.__shield_patched__ = True  # type: ignore[attr-defined]
+    PostgreSQLDB._before_sleep = before_sleep
+
+
 def storage_classes(settings: Settings) -> dict[str, str]:
     if settings.lightrag_storage == "postgres":
         return {
@@ -97,6 +126,7 @@ class LightRAGProcessor:
             logging.getLogger("lightrag").setLevel(logging.WARNING)
         if s.lightrag_storage == "postgres":
             os.environ.update(postgres_environment(s))
+            patch_postgres_reconnect()
         os.makedirs(s.lightrag_working_dir, exist_ok=True)
         self.rag = LightRAG(
             working_dir=s.lightrag_working_dir,
@@ -113,7 +143,9 @@ class LightRAGProcessor:
             **storage_classes(s),
         )
         await self.rag.initialize_storages()
-        self._feeder = LightRAGFeeder(self.rag, asyncio.Lock(), self._gate, compute_text_content_hash)
+        self._feeder = LightRAGFeeder(
+            self.rag, asyncio.Lock(), self._gate, compute_text_content_hash, self._storage_answers
+        )
         self._feeder.start()
         log.info(
             "LightRAG storages initialised storage=%s workspace=%s working_dir=%s llm=%s embedding=%s dim=%d",
