@@ -156,16 +156,17 @@ def test_sigterm_mid_job_then_restart_completes(service_factory: Any, redis_serv
 
 
 def test_postgres_outage_mid_job_rows_catch_up(
-    service: ServiceProcess, redis_server: RedisServer, postgres_server: PostgresServer
+    service_factory: Any, redis_server: RedisServer, postgres_server: PostgresServer
 ) -> None:
+    service: ServiceProcess = service_factory(batch_size=5).start()
     client = service.client()
-    job_id = ingest(client, make_chunks(40, prefix="pgdown"))["job_id"]
+    job_id = ingest(client, make_chunks(120, prefix="pgdown"))["job_id"]
     wait_progress(client, job_id, 1)
     postgres_server.stop()
     try:
         assert client.get(f"/jobs/{job_id}").json()["status"] == "processing", "PostgreSQL must go down mid-job"
         job = wait_job(client, job_id, timeout=180)
-        assert job["status"] == "completed" and job["chunks_processed"] == 40
+        assert job["status"] == "completed" and job["chunks_processed"] == 120
         listed = client.get("/jobs").json()
         assert listed["source"] == "redis" and listed["degraded"] is True
         assert "PostgreSQL" in listed["warning"]
@@ -186,7 +187,7 @@ def test_postgres_outage_mid_job_rows_catch_up(
             f"WHERE job_id = '{job_id}'"
         )
 
-    assert wait_until(lambda: row() == "completed|40|0|t", 60, "the row to catch up")
+    assert wait_until(lambda: row() == "completed|120|0|t", 60, "the row to catch up")
     assert client.get("/jobs").json()["source"] == "postgresql"
     assert wait_until(lambda: redis_server.client().ttl(f"shield:job:{job_id}") > 0, 10, "the TTL after sync")
     assert "PostgreSQL unreachable" in service.log_text()

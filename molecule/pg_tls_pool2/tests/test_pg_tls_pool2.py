@@ -97,7 +97,7 @@ def test_postgresql_down_60s_mid_job_pauses_the_pool_and_loses_nothing(host):
             "source_uri": f"molecule://pgdown/{tag}/{i}",
             "metadata": {},
         }
-        for i in range(60)
+        for i in range(150)
     ]
     job_id = helpers.submit(host, TOKEN, chunks)["job_id"]
     for _ in range(120):
@@ -119,7 +119,7 @@ def test_postgresql_down_60s_mid_job_pauses_the_pool_and_loses_nothing(host):
     finally:
         host.check_output("systemctl start postgresql")
     job = helpers.wait_job(host, TOKEN, job_id, deadline=300)
-    assert job["status"] == "completed" and job["chunks_processed"] == 60 and job["chunks_failed"] == 0, job
+    assert job["status"] == "completed" and job["chunks_processed"] == 150 and job["chunks_failed"] == 0, job
     assert helpers.redis_cli(host, REDIS_PASSWORD, "XLEN", "shield:ingestion_queue:dlq").strip() == "0"
     journal = host.check_output(f"journalctl -u {SERVICE} --no-pager -o cat")
     assert "worker pool paused: lightrag_storage" in journal

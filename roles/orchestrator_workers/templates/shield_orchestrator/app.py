@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -175,6 +177,7 @@ class Service:
         self.sync_task = asyncio.create_task(self.projection.run(self.sync_stop), name="job-sync")
         await self.hub.start()
         await self.pool.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
 
     async def stop(self) -> None:
         self.begin_shutdown()
@@ -201,6 +204,17 @@ class Service:
                 await self.stop()
 
         return create_app(self.context, lifespan)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1 (`systemctl kill -s USR1 shield-orchestrator`): every asyncio task's
+    stack to the journal, to see what a stuck service waits on."""
+    tasks = asyncio.all_tasks()
+    log.warning("SIGUSR1: %d asyncio tasks", len(tasks))
+    for task in sorted(tasks, key=lambda item: item.get_name()):
+        stack = io.StringIO()
+        task.print_stack(limit=25, file=stack)
+        log.warning("task %s:\n%s", task.get_name(), stack.getvalue())
 
 
 class Server(uvicorn.Server):

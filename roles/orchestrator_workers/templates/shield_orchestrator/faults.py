@@ -60,7 +60,6 @@ _TRANSIENT = re.compile(
     r"No space left on device)"
 )
 _CLIENT_ERROR = re.compile(r"APIConnectionError|APITimeoutError|RateLimitError|Error code: \d{3}")
-_STORAGE_HINT = re.compile(r"(?i)(PG\w*Storage|asyncpg|postgres|database system|No space left)")
 _EMBEDDING_HINT = re.compile(r"(?i)(embed|VectorDB|Vector\w*Storage|vdb)")
 
 
@@ -68,14 +67,13 @@ def classify_message(message: str) -> Failure:
     """A failure from its text alone (what LightRAG records for a FAILED document)."""
     if not _TRANSIENT.search(message):
         return chunk_fault(message)
+    # The LLM and embedding endpoints are reached through the OpenAI client, whose
+    # errors carry its signature; a transient error without it came from
+    # LightRAG's storages (a raw "[Errno 111] Connect call failed" is asyncpg's).
     if _CLIENT_ERROR.search(message):
         dependency = EMBEDDING if _EMBEDDING_HINT.search(message) else LLM
-    elif _STORAGE_HINT.search(message):
-        dependency = STORAGE
-    elif _EMBEDDING_HINT.search(message):
-        dependency = EMBEDDING
     else:
-        dependency = LLM
+        dependency = STORAGE
     return transient(message, dependency)
 
 

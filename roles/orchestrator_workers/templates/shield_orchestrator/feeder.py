@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +38,7 @@ IN_PROGRESS = frozenset({"pending", "parsing", "analyzing", "processing", "prepr
 # Documents per round: large enough to keep LightRAG's parallel inserts busy,
 # small enough that a round ends well within the task timeout.
 MAX_ROUND = 200
+WATCH_SECONDS = 3.0
 
 
 def field_of(doc: DocRecord, name: str) -> Any:
@@ -108,10 +109,12 @@ class LightRAGFeeder:
         lock: AbstractAsyncContextManager[object],
         gate: DependencyGate,
         content_hash: Any,
+        storage_probe: Callable[[], Awaitable[bool]],
         *,
         round_timeout: float,
     ) -> None:
         self._rag = rag
+        self._storage_probe = storage_probe
         self._round_timeout = round_timeout
         self._lock = lock
         self._gate = gate
@@ -169,19 +172,36 @@ class LightRAGFeeder:
                 await asyncio.sleep(1)
 
     async def _locked_round(self, batch: list[_Queued]) -> None:
-        """One round under the workspace lock. Its documents are answered when it
-        ends, or with a timeout once it has run for round_timeout seconds (the
-        round itself goes on: cancelling LightRAG mid-pipeline could wedge it)."""
+        """One round under the workspace lock, watched. Its documents are answered
+        when it ends, or with a timeout once it has run for round_timeout seconds
+        (the round itself goes on: cancelling LightRAG mid-pipeline could wedge it).
+        While it runs, the storages are probed every WATCH_SECONDS: LightRAG retries
+        a lost storage inside the round, which then just takes long; a failed probe
+        pauses the pool on lightrag_storage at once."""
         tasks = [item.task for item in batch]
+        loop = asyncio.get_running_loop()
         async with self._lock:
             work = asyncio.ensure_future(self._round(tasks))
-            finished, _ = await asyncio.wait({work}, timeout=self._round_timeout)
-            if not finished:
-                late = chunk_fault(f"timed out after {self._round_timeout:.0f}s in LightRAG")
-                self._answer(batch, {task.doc_id: late for task in tasks})
-                log.warning("a LightRAG round of %d documents outlasted the task timeout", len(tasks))
+            started, late = loop.time(), False
+            while not (await asyncio.wait({work}, timeout=WATCH_SECONDS))[0]:
+                await self._probe_storage()
+                if not late and loop.time() - started > self._round_timeout:
+                    late = True
+                    timeout = chunk_fault(f"timed out after {self._round_timeout:.0f}s in LightRAG")
+                    self._answer(batch, {task.doc_id: timeout for task in tasks})
+                    log.warning("a LightRAG round of %d documents outlasted the task timeout", len(tasks))
             results = await self._results_of(work, tasks)
         self._answer(batch, results)
+
+    async def _probe_storage(self) -> None:
+        try:
+            answered = await asyncio.wait_for(self._storage_probe(), WATCH_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means down
+            answered, reason = False, f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "the storage probe failed"
+        if not answered:
+            self._gate.trip(STORAGE, f"LightRAG's storages do not answer during a round: {reason}")
 
     async def _results_of(self, work: asyncio.Future[dict[str, Outcome]], tasks: list[ChunkTask]) -> dict[str, Outcome]:
         try:

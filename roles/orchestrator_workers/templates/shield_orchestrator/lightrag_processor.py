@@ -44,6 +44,14 @@ def postgres_environment(settings: Settings) -> dict[str, str]:
         "POSTGRES_DATABASE": settings.postgres_db,
         "POSTGRES_WORKSPACE": settings.lightrag_workspace,
         "POSTGRES_MAX_CONNECTIONS": "10",
+        # LightRAG retries a lost PostgreSQL for minutes by default (10 tries,
+        # backoff up to 30 s) with the round blocked meanwhile. A few quick
+        # tries instead: the failure surfaces in seconds, the pool pauses on
+        # lightrag_storage, and the breaker's probe resumes it when PostgreSQL
+        # answers again.
+        "POSTGRES_CONNECTION_RETRIES": "3",
+        "POSTGRES_CONNECTION_RETRY_BACKOFF": "0.5",
+        "POSTGRES_CONNECTION_RETRY_BACKOFF_MAX": "2",
     }
     if settings.postgres_sslmode != "disable":
         env["POSTGRES_SSL_MODE"] = settings.postgres_sslmode
@@ -55,6 +63,35 @@ def postgres_environment(settings: Settings) -> dict[str, str]:
             if value:
                 env[key] = value
     return env
+
+
+def patch_postgres_reconnect() -> None:
+    """Work around a deadlock of LightRAG 1.5.7's PostgreSQL layer (pinned version).
+
+    When PostgreSQL stays down through a reconnect, `_ensure_pool` holds
+    `_pool_reconnect_lock` while `initdb` retries, and the retry hook
+    `_before_sleep` calls `_reset_pool`, which takes the same (non-reentrant)
+    lock: every storage call then waits forever, even after PostgreSQL is
+    back (found by the outage test: tasks stuck in `_run_with_retry`). While
+    the lock is held, a reconnect is under way and owns the pool, so the hook
+    only logs and lets the retry go on."""
+    from lightrag.kg.postgres_impl import PostgreSQLDB
+
+    original = PostgreSQLDB._before_sleep
+    if getattr(original, "__shield_patched__", False):
+        return
+
+    async def before_sleep(self: Any, retry_state: Any) -> None:
+        if self._pool_reconnect_lock.locked():
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            log.warning(
+                "PostgreSQL still unreachable while reconnecting (attempt %s): %r", retry_state.attempt_number, error
+            )
+            return
+        await original(self, retry_state)
+
+    before_sleep.__shield_patched__ = True  # type: ignore[attr-defined]
+    PostgreSQLDB._before_sleep = before_sleep
 
 
 def storage_classes(settings: Settings) -> dict[str, str]:
@@ -94,7 +131,12 @@ class LightRAGProcessor:
         s = self._s
         self.rag = await open_lightrag(s, self._gate, self._endpoints)
         self._feeder = LightRAGFeeder(
-            self.rag, self._lock, self._gate, compute_text_content_hash, round_timeout=s.task_timeout_seconds
+            self.rag,
+            self._lock,
+            self._gate,
+            compute_text_content_hash,
+            self._storage_answers,
+            round_timeout=s.task_timeout_seconds,
         )
         self._feeder.start()
         log.info(
@@ -133,6 +175,12 @@ class LightRAGProcessor:
         """Health of LightRAG's storages and of the LLM / embedding endpoints."""
         s = self._s
         reports = [DependencyReport("lightrag", self._feeder is not None, required=True)]
+        try:
+            storage_up = await asyncio.wait_for(self._storage_answers(), ENDPOINT_CHECK_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means down
+            reports.append(DependencyReport(STORAGE, False, True, {"error": f"{type(exc).__name__}: {exc}"[:200]}))
+        else:
+            reports.append(DependencyReport(STORAGE, storage_up, True, {"kind": self._s.lightrag_storage}))
         for name, base_url, key in (
             (LLM, s.llm_base_url, s.llm_api_key),
             (EMBEDDING, s.embedding_base_url, s.embedding_api_key),
@@ -211,6 +259,7 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
         logging.getLogger("lightrag").setLevel(logging.WARNING)
     if s.lightrag_storage == "postgres":
         os.environ.update(postgres_environment(s))
+        patch_postgres_reconnect()
     os.makedirs(s.lightrag_working_dir, exist_ok=True)
     rag = LightRAG(
         working_dir=s.lightrag_working_dir,
