@@ -48,6 +48,36 @@ def prose(index: int, tag: str) -> str:
     )
 
 
+# Where a sample is (anywhere in its stack): the costs the issue names.
+MARKERS = {
+    "storage flush (index_done_callback)": "index_done_callback",
+    "JSON writes (write_json)": "write_json",
+    "LLM calls (chat completions)": "completions.py",
+    "embedding calls": "embeddings.py",
+    "OpenAI/httpx client set-up": "create_openai_async_client",
+    "SSL context creation": "create_default_context",
+    "tokenisation (tiktoken)": "tiktoken",
+    "entity extraction (operate.extract_entities)": "extract_entities",
+    "graph merge (merge_nodes_and_edges)": "merge_nodes_and_edges",
+    "doc-status reads (aget_docs_by_ids)": "aget_docs_by_ids",
+}
+
+
+def inclusive(collapsed: Path) -> list[tuple[str, float]]:
+    """Share of samples whose stack passes through each marker."""
+    hits: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        for label, marker in MARKERS.items():
+            if marker in stack:
+                hits[label] += int(count)
+    return [(label, 100.0 * hits[label] / max(total, 1)) for label in MARKERS]
+
+
 def top_self(collapsed: Path, top: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """py-spy's raw (collapsed) stacks: the share of samples per innermost frame,
     and per package of the innermost frame (where the CPU goes, by library)."""
@@ -86,6 +116,7 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=300)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--repo", type=Path, default=REPO)
+    parser.add_argument("--set", action="append", default=[], help="name=value: a setting of the service")
     args = parser.parse_args()
     sys.path.insert(0, str(args.repo / "scripts"))
     import render_service
@@ -116,6 +147,7 @@ def main() -> int:
                 "embedding_base_url": standin.base_url,
                 "hostname": "profilehost",
             }
+            | dict(item.split("=", 1) for item in args.set)
         )
         (root / "state").mkdir()
         subprocess.run(
@@ -143,7 +175,18 @@ def profile(env: dict[str, str], port: int, standin: Standin, root: Path, args: 
         collapsed = root / "profile.txt"
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         sampler = subprocess.Popen(
-            [spy, "record", "--pid", str(service.pid), "--format", "raw", "--output", str(collapsed), "--rate", "50"],
+            [
+                spy,
+                "record",
+                "--pid",
+                str(service.pid),
+                "--format",
+                "raw",
+                "--full-filenames",
+                "--output",
+                str(collapsed),
+            ]
+            + ["--rate", "50"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -171,6 +214,13 @@ def profile(env: dict[str, str], port: int, standin: Standin, root: Path, args: 
         print("self time by package:")
         for package, share in packages:
             print(f"  {share:5.1f}%  {package}")
+        print("samples passing through:")
+        for label, share in inclusive(collapsed):
+            print(f"  {share:5.1f}%  {label}")
+        print("LightRAG's files after the run:")
+        for path in sorted((root / "state").rglob("*"), key=lambda item: -item.stat().st_size)[:8]:
+            if path.is_file():
+                print(f"  {path.stat().st_size / 1e6:7.2f} MB  {path.name}")
         return 0
     finally:
         service.terminate()

@@ -58,7 +58,7 @@ def test_known_good_values() -> None:
     values = defaults()
     expected = {
         "orchestrator_workers_pool_size": 4,
-        "orchestrator_workers_batch_size": 10,
+        "orchestrator_workers_batch_size": 50,
         "orchestrator_workers_retry_attempts": 3,
         "orchestrator_workers_task_timeout_seconds": 300,
         "orchestrator_workers_reclaim_interval_seconds": 2,

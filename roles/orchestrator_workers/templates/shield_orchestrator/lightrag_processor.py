@@ -279,6 +279,12 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
         tokenizer=_offline_tokenizer(),
         max_parallel_insert=max(2, s.pool_size),
         vector_db_storage_cls_kwargs={"cosine_better_than_threshold": COSINE_THRESHOLD},
+        # The LLM response cache spares LLM calls only when the same prompt comes
+        # again; with the local storages it is a JSON file rewritten whole after
+        # every document (the largest one: 10 MB after 300 chunks, a third of
+        # the CPU). Off unless asked for (lightrag_llm_cache).
+        enable_llm_cache=s.lightrag_llm_cache,
+        enable_llm_cache_for_entity_extract=s.lightrag_llm_cache,
         **storage_classes(s),
     )
     await rag.initialize_storages()

@@ -95,6 +95,7 @@ class Settings:
     lightrag_storage: str
     lightrag_workspace: str
     lightrag_lock_ttl_seconds: float
+    lightrag_llm_cache: bool
     # LLM and embeddings
     llm_base_url: str
     llm_model: str
