@@ -47,6 +47,7 @@ from ingest import (
     RealContext,
     ensure_fixtures,
     fixture_dir,
+    lightrag_version,
     run_tag,
 )
 from workloads import (
@@ -654,6 +655,11 @@ async def run(cfg: Config) -> dict[str, Any]:
         ctx = Context(infra, launcher, sys.executable, cfg.concurrency)
         rctx = RealContext(infra, launcher, cfg.service_python, cfg.server_python)
         results["meta"]["lightrag_settings"] = asdict(rctx.settings)
+        if {"w2", "w3", "w6"} & set(cfg.workloads):
+            results["meta"]["lightrag_versions"] = {
+                "service_venv": lightrag_version(cfg.service_python),
+                "lightrag_server_venv": lightrag_version(cfg.server_python),
+            }
         steps: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [
             ("w1", "w1_pool_overhead", lambda: run_w1(ctx, cfg)),
             ("w2", "w2_real_ingestion", lambda: run_real(rctx, cfg, "w2")),

@@ -544,8 +544,8 @@ async def ensure_fixtures(ctx: RealContext, sizes: list[int], within: float) -> 
                 continue
             if standin is None:
                 standin = await start_standin(ctx.service_python, ctx.infra.logs, 0, "fixture-standin")
-            smaller = [s for s in range(size - 1, 0, -1) if (cache / f"docs-{s}" / "manifest.json").exists()]
-            base = smaller[0] if smaller else 0
+            built = [int(path.parent.name[5:]) for path in cache.glob("docs-*/manifest.json")]
+            base = max((s for s in built if s < size), default=0)
             t0 = time.monotonic()
             log(f"W6 fixture: building {size:,} documents (from {base:,}) in {cache}")
             await build_fixture(ctx, standin, cache, base, size, within)
