@@ -1,6 +1,6 @@
 """shield-orchestrator benchmark: runs the workloads, prints one table, writes the figures as JSON.
 
-    bench/run.sh [--smoke] [--rounds N] [--only w1,w4] [--output PATH]
+    bench/run.sh [--smoke] [--rounds N] [--real-rounds N] [--only w1,w4] [--output PATH]
 
 Run through bench/run.sh, which makes the virtualenvs: this harness and the peer
 workers run on .venv-bench-peers, the service (the floor consumer and LightRAG
@@ -122,6 +122,7 @@ class Config:
     w3_limit_s: float
     w6_limit_s: float
     fixture_limit_s: float
+    fixture_step: int
     contestants: tuple[str, ...]
     service_python: str
     server_python: str
@@ -132,6 +133,7 @@ def parse_args(argv: list[str]) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round (the test's run)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (env BENCH_ROUNDS; default 3, smoke 1)")
+    parser.add_argument("--real-rounds", type=int, default=None, help="W2/W3/W6 rounds (env BENCH_REAL_ROUNDS; 1)")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ",".join(WORKLOADS)), help="e.g. w1,w4")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (env BENCH_OUTPUT)")
     args = parser.parse_args(argv)
@@ -146,7 +148,7 @@ def parse_args(argv: list[str]) -> Config:
     return Config(
         smoke=args.smoke,
         rounds=max(rounds, 1),
-        real_rounds=max(int(os.environ.get("BENCH_REAL_ROUNDS", "1")), 1),
+        real_rounds=max(args.real_rounds or int(os.environ.get("BENCH_REAL_ROUNDS", "1")), 1),
         sizes=override_sizes(SMOKE if args.smoke else FULL, os.environ.get("BENCH_SIZES", "")),
         output=output,
         workloads=workloads,
@@ -159,6 +161,7 @@ def parse_args(argv: list[str]) -> Config:
         w3_limit_s=float(os.environ.get("BENCH_W3_LIMIT_S", "600")),
         w6_limit_s=float(os.environ.get("BENCH_W6_LIMIT_S", "900")),
         fixture_limit_s=float(os.environ.get("BENCH_FIXTURE_LIMIT_S", "14400")),
+        fixture_step=max(int(os.environ.get("BENCH_FIXTURE_STEP", "500")), 1),
         contestants=tuple(c for c in CONTESTANTS if c in contestants),
         service_python=os.environ.get("BENCH_SERVICE_PYTHON", str(default_service_python)),
         server_python=os.environ.get("BENCH_LIGHTRAG_PYTHON", str(default_server_python)),
@@ -309,7 +312,9 @@ async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, A
             "service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "chunks_per_s"),
             "service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "chunks_per_s"),
             "lightrag_server_to_inprocess": per_round_ratio(rounds, SERVER, INPROCESS, "chunks_per_s"),
-            "note": "chunks/s, median (min, max) of the per-round ratios",
+            "cpu_service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "cpu_s"),
+            "cpu_service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "cpu_s"),
+            "note": "chunks/s (cpu_*: CPU seconds), median (min, max) of the per-round ratios",
         },
         "failed": errors,
     }
@@ -346,7 +351,7 @@ async def run_w6(rctx: RealContext, cfg: Config) -> dict[str, Any]:
     fixture, copied for every run), this service and lightrag-server, stand-in at once."""
     n, sizes = cfg.sizes.w6_chunks, sorted(cfg.sizes.w6_docs)
     names = tuple(c for c in cfg.contestants if c in (SERVICE, SERVER))
-    fixtures = await ensure_fixtures(rctx, sizes, cfg.fixture_limit_s)
+    fixtures = await ensure_fixtures(rctx, sizes, cfg.fixture_limit_s, cfg.fixture_step)
     rounds: list[dict[int, dict[str, dict[str, float]]]] = []
     errors: dict[str, str] = {}
     standin = await start_standin(cfg.service_python, rctx.infra.logs, 0, "w6-standin")
@@ -531,6 +536,7 @@ def build_table(results: dict[str, Any]) -> str:
         ratios = w2["ratios"]
         rows.append(row("", "ratio service / lightrag-server (chunks/s)", ratios["service_to_lightrag_server"], "x"))
         rows.append(row("", "ratio service / in-process (the floor)", ratios["service_to_inprocess"], "x"))
+        rows.append(row("", "CPU s ratio service / lightrag-server", ratios["cpu_service_to_lightrag_server"], "x"))
         rss = w2["contestants"][SERVICE].get("peak_rss_mb")
         target = TARGETS["w2_peak_rss_mb"]
         met = rss["max"] < target if rss else None
@@ -718,7 +724,7 @@ def main(argv: list[str]) -> int:
     print(build_table(results))
     meta = results["meta"]
     print(
-        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} (W2/W3: {cfg.real_rounds}); "
+        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} (W2/W3/W6: {cfg.real_rounds}); "
         f"load average before {' '.join(meta['loadavg_before'])}; figures in {cfg.output}"
     )
     return 1 if results["errors"] else 0

@@ -529,17 +529,20 @@ def fixture_key(ctx: RealContext) -> str:
     return f"lightrag-{lightrag_version(ctx.service_python)}-{recipe.hexdigest()[:12]}"
 
 
-async def ensure_fixtures(ctx: RealContext, sizes: list[int], within: float) -> dict[str, Any]:
-    """Every size's fixture, from the cache or built (each from the largest smaller one
-    already there, as the same documents in the same order). Returns what was done."""
+async def ensure_fixtures(ctx: RealContext, sizes: list[int], within: float, step: int) -> dict[str, Any]:
+    """Every size's fixture, from the cache or built: from the largest smaller one already
+    there (the same documents in the same order), `step` documents at a time, each step
+    cached as a checkpoint (docs-N) until the next one exists, so that a build cut by its
+    time limit (`within` seconds per size) goes on from there next time. Returns what was done."""
     cache = FIXTURE_CACHE / fixture_key(ctx)
     cache.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"dir": str(cache), "built_s": {}, "cached": []}
+    wanted = sorted(s for s in set(sizes) if s > 0)
+    report: dict[str, Any] = {"dir": str(cache), "built_s": {}, "cached": [], "step": step}
     standin: Standin | None = None
     try:
-        for size in sorted(s for s in set(sizes) if s > 0):
-            target = cache / f"docs-{size}"
-            if (target / "manifest.json").exists():
+        for size in wanted:
+            if (cache / f"docs-{size}" / "manifest.json").exists():
+                (cache / f"docs-{size}" / "wanted").touch()
                 report["cached"].append(size)
                 continue
             if standin is None:
@@ -547,8 +550,16 @@ async def ensure_fixtures(ctx: RealContext, sizes: list[int], within: float) -> 
             built = [int(path.parent.name[5:]) for path in cache.glob("docs-*/manifest.json")]
             base = max((s for s in built if s < size), default=0)
             t0 = time.monotonic()
-            log(f"W6 fixture: building {size:,} documents (from {base:,}) in {cache}")
-            await build_fixture(ctx, standin, cache, base, size, within)
+            deadline = t0 + within
+            log(f"W6 fixture: building {size:,} documents (from {base:,}, {step:,} at a time) in {cache}")
+            checkpoint = base if base and not (cache / f"docs-{base}" / "wanted").exists() else 0
+            while base < size:
+                top = min(size, (base // step + 1) * step)
+                await build_fixture(ctx, standin, cache, base, top, deadline - time.monotonic())
+                if checkpoint:  # superseded by the step just built
+                    shutil.rmtree(cache / f"docs-{checkpoint}", ignore_errors=True)
+                base, checkpoint = top, top if top < size else 0
+            (cache / f"docs-{size}" / "wanted").touch()  # a size someone asked for: kept
             report["built_s"][str(size)] = round(time.monotonic() - t0, 1)
     finally:
         if standin is not None:
@@ -563,7 +574,8 @@ async def build_fixture(ctx: RealContext, standin: Standin, cache: Path, base: i
     workspace_dir = building / "rag_storage" / ctx.settings.workspace
     if base:
         await asyncio.to_thread(shutil.copytree, cache / f"docs-{base}", workspace_dir)
-        (workspace_dir / "manifest.json").unlink()
+        for marker in ("manifest.json", "wanted"):
+            (workspace_dir / marker).unlink(missing_ok=True)
     batch = Batch.make(size - base, "fixture", first=base)
     argv = [
         ctx.service_python,
@@ -579,7 +591,7 @@ async def build_fixture(ctx: RealContext, standin: Standin, cache: Path, base: i
         deadline = time.monotonic() + within
         while proc.alive():
             if time.monotonic() > deadline:
-                raise BenchError(f"W6 fixture of {size} documents: not built after {within:.0f}s")
+                raise BenchError(f"W6 fixture: {base:,} -> {size:,} documents not built in time (limit per size)")
             await asyncio.sleep(0.5)
     finally:
         proc.stop()
