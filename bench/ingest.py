@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,9 +284,6 @@ class RealRun:
 
 def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {key: after.get(key, 0) - before.get(key, 0) for key in (CHAT, EMBED, EMBED_TEXTS)}
-
-
-Prepare = Callable[[Path], None]
 
 
 def copy_fixture(fixture: Path | None, workspace_dir: Path) -> None:
