@@ -1,10 +1,11 @@
 """shield-orchestrator benchmark: runs the workloads, prints one table, writes the figures as JSON.
 
-    bench/run.sh [--smoke] [--rounds N] [--only w1,w4] [--output PATH]
+    bench/run.sh [--smoke] [--rounds N] [--real-rounds N] [--only w1,w4] [--output PATH]
 
 Run through bench/run.sh, which makes the virtualenvs: this harness and the peer
-workers run on .venv-bench-peers, the service (and the floor consumer) on the
-service's own virtualenv. See bench/README.md for what each workload measures.
+workers run on .venv-bench-peers, the service (the floor consumer and LightRAG
+in-process) on the service's own virtualenv, lightrag-server on .venv-bench-lightrag.
+See bench/README.md for what each workload measures.
 """
 
 from __future__ import annotations
@@ -20,17 +21,40 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from infra import BENCH, REPO, BenchError, Infra, ServiceLauncher, log, percentile, render_service, summary
+from infra import (
+    BENCH,
+    REPO,
+    BenchError,
+    Infra,
+    ServiceLauncher,
+    log,
+    percentile,
+    render_service,
+    start_standin,
+    summary,
+)
+from ingest import (
+    CONTESTANTS,
+    INPROCESS,
+    RUNNERS,
+    SERVER,
+    SETTINGS,
+    Batch,
+    RealContext,
+    ensure_fixtures,
+    fixture_dir,
+    lightrag_version,
+    run_tag,
+)
 from workloads import (
     PEERS,
     W4_STAGES,
     Context,
     W1Run,
-    ingest_real,
     w1_floor,
     w1_peer,
     w1_service,
@@ -60,11 +84,25 @@ class Sizes:
     w4_jobs: int
     w5_clients: int
     w5_events: int
+    w6_chunks: int
+    w6_docs: tuple[int, ...]  # sizes of the pre-filled graph
 
 
-FULL = Sizes(20_000, 1_000, 1_000, 500, 200, 100, 1_000)
-SMOKE = Sizes(1_000, 500, 10, 10, 20, 10, 50)
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000))
+SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20))
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
+
+
+def override_sizes(sizes: Sizes, spec: str) -> Sizes:
+    """BENCH_SIZES="w2_chunks=20,w6_docs=0:50": some sizes changed (lists joined by ':')."""
+    changes: dict[str, Any] = {}
+    names = {f.name for f in fields(Sizes)}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, _, value = part.partition("=")
+        if key not in names:
+            raise SystemExit(f"BENCH_SIZES: unknown size {key!r} (known: {', '.join(sorted(names))})")
+        changes[key] = tuple(int(v) for v in value.split(":")) if key == "w6_docs" else int(value)
+    return replace(sizes, **changes)
 
 
 @dataclass(frozen=True)
@@ -79,9 +117,15 @@ class Config:
     concurrency: int
     sse_rate: float
     w3_delay_ms: int
+    w3_embedding_delay_ms: int
     w2_limit_s: float
     w3_limit_s: float
+    w6_limit_s: float
+    fixture_limit_s: float
+    fixture_step: int
+    contestants: tuple[str, ...]
     service_python: str
+    server_python: str
     keep: bool
 
 
@@ -89,6 +133,7 @@ def parse_args(argv: list[str]) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round (the test's run)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (env BENCH_ROUNDS; default 3, smoke 1)")
+    parser.add_argument("--real-rounds", type=int, default=None, help="W2/W3/W6 rounds (env BENCH_REAL_ROUNDS; 1)")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ",".join(WORKLOADS)), help="e.g. w1,w4")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (env BENCH_OUTPUT)")
     args = parser.parse_args(argv)
@@ -98,20 +143,28 @@ def parse_args(argv: list[str]) -> Config:
     workloads = tuple(w for w in WORKLOADS if w in {part.strip() for part in args.only.split(",")})
     peers = tuple(p.strip() for p in os.environ.get("BENCH_PEERS", ",".join(p.name for p in PEERS)).split(","))
     default_service_python = REPO / ".venv-service" / "bin" / "python"
+    default_server_python = REPO / ".venv-bench-lightrag" / "bin" / "python"
+    contestants = {c.strip() for c in os.environ.get("BENCH_CONTESTANTS", ",".join(CONTESTANTS)).split(",")}
     return Config(
         smoke=args.smoke,
         rounds=max(rounds, 1),
-        real_rounds=max(int(os.environ.get("BENCH_REAL_ROUNDS", "1")), 1),
-        sizes=SMOKE if args.smoke else FULL,
+        real_rounds=max(args.real_rounds or int(os.environ.get("BENCH_REAL_ROUNDS", "1")), 1),
+        sizes=override_sizes(SMOKE if args.smoke else FULL, os.environ.get("BENCH_SIZES", "")),
         output=output,
         workloads=workloads,
         peers=tuple(p for p in peers if p),
         concurrency=int(os.environ.get("BENCH_CONCURRENCY", "32")),
         sse_rate=float(os.environ.get("BENCH_SSE_RATE", "50")),
-        w3_delay_ms=int(os.environ.get("BENCH_W3_DELAY_MS", "50")),
+        w3_delay_ms=int(os.environ.get("BENCH_W3_DELAY_MS", "1000")),
+        w3_embedding_delay_ms=int(os.environ.get("BENCH_W3_EMBEDDING_DELAY_MS", "50")),
         w2_limit_s=float(os.environ.get("BENCH_W2_LIMIT_S", "300")),
-        w3_limit_s=float(os.environ.get("BENCH_W3_LIMIT_S", "180")),
+        w3_limit_s=float(os.environ.get("BENCH_W3_LIMIT_S", "600")),
+        w6_limit_s=float(os.environ.get("BENCH_W6_LIMIT_S", "900")),
+        fixture_limit_s=float(os.environ.get("BENCH_FIXTURE_LIMIT_S", "14400")),
+        fixture_step=max(int(os.environ.get("BENCH_FIXTURE_STEP", "500")), 1),
+        contestants=tuple(c for c in CONTESTANTS if c in contestants),
         service_python=os.environ.get("BENCH_SERVICE_PYTHON", str(default_service_python)),
+        server_python=os.environ.get("BENCH_LIGHTRAG_PYTHON", str(default_server_python)),
         keep=os.environ.get("BENCH_KEEP", "") == "1",
     )
 
@@ -191,32 +244,165 @@ async def run_w1(ctx: Context, cfg: Config) -> dict[str, Any]:
     }
 
 
-async def run_real(ctx: Context, cfg: Config, workload: str) -> dict[str, Any]:
-    llm_max_async = int(render_service.role_variables()["orchestrator_workers_llm_max_async"])
+def per_round_ratio(rounds: list[dict[str, dict[str, float]]], ours: str, theirs: str, key: str) -> Any:
+    """Median (min, max) over the rounds of ours[key] / theirs[key], rounds where both ran."""
+    pairs = [r[ours][key] / r[theirs][key] for r in rounds if ours in r and theirs in r and r[theirs][key] > 0]
+    return summary(pairs) if pairs else None
+
+
+def contestant_table(
+    rounds: list[dict[str, dict[str, float]]], names: tuple[str, ...], errors: dict[str, str]
+) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for name in names:
+        entry: dict[str, Any] = {"setting": SETTINGS[name]}
+        runs = [r[name] for r in rounds if name in r]
+        if name in errors:
+            entry.update(status="failed", reason=errors[name])
+        elif runs:
+            entry["status"] = "ok"
+        if runs:
+            entry.update({key: summary([run[key] for run in runs]) for key in runs[0]})
+        table[name] = entry
+    return table
+
+
+async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, Any]:
+    """W2 (stand-in at once) or W3 (chat 1 s, embeddings 50 ms): the three contestants
+    interleaved in each round, the same texts for all three within a round."""
+    s = rctx.settings
     n = cfg.sizes.w2_chunks if workload == "w2" else cfg.sizes.w3_chunks
-    delay = 0 if workload == "w2" else cfg.w3_delay_ms
+    chat_ms, embed_ms = (0, 0) if workload == "w2" else (cfg.w3_delay_ms, cfg.w3_embedding_delay_ms)
     limit = cfg.w2_limit_s if workload == "w2" else cfg.w3_limit_s
-    figures: list[dict[str, float]] = []
-    for round_no in range(1, cfg.real_rounds + 1):
-        result = await ingest_real(ctx, n, delay, f"{workload}-service", within=limit)
-        if workload == "w3":
-            result["ideal_s"] = result["llm_calls"] * delay / 1000 / llm_max_async
-            result["efficiency"] = result["ideal_s"] / result["seconds"]
-        figures.append(result)
-        log(f"{workload.upper()} round {round_no}: " + ", ".join(f"{k}={v:,.3f}" for k, v in result.items()))
-    out: dict[str, Any] = {"chunks": n, "llm_delay_ms": delay, "llm_max_async": llm_max_async, "limit_s": limit}
-    for key in figures[0]:
-        out[key] = summary([f[key] for f in figures])
+    rounds: list[dict[str, dict[str, float]]] = []
+    errors: dict[str, str] = {}
+    standin = await start_standin(cfg.service_python, rctx.infra.logs, chat_ms, f"{workload}-standin", embed_ms)
+    try:
+        for round_no in range(1, cfg.real_rounds + 1):
+            batch = Batch.make(n, run_tag(workload))
+            figures: dict[str, dict[str, float]] = {}
+            for name in cfg.contestants:  # interleaved: A B C, A B C, ...
+                if name in errors:
+                    continue
+                try:
+                    run = await RUNNERS[name](rctx, standin, batch, f"{workload}-{name}", limit)
+                except Exception as exc:
+                    errors[name] = f"{type(exc).__name__}: {exc}"[:500]
+                    log(f"{workload.upper()} round {round_no} {name} FAILED: {errors[name]}")
+                    continue
+                result = run.figures()
+                if workload == "w3":
+                    result["ideal_s"] = result["llm_calls"] * chat_ms / 1000 / s.llm_max_async
+                    result["efficiency"] = result["ideal_s"] / result["seconds"]
+                figures[name] = result
+                log(f"{workload.upper()} round {round_no} {name}: " + describe(result))
+            rounds.append(figures)
+    finally:
+        standin.proc.stop()
+    out: dict[str, Any] = {
+        "chunks": n,
+        "llm_delay_ms": chat_ms,
+        "embedding_delay_ms": embed_ms,
+        "llm_max_async": s.llm_max_async,
+        "embedding_max_async": s.embedding_max_async,
+        "max_parallel_insert": s.max_parallel_insert,
+        "limit_s": limit,
+        "contestants": contestant_table(rounds, cfg.contestants, errors),
+        "ratios": {
+            "service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "chunks_per_s"),
+            "service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "chunks_per_s"),
+            "lightrag_server_to_inprocess": per_round_ratio(rounds, SERVER, INPROCESS, "chunks_per_s"),
+            "cpu_service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "cpu_s"),
+            "cpu_service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "cpu_s"),
+            "note": "chunks/s (cpu_*: CPU seconds), median (min, max) of the per-round ratios",
+        },
+        "failed": errors,
+    }
     if workload == "w2":
-        out["targets"] = {"peak_rss_mb_below": TARGETS["w2_peak_rss_mb"]}
+        out["targets"] = {"service_peak_rss_mb_below": TARGETS["w2_peak_rss_mb"]}
     else:
         out["formula"] = (
             f"efficiency = ideal / actual; ideal = LLM calls received by the stand-in (GET /stats, "
-            f"POST /v1/chat/completions) x {delay} ms / llm_max_async ({llm_max_async}); actual = first POST -> "
-            "ingestion.completed received"
+            f"POST /v1/chat/completions) x {chat_ms} ms / llm_max_async ({s.llm_max_async}); actual = first "
+            "request -> every chunk done (each contestant's own clock, bench/ingest.py)"
         )
-        out["targets"] = {"efficiency_at_least": TARGETS["w3_efficiency"]}
+        out["targets"] = {"service_efficiency_at_least": TARGETS["w3_efficiency"]}
     return out
+
+
+def describe(result: dict[str, float]) -> str:
+    parts = [
+        f"{result['chunks_per_s']:.2f} chunks/s",
+        f"{result['seconds']:.1f} s",
+        f"CPU {result['cpu_s']:.1f} s",
+        f"RSS {result['peak_rss_mb']:.0f} MB",
+        f"chat {result['llm_calls']:.0f}",
+        f"embeddings {result['embedding_calls']:.0f}",
+    ]
+    if "efficiency" in result:
+        parts.append(f"efficiency {result['efficiency']:.0%}")
+    if not result["complete"]:
+        parts.append(f"CUT: {result['chunks_done']:.0f} done")
+    return ", ".join(parts)
+
+
+async def run_w6(rctx: RealContext, cfg: Config) -> dict[str, Any]:
+    """W6: 300 chunks into a graph pre-filled with 0, 2,000 and 5,000 documents (a cached
+    fixture, copied for every run), this service and lightrag-server, stand-in at once."""
+    n, sizes = cfg.sizes.w6_chunks, sorted(cfg.sizes.w6_docs)
+    names = tuple(c for c in cfg.contestants if c in (SERVICE, SERVER))
+    fixtures = await ensure_fixtures(rctx, sizes, cfg.fixture_limit_s, cfg.fixture_step)
+    rounds: list[dict[int, dict[str, dict[str, float]]]] = []
+    errors: dict[str, str] = {}
+    standin = await start_standin(cfg.service_python, rctx.infra.logs, 0, "w6-standin")
+    try:
+        for round_no in range(1, cfg.real_rounds + 1):
+            by_size: dict[int, dict[str, dict[str, float]]] = {}
+            for size in sizes:
+                batch = Batch.make(n, run_tag(f"w6-{size}"))
+                by_size[size] = {}
+                for name in names:
+                    if name in errors:
+                        continue
+                    try:
+                        run = await RUNNERS[name](
+                            rctx, standin, batch, f"w6-{size}-{name}", cfg.w6_limit_s, fixture_dir(fixtures, size)
+                        )
+                    except Exception as exc:
+                        errors[name] = f"{size} documents: {type(exc).__name__}: {exc}"[:500]
+                        log(f"W6 round {round_no} {name} on {size:,} documents FAILED: {errors[name]}")
+                        continue
+                    by_size[size][name] = run.figures()
+                    log(f"W6 round {round_no} {name} on {size:,} documents: " + describe(by_size[size][name]))
+            rounds.append(by_size)
+    finally:
+        standin.proc.stop()
+    first, last = sizes[0], sizes[-1]
+    table: dict[str, Any] = {}
+    for name in names:
+        entry: dict[str, Any] = {"setting": SETTINGS[name]}
+        if name in errors:
+            entry.update(status="failed", reason=errors[name])
+        entry["by_docs"] = {str(size): contestant_table([r[size] for r in rounds], (name,), {})[name] for size in sizes}
+        pairs = [(r[first][name], r[last][name]) for r in rounds if name in r[first] and name in r[last]]
+        rates = [b["chunks_per_s"] / a["chunks_per_s"] for a, b in pairs if a["chunks_per_s"] > 0]
+        growth = [b["peak_rss_mb"] - a["peak_rss_mb"] for a, b in pairs]
+        entry["rate_ratio_last_to_first"] = summary(rates) if rates else None
+        entry["rss_growth_mb"] = summary(growth) if growth else None
+        if name not in errors and pairs:
+            entry["status"] = "ok"
+        table[name] = entry
+    return {
+        "chunks": n,
+        "fixture_docs": sizes,
+        "fixture": fixtures,
+        "contestants": table,
+        "figures_note": (
+            f"rate_ratio_last_to_first = chunks/s at {last:,} documents / at {first:,} (per round); "
+            f"rss_growth_mb = peak RSS at {last:,} - at {first:,}"
+        ),
+        "failed": errors,
+    }
 
 
 async def run_w4(ctx: Context, cfg: Config) -> dict[str, Any]:
@@ -300,9 +486,26 @@ def row(
     return [workload, figure, fmt(stats["median"], unit), spread, target, verdict, ""]
 
 
+def real_rows(label: str, workload: dict[str, Any]) -> list[list[str]]:
+    """One row per contestant: chunks/s, and beside it CPU, peak RSS and the stand-in's call counts."""
+    rows: list[list[str]] = []
+    for name, entry in workload["contestants"].items():
+        if "chunks_per_s" not in entry:
+            rows.append([label, name, entry.get("reason", "?")[:70], "", "", "", ""])
+        else:
+            figure = f"{name} chunks/s" + ("" if entry["complete"]["min"] >= 1 else " (INCOMPLETE)")
+            rows.append(row(label, figure, entry["chunks_per_s"], "/s"))
+            rows[-1][-1] = (
+                f"CPU {entry['cpu_s']['median']:.1f} s, RSS {entry['peak_rss_mb']['median']:.0f} MB, "
+                f"chat {entry['llm_calls']['median']:,.0f}, emb {entry['embedding_calls']['median']:,.0f}"
+            )
+        label = ""
+    return rows
+
+
 def build_table(results: dict[str, Any]) -> str:
     rows: list[list[str]] = [
-        ["workload", "figure", "median", "min - max", "target", "verdict", "CPU ms/1k: worker redis enqueuer"]
+        ["workload", "figure", "median", "min - max", "target", "verdict", "W1: CPU ms/1k worker redis enqueuer"]
     ]
     w = results["workloads"]
     if "w1_pool_overhead" in w:
@@ -328,24 +531,38 @@ def build_table(results: dict[str, Any]) -> str:
         rows.append(row("", "ratio to floor + hiredis (info)", w1["ratio_to_floor_hiredis"], "%"))
     if "w2_real_ingestion" in w:
         w2 = w["w2_real_ingestion"]
-        label = f"W2 real ingestion ({w2['chunks']:,} chunks)"
-        rows.append(row(label, "chunks/s (LightRAG, stand-in at once)", w2["chunks_per_s"], "/s"))
-        if w2["complete"]["min"] < 1:
-            rows.append(row("", f"chunks done when cut at {w2['limit_s']:.0f}s (INCOMPLETE)", w2["chunks_done"], ""))
-        rss = w2["peak_rss_mb"]
-        rows.append(row("", "service peak RSS (VmHWM)", rss, "MB", "< 300 MB", rss["max"] < TARGETS["w2_peak_rss_mb"]))
+        label = f"W2 real ingestion ({w2['chunks']:,} chunks, stand-in at once)"
+        rows += real_rows(label, w2)
+        ratios = w2["ratios"]
+        rows.append(row("", "ratio service / lightrag-server (chunks/s)", ratios["service_to_lightrag_server"], "x"))
+        rows.append(row("", "ratio service / in-process (the floor)", ratios["service_to_inprocess"], "x"))
+        rows.append(row("", "CPU s ratio service / lightrag-server", ratios["cpu_service_to_lightrag_server"], "x"))
+        rss = w2["contestants"][SERVICE].get("peak_rss_mb")
+        target = TARGETS["w2_peak_rss_mb"]
+        met = rss["max"] < target if rss else None
+        rows.append(row("", "service peak RSS (VmHWM)", rss, "MB", f"< {target:.0f} MB", met))
     if "w3_llm_bound" in w:
         w3 = w["w3_llm_bound"]
-        label = f"W3 LLM-bound ({w3['chunks']} chunks, {w3['llm_delay_ms']} ms)"
-        eff = w3["efficiency"]
+        label = f"W3 LLM-bound ({w3['chunks']} chunks, chat {w3['llm_delay_ms']} ms, emb {w3['embedding_delay_ms']} ms)"
         target = TARGETS["w3_efficiency"]
-        rows.append(row(label, "efficiency = ideal / actual", eff, "%", f">= {target:.0%}", eff["median"] >= target))
-        if w3["complete"]["min"] < 1:
-            rows.append(row("", f"chunks done when cut at {w3['limit_s']:.0f}s (INCOMPLETE)", w3["chunks_done"], ""))
-        rows.append(row("", "actual (first POST -> completed)", w3["seconds"], "s"))
-        rows.append(row("", "ideal", w3["ideal_s"], "s"))
-        rows.append(row("", "LLM calls (chat)", w3["llm_calls"], ""))
-        formula = f"ideal = LLM calls x {w3['llm_delay_ms']} ms / llm_max_async ({w3['llm_max_async']})"
+        for name, entry in w3["contestants"].items():
+            eff = entry.get("efficiency")
+            verdict = (eff["median"] >= target if eff else False) if name == SERVICE else None
+            rows.append(
+                row(label, f"{name}: efficiency", eff, "%", f">= {target:.0%}" if name == SERVICE else "", verdict)
+            )
+            label = ""
+            if eff:
+                note = (
+                    f"  actual {entry['seconds']['median']:.1f} s, ideal {entry['ideal_s']['median']:.1f} s, "
+                    f"chat {entry['llm_calls']['median']:,.0f}, embeddings {entry['embedding_calls']['median']:,.0f}, "
+                    f"CPU {entry['cpu_s']['median']:.1f} s, RSS {entry['peak_rss_mb']['median']:.0f} MB"
+                    + ("" if entry["complete"]["min"] >= 1 else " (INCOMPLETE)")
+                )
+                rows.append(["", note, "", "", "", "", ""])
+            elif "reason" in entry:
+                rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
+        formula = f"ideal = chat calls x {w3['llm_delay_ms']} ms / llm_max_async ({w3['llm_max_async']})"
         rows.append(["", formula, "", "", "", "", ""])
     if "w4_latency" in w:
         w4 = w["w4_latency"]
@@ -369,6 +586,22 @@ def build_table(results: dict[str, Any]) -> str:
         harness_cpu = w5["harness_cpu_us_per_frame"]["median"]
         note = f"CPU per delivered frame: service {service_cpu:.0f} us, clients (harness) {harness_cpu:.0f} us"
         rows.append(["", note, "", "", "", "", ""])
+    if "w6_growth" in w:
+        w6 = w["w6_growth"]
+        label = f"W6 growth ({w6['chunks']} chunks into {'/'.join(f'{d:,}' for d in w6['fixture_docs'])} docs)"
+        first, last = w6["fixture_docs"][0], w6["fixture_docs"][-1]
+        for name, entry in w6["contestants"].items():
+            for docs, figures in entry["by_docs"].items():
+                rows.append(row(label, f"{name} at {int(docs):,} docs: chunks/s", figures.get("chunks_per_s"), "/s"))
+                label = ""
+                if "peak_rss_mb" in figures:
+                    rss, cpu = figures["peak_rss_mb"]["median"], figures["cpu_s"]["median"]
+                    rows[-1][-1] = f"RSS {rss:.0f} MB, CPU {cpu:.1f} s"
+            ratio = entry.get("rate_ratio_last_to_first")
+            rows.append(row("", f"{name}: chunks/s at {last:,} / at {first:,}", ratio, "x"))
+            rows.append(row("", f"{name}: RSS growth {first:,} -> {last:,}", entry.get("rss_growth_mb"), "MB"))
+            if "reason" in entry:
+                rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
     for name, error in results.get("errors", {}).items():
         rows.append([name, f"FAILED: {error}"[:100], "", "", "", "", ""])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -424,22 +657,33 @@ async def run(cfg: Config) -> dict[str, Any]:
         # the peer modules read these at import (here, for enqueueing, and in their workers)
         os.environ["BENCH_REDIS_URL"] = infra.redis_url
         os.environ["BENCH_CONCURRENCY"] = str(cfg.concurrency)
-        ctx = Context(infra, ServiceLauncher(cfg.service_python, infra), sys.executable, cfg.concurrency)
+        launcher = ServiceLauncher(cfg.service_python, infra)
+        ctx = Context(infra, launcher, sys.executable, cfg.concurrency)
+        rctx = RealContext(infra, launcher, cfg.service_python, cfg.server_python)
+        results["meta"]["lightrag_settings"] = asdict(rctx.settings)
+        if {"w2", "w3", "w6"} & set(cfg.workloads):
+            results["meta"]["lightrag_versions"] = {
+                "service_venv": lightrag_version(cfg.service_python),
+                "lightrag_server_venv": lightrag_version(cfg.server_python),
+            }
         steps: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [
             ("w1", "w1_pool_overhead", lambda: run_w1(ctx, cfg)),
-            ("w2", "w2_real_ingestion", lambda: run_real(ctx, cfg, "w2")),
-            ("w3", "w3_llm_bound", lambda: run_real(ctx, cfg, "w3")),
+            ("w2", "w2_real_ingestion", lambda: run_real(rctx, cfg, "w2")),
+            ("w3", "w3_llm_bound", lambda: run_real(rctx, cfg, "w3")),
             ("w4", "w4_latency", lambda: run_w4(ctx, cfg)),
             ("w5", "w5_sse_fanout", lambda: run_w5(ctx, cfg)),
+            ("w6", "w6_growth", lambda: run_w6(rctx, cfg)),
         ]
         for short, key, step in steps:
             if short not in cfg.workloads:
                 continue
-            rounds = cfg.real_rounds if short in ("w2", "w3") else cfg.rounds
+            rounds = cfg.real_rounds if short in ("w2", "w3", "w6") else cfg.rounds
             log(f"{key}: {rounds} round(s)")
             t0 = time.monotonic()
             try:
                 results["workloads"][key] = await step()
+                for name, reason in results["workloads"][key].get("failed", {}).items():
+                    results["errors"][f"{key} {name}"] = reason
             except Exception as exc:
                 results["errors"][key] = f"{type(exc).__name__}: {exc}"[:600]
                 log(f"{key} FAILED: {results['errors'][key]} (logs: {infra.logs})")
@@ -452,7 +696,24 @@ async def run(cfg: Config) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
     results["meta"]["wall_seconds"] = round(time.time() - started, 1)
     results["meta"]["loadavg_after"] = loadavg()
+    results.update(headline(results["workloads"]))
     return results
+
+
+def headline(workloads: dict[str, Any]) -> dict[str, Any]:
+    """The figures the issue asks for, at the JSON's top level (None when not measured)."""
+
+    def median(figure: Any) -> Any:
+        return figure["median"] if isinstance(figure, dict) and "median" in figure else None
+
+    w2, w3, w6 = (workloads.get(key, {}) for key in ("w2_real_ingestion", "w3_llm_bound", "w6_growth"))
+    service6 = w6.get("contestants", {}).get(SERVICE, {})
+    return {
+        "w2_ratio_to_lightrag_server": median(w2.get("ratios", {}).get("service_to_lightrag_server")),
+        "w3_efficiency": median(w3.get("contestants", {}).get(SERVICE, {}).get("efficiency")),
+        "w6_rate_ratio_last_to_first": median(service6.get("rate_ratio_last_to_first")),
+        "w6_rss_growth_mb": median(service6.get("rss_growth_mb")),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -463,7 +724,7 @@ def main(argv: list[str]) -> int:
     print(build_table(results))
     meta = results["meta"]
     print(
-        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} (W2/W3: {cfg.real_rounds}); "
+        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} (W2/W3/W6: {cfg.real_rounds}); "
         f"load average before {' '.join(meta['loadavg_before'])}; figures in {cfg.output}"
     )
     return 1 if results["errors"] else 0

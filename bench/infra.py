@@ -78,6 +78,14 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of process `pid`: its peak resident set size, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmHWM in /proc/{pid}/status")
+
+
 def self_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -157,14 +165,16 @@ class Infra:
 
 
 # --- the LLM stand-in ------------------------------------------------------------------
-async def start_standin(python: str, logdir: Path, delay_ms: int, name: str) -> Standin:
+async def start_standin(
+    python: str, logdir: Path, delay_ms: int, name: str, embedding_delay_ms: int | None = None
+) -> Standin:
+    """The stand-in, every chat call answered after delay_ms, every embedding call after
+    embedding_delay_ms (None: delay_ms too)."""
+    extra = ["--delay-ms", str(delay_ms), "--no-failure-injection", "--log-level", "warning"]
+    if embedding_delay_ms is not None:
+        extra += ["--embedding-delay-ms", str(embedding_delay_ms)]
     return await asyncio.to_thread(
-        Standin.start,
-        logdir,
-        embedding_dim=EMBEDDING_DIM,
-        extra=["--delay-ms", str(delay_ms), "--no-failure-injection"],
-        name=name,
-        python=python,
+        Standin.start, logdir, embedding_dim=EMBEDDING_DIM, extra=extra, name=name, python=python
     )
 
 
@@ -188,10 +198,7 @@ class Service:
 
     def peak_rss_mb(self) -> float:
         """VmHWM of the service process: its peak resident set size."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise BenchError("no VmHWM in /proc/<pid>/status")
+        return peak_rss_mb(self.proc.pid)
 
 
 @dataclass
@@ -230,13 +237,22 @@ class ServiceLauncher:
         return env
 
     async def start(
-        self, name: str, *, noop: bool, llm_url: str = "http://127.0.0.1:9/v1", **overrides: Any
+        self,
+        name: str,
+        *,
+        noop: bool,
+        llm_url: str = "http://127.0.0.1:9/v1",
+        prepare: Callable[[Path], None] | None = None,
+        **overrides: Any,
     ) -> Service:
-        """A fresh service: empty Redis, new job table, new LightRAG state directory."""
+        """A fresh service: empty Redis, new job table, new LightRAG state directory
+        (given to `prepare` before the service starts, e.g. to put a graph in it)."""
         self.infra.reset()
         state = self.infra.root / "state" / name
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
+        if prepare is not None:
+            await asyncio.to_thread(prepare, state)
         port = free_port()
         env = self.env(state, port, llm_url, overrides)
         init = await asyncio.to_thread(

@@ -6,13 +6,15 @@
 #   bench/run.sh --only w1,w4 --rounds 5
 #
 # Makes what it needs: .venv-bench-peers (harness + peer task queues, pinned in
-# bench/requirements-peers.txt) and, if it is missing or incomplete, the
+# bench/requirements-peers.txt), .venv-bench-lightrag (lightrag-server, pinned in
+# bench/requirements-lightrag-server.txt) and, if it is missing or incomplete, the
 # service's .venv-service (role requirements + roles/orchestrator_workers/files/
 # constraints.txt). Starts its own Redis and PostgreSQL on loopback ports, prints
 # one table, writes bench/results/latest.json (smoke: bench/results/smoke.json).
-# Environment: BENCH_ROUNDS, BENCH_REAL_ROUNDS, BENCH_ONLY, BENCH_PEERS,
-# BENCH_CONCURRENCY, BENCH_SSE_RATE, BENCH_OUTPUT, BENCH_KEEP=1, BENCH_PYTHON,
-# BENCH_SERVICE_PYTHON (see bench/README.md).
+# W6's graph fixtures are cached in .cache/bench-fixtures/ (built on first use).
+# Environment: BENCH_ROUNDS, BENCH_REAL_ROUNDS, BENCH_ONLY, BENCH_SIZES, BENCH_PEERS,
+# BENCH_CONTESTANTS, BENCH_CONCURRENCY, BENCH_SSE_RATE, BENCH_OUTPUT, BENCH_KEEP=1,
+# BENCH_PYTHON, BENCH_SERVICE_PYTHON, BENCH_LIGHTRAG_PYTHON (see bench/README.md).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +44,20 @@ if [ ! -x "$peers_venv/bin/python" ] || [ "$(cat "$peers_venv/.requirements.sha2
   "$python" -m venv "$peers_venv"
   "$peers_venv/bin/pip" install "${pip_quiet[@]}" -r "$peers_req"
   echo "$stamp" >"$peers_venv/.requirements.sha256"
+fi
+
+# --- lightrag-server's virtualenv (W2, W3, W6) ------------------------------------------
+if [ -z "${BENCH_LIGHTRAG_PYTHON:-}" ]; then
+  lightrag_venv="$repo/.venv-bench-lightrag"
+  lightrag_req="$repo/bench/requirements-lightrag-server.txt"
+  stamp="$(sha256sum "$lightrag_req" | cut -d' ' -f1)"
+  if [ ! -x "$lightrag_venv/bin/python" ] || [ "$(cat "$lightrag_venv/.requirements.sha256" 2>/dev/null)" != "$stamp" ]; then
+    say "building $lightrag_venv from bench/requirements-lightrag-server.txt"
+    "$python" -m venv "$lightrag_venv"
+    "$lightrag_venv/bin/pip" install "${pip_quiet[@]}" -r "$lightrag_req"
+    echo "$stamp" >"$lightrag_venv/.requirements.sha256"
+  fi
+  export BENCH_LIGHTRAG_PYTHON="$lightrag_venv/bin/python"
 fi
 
 # --- the service's virtualenv ----------------------------------------------------------

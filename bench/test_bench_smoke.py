@@ -1,8 +1,9 @@
 """The benchmark's smoke run: `bench/run.sh --smoke` ends well and reports every workload in numbers.
 
 It proves the harness runs end to end (its own Redis and PostgreSQL, the rendered
-service with the no-op and the LightRAG processor, the LLM stand-in, every peer);
-the figures of a smoke run mean nothing.
+service with the no-op and the LightRAG processor, the LLM stand-in, every peer,
+lightrag-server, LightRAG in-process, W6's fixtures); the figures of a smoke run
+mean nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+REAL = ("shield-orchestrator", "lightrag-server", "lightrag-inprocess")
+PER_RUN = ("chunks_per_s", "seconds", "llm_calls", "embedding_calls", "cpu_s", "peak_rss_mb")
 
 
 def number(value: Any) -> bool:
@@ -24,6 +27,18 @@ def number(value: Any) -> bool:
 def median(figure: Any) -> Any:
     assert isinstance(figure, dict), figure
     return figure["median"]
+
+
+def positive(figure: Any) -> bool:
+    return number(median(figure)) and median(figure) > 0
+
+
+def assert_real_run(name: str, entry: dict[str, Any]) -> None:
+    """A contestant's W2/W3/W6 figures: the run completed and every figure is a positive number."""
+    assert entry.get("status", "ok") == "ok", (name, entry)
+    assert median(entry["complete"]) == 1, (name, entry)
+    for key in PER_RUN:
+        assert positive(entry[key]), (name, key, entry)
 
 
 def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
@@ -38,7 +53,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         timeout=900,  # a first run also builds .venv-bench-peers
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr[-4000:]}"
-    assert "workload" in run.stdout and "W5" in run.stdout, run.stdout  # the table
+    assert "workload" in run.stdout and "W5" in run.stdout and "W6" in run.stdout, run.stdout  # the table
     results = json.loads(output.read_text())
     assert results["errors"] == {}
     workloads = results["workloads"]
@@ -48,6 +63,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         "w3_llm_bound",
         "w4_latency",
         "w5_sse_fanout",
+        "w6_growth",
     }
 
     w1 = workloads["w1_pool_overhead"]
@@ -61,14 +77,20 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     assert number(median(w1["ratio_to_floor"]))
 
     w2 = workloads["w2_real_ingestion"]
-    assert median(w2["complete"]) == 1
-    assert number(median(w2["chunks_per_s"])) and median(w2["chunks_per_s"]) > 0
-    assert number(median(w2["peak_rss_mb"])) and median(w2["peak_rss_mb"]) > 0
+    assert set(w2["contestants"]) == set(REAL)
+    for name, entry in w2["contestants"].items():
+        assert_real_run(name, entry)
+    for ratio in ("service_to_lightrag_server", "service_to_inprocess", "lightrag_server_to_inprocess"):
+        assert positive(w2["ratios"][ratio]), ratio
+    assert number(results["w2_ratio_to_lightrag_server"])
 
     w3 = workloads["w3_llm_bound"]
-    assert median(w3["llm_calls"]) > 0
-    assert number(median(w3["efficiency"])) and 0 < median(w3["efficiency"]) <= 1.5
+    assert set(w3["contestants"]) == set(REAL)
+    for name, entry in w3["contestants"].items():
+        assert_real_run(name, entry)
+        assert 0 < median(entry["efficiency"]) <= 1.5, (name, entry["efficiency"])
     assert "llm_max_async" in w3["formula"]
+    assert number(results["w3_efficiency"]) and results["w3_efficiency"] > 0
 
     w4 = workloads["w4_latency"]
     assert number(median(w4["p50_ms"])) and number(median(w4["p99_ms"]))
@@ -77,3 +99,15 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     w5 = workloads["w5_sse_fanout"]
     assert number(median(w5["p50_ms"])) and number(median(w5["p99_ms"]))
     assert number(median(w5["missed"]))
+
+    w6 = workloads["w6_growth"]
+    assert len(w6["fixture_docs"]) >= 2 and w6["fixture_docs"][0] == 0
+    assert set(w6["contestants"]) == {"shield-orchestrator", "lightrag-server"}
+    for name, entry in w6["contestants"].items():
+        assert entry["status"] == "ok", (name, entry)
+        assert set(entry["by_docs"]) == {str(docs) for docs in w6["fixture_docs"]}, name
+        for docs, figures in entry["by_docs"].items():
+            assert_real_run(f"{name} at {docs}", figures)
+        assert positive(entry["rate_ratio_last_to_first"]), name
+        assert number(median(entry["rss_growth_mb"])), name
+    assert number(results["w6_rate_ratio_last_to_first"]) and number(results["w6_rss_growth_mb"])

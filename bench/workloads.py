@@ -1,4 +1,5 @@
-"""The five workloads. Each run function measures one run and returns its figures."""
+"""W1, W4 and W5 (and what they share with W2/W3/W6: the texts, posting a job, waiting for it).
+Each run function measures one run and returns its figures; W2, W3 and W6 are in ingest.py."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from infra import (
     group_cpu_seconds,
     self_cpu_seconds,
     spawn,
-    start_standin,
 )
 from redis.asyncio import Redis
 
@@ -438,52 +438,6 @@ async def w1_floor(ctx: Context, n: int, batch: int, python: str, consumers: int
     finally:
         proc.stop()
         await redis.aclose()
-
-
-# --- W2 / W3: real ingestion through LightRAG ----------------------------------------------
-async def ingest_real(ctx: Context, n: int, delay_ms: int, name: str, within: float) -> dict[str, float]:
-    """One job of n chunks through the real LightRAGProcessor, the stand-in answering after delay_ms.
-    A run that has not finished after `within` seconds is cut there: its figures are then those
-    of the chunks done so far (complete = 0)."""
-    standin = await start_standin(ctx.launcher.python, ctx.infra.logs, delay_ms, f"{name}-standin")
-    stop_within = 60.0
-    try:
-        service = await ctx.launcher.start(name, noop=False, llm_url=standin.base_url)
-        watch = JobWatch()
-        try:
-            before = standin.stats()
-            body = job_body(chunk_text(i, f"{name}-{uuid.uuid4().hex[:8]}") for i in range(n))
-            async with (
-                service.client() as http,
-                SSEClient(service, "ingestion.completed,ingestion.failed", watch.on_event),
-            ):
-                start = time.time()
-                job_id = await post_job(http, body)
-                try:
-                    end = await watch.wait([job_id], within, service.proc)
-                    complete = 1.0
-                except TimedOut:
-                    end, complete, stop_within = time.time(), 0.0, 5.0
-                job = (await http.get(f"/jobs/{job_id}")).json()
-            done = int(job["chunks_processed"])
-            if complete and done != n:
-                raise BenchError(f"job {job_id} processed {done} of {n} chunks")
-            after = standin.stats()
-            chat = "POST /v1/chat/completions"
-            embed = "POST /v1/embeddings"
-            return {
-                "complete": complete,
-                "chunks_done": done,
-                "seconds": end - start,
-                "chunks_per_s": done / (end - start),
-                "peak_rss_mb": service.peak_rss_mb(),
-                "llm_calls": after.get(chat, 0) - before.get(chat, 0),
-                "embedding_calls": after.get(embed, 0) - before.get(embed, 0),
-            }
-        finally:
-            service.proc.stop(stop_within)
-    finally:
-        standin.proc.stop()
 
 
 # --- W4: latency of an idle pool ---------------------------------------------------------------

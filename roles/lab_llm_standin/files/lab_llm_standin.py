@@ -30,11 +30,12 @@ Chat answers recognise the prompts of LightRAG 1.5.7 (``lightrag/prompt.py``):
   text built from the input.
 
 Every chat and embedding call can be slowed down by ``--delay-ms`` (used by
-benchmarks). Failures can be injected for error-path tests: a chat request whose
-last user message contains ``LAB_STANDIN_FAIL_ALWAYS`` gets HTTP 400 every time,
-``LAB_STANDIN_FAIL_ONCE`` only the first time that marked passage (the marker
-and the 40 characters after it) is seen, in whatever prompt (a failure that a
-retry clears). ``LAB_STANDIN_EMBED_FAIL_ALWAYS`` and
+benchmarks); ``--embedding-delay-ms`` gives embedding calls a latency of their
+own (by default they wait ``--delay-ms`` too). Failures can be injected for
+error-path tests: a chat request whose last user message contains
+``LAB_STANDIN_FAIL_ALWAYS`` gets HTTP 400 every time, ``LAB_STANDIN_FAIL_ONCE``
+only the first time that marked passage (the marker and the 40 characters after
+it) is seen, in whatever prompt (a failure that a retry clears). ``LAB_STANDIN_EMBED_FAIL_ALWAYS`` and
 ``LAB_STANDIN_EMBED_FAIL_ONCE`` do the same for embedding inputs.
 ``--no-failure-injection`` turns the markers off. ``POST /admin/outage``
 (``{"status": 503, "seconds": 30, "retry_after": 2}``) makes every ``/v1/``
@@ -618,6 +619,7 @@ class Settings:
     port: int = 18080
     embedding_dim: int = 768
     delay_ms: float = 0.0
+    embedding_delay_ms: float | None = None  # None: delay_ms
     chat_model: str = DEFAULT_CHAT_MODEL
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     log_level: str = "info"
@@ -671,9 +673,11 @@ def create_app(settings: Settings) -> FastAPI:
                     return _error(400, "lab stand-in: injected failure (fail-once)")
         return None
 
-    async def _delay() -> None:
-        if settings.delay_ms > 0:
-            await asyncio.sleep(settings.delay_ms / 1000.0)
+    embedding_delay_ms = settings.delay_ms if settings.embedding_delay_ms is None else settings.embedding_delay_ms
+
+    async def _delay(milliseconds: float) -> None:
+        if milliseconds > 0:
+            await asyncio.sleep(milliseconds / 1000.0)
 
     async def _json_body(request: Request) -> dict[str, Any] | None:
         try:
@@ -720,6 +724,7 @@ def create_app(settings: Settings) -> FastAPI:
             "kind": STANDIN_LABEL,
             "embedding_dim": settings.embedding_dim,
             "delay_ms": settings.delay_ms,
+            "embedding_delay_ms": embedding_delay_ms,
             "uptime_seconds": round(time.time() - started, 3),
         }
 
@@ -759,7 +764,7 @@ def create_app(settings: Settings) -> FastAPI:
         chat_models.setdefault(model, None)
         response_format = body.get("response_format") or {}
         wants_json = isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
-        await _delay()
+        await _delay(settings.delay_ms)
         users = [message_text(m) for m in messages if m.get("role") == "user"]
         failure = _injected_failure("chat", users[-1:])
         if failure is not None:
@@ -820,7 +825,7 @@ def create_app(settings: Settings) -> FastAPI:
             return _error(400, "'dimensions' must be a positive integer.")
         model = str(body.get("model") or settings.embedding_model)
         embedding_models.setdefault(model, None)
-        await _delay()
+        await _delay(embedding_delay_ms)
         failure = _injected_failure("embeddings", texts)
         if failure is not None:
             return failure
@@ -910,6 +915,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=float(_env("DELAY_MS", "0")),
         help="latency added to every chat and embedding call (milliseconds)",
     )
+    parser.add_argument(
+        "--embedding-delay-ms",
+        type=float,
+        default=float(_env("EMBEDDING_DELAY_MS", "")) if _env("EMBEDDING_DELAY_MS", "") else None,
+        help="latency of every embedding call (milliseconds); default: --delay-ms",
+    )
     parser.add_argument("--chat-model", default=_env("CHAT_MODEL", DEFAULT_CHAT_MODEL))
     parser.add_argument("--embedding-model", default=_env("EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL))
     parser.add_argument(
@@ -934,11 +945,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("--embedding-dim must be positive")
     if args.delay_ms < 0:
         parser.error("--delay-ms must not be negative")
+    if args.embedding_delay_ms is not None and args.embedding_delay_ms < 0:
+        parser.error("--embedding-delay-ms must not be negative")
     return Settings(
         host=args.host,
         port=args.port,
         embedding_dim=args.embedding_dim,
         delay_ms=args.delay_ms,
+        embedding_delay_ms=args.embedding_delay_ms,
         chat_model=args.chat_model,
         embedding_model=args.embedding_model,
         log_level=args.log_level,
@@ -956,11 +970,12 @@ def main(argv: list[str] | None = None) -> None:
     logger.warning(
         "LAB/TEST STAND-IN starting: deterministic OpenAI-compatible fake, NOT a "
         "language model; do not use in production (listen=%s:%d embedding_dim=%d "
-        "delay_ms=%s)",
+        "delay_ms=%s embedding_delay_ms=%s)",
         settings.host,
         settings.port,
         settings.embedding_dim,
         settings.delay_ms,
+        settings.delay_ms if settings.embedding_delay_ms is None else settings.embedding_delay_ms,
     )
     uvicorn.run(
         create_app(settings),
