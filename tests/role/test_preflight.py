@@ -183,5 +183,7 @@ def test_local_storage_refused_on_two_hosts(tmp_path: Path) -> None:
     assert recap(result)["changed"] == 0
     assert not app_dir.exists()
 
-    result, _ = run_preflight(tmp_path, hosts=("localhost", "second-worker"), orchestrator_workers_lightrag_storage="postgres")
+    result, _ = run_preflight(
+        tmp_path, hosts=("localhost", "second-worker"), orchestrator_workers_lightrag_storage="postgres"
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
