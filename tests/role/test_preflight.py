@@ -187,3 +187,12 @@ def test_local_storage_refused_on_two_hosts(tmp_path: Path) -> None:
         tmp_path, hosts=("localhost", "second-worker"), orchestrator_workers_lightrag_storage="postgres"
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_valid_sentinels_pass(tmp_path: Path) -> None:
+    result, _ = run_preflight(
+        tmp_path,
+        orchestrator_workers_redis_sentinels=["shield-data:26379", "10.0.0.2:26379", "[fd00::3]:26379"],
+        orchestrator_workers_redis_sentinel_master="shield",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
