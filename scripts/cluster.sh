@@ -5,8 +5,8 @@
 #
 #   shield-data      Debian 13: Redis master, PostgreSQL 17 + pgvector (TLS),
 #                    the LLM stand-in, a Sentinel; publishes nothing
-#   shield-worker-1  Debian 12: shield-orchestrator, a Redis replica, a
-#                    Sentinel; API on 127.0.0.1:8001
+#   shield-worker-1  Debian 12: shield-orchestrator, a Sentinel; API on
+#                    127.0.0.1:8001
 #   shield-worker-2  Debian 12: shield-orchestrator, a Sentinel; API on
 #                    127.0.0.1:8002
 #
