@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The multi-host lab: three systemd containers on a Docker network of the
+# The multi-host lab: four systemd containers on a Docker network of the
 # project's own, reached by Ansible through the Docker CLI
 # (inventory/cluster, connection community.docker.docker, no SSH):
 #
 #   shield-data      Debian 13: Redis master, PostgreSQL 17 + pgvector (TLS),
 #                    the LLM stand-in, a Sentinel; publishes nothing
+#   shield-replica   Debian 13: a Redis replica of shield-data (what the
+#                    Sentinels promote on a failover), a Sentinel
 #   shield-worker-1  Debian 12: shield-orchestrator, a Sentinel; API on
 #                    127.0.0.1:8001
 #   shield-worker-2  Debian 12: shield-orchestrator, a Sentinel; API on
@@ -25,6 +27,7 @@ CLUSTER_NETWORK="${CLUSTER_NETWORK:-shield-cluster}"
 # name suite published-port (empty: none)
 HOSTS=(
   "shield-data trixie -"
+  "shield-replica trixie -"
   "shield-worker-1 bookworm 8001"
   "shield-worker-2 bookworm 8002"
 )
@@ -48,7 +51,7 @@ cmd_up() {
     log "network ${CLUSTER_NETWORK} created"
   fi
   each_host up
-  log "ready: shield-data, shield-worker-1 (127.0.0.1:8001), shield-worker-2 (127.0.0.1:8002) on ${CLUSTER_NETWORK}"
+  log "ready: shield-data, shield-replica, shield-worker-1 (127.0.0.1:8001), shield-worker-2 (127.0.0.1:8002) on ${CLUSTER_NETWORK}"
 }
 
 cmd_down() {

@@ -1,10 +1,11 @@
 """Helpers of the multi-host scenario's tests (molecule/cluster/tests/).
 
-The scenario has three hosts: the data host (group orchestrator_data: Redis
-master, PostgreSQL, the LLM stand-in, a Sentinel) and two workers (group
-orchestrator_workers, sorted by name: worker-1 also holds a Redis replica;
-each runs a Sentinel). molecule/cluster/tests/conftest.py turns these into
-fixtures: `data_host`, `worker_1`, `worker_2`, `workers` (testinfra hosts,
+The scenario has four hosts: the data host (group orchestrator_data: Redis
+master, PostgreSQL, the LLM stand-in, a Sentinel), the replica host (group
+redis_replicas: a Redis replica, a Sentinel) and two workers (group
+orchestrator_workers, sorted by name; each runs a Sentinel).
+molecule/cluster/tests/conftest.py turns these into fixtures: `data_host`,
+`replica_host`, `worker_1`, `worker_2`, `workers` (testinfra hosts,
 commands run inside that container) and `docker` (the controller's docker
 CLI, limited to the scenario's own containers).
 
@@ -27,6 +28,7 @@ import testinfra
 DATA_GROUP = "orchestrator_data"
 WORKERS_GROUP = "orchestrator_workers"
 REDIS_GROUP = "orchestrator_redis"
+REPLICAS_GROUP = "redis_replicas"
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 DOCKER = "/usr/bin/docker"

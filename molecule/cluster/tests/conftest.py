@@ -3,10 +3,17 @@ docker CLI for the scenario's own containers (helpers in molecule/shared/cluster
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import cluster
 import pytest
+
+# Figures the tests measure (take-over and failover times, rates), printed in
+# the terminal summary and written to the scenario's ephemeral directory.
+FIGURES: dict[str, object] = {}
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +29,13 @@ def data_host(inventory_path: str) -> Any:
 
 
 @pytest.fixture(scope="session")
+def replica_host(inventory_path: str) -> Any:
+    """The Redis replica (Debian 13, like its master) and a Sentinel: what a failover promotes."""
+    (host,) = cluster.hosts_of(cluster.REPLICAS_GROUP, inventory_path)
+    return host
+
+
+@pytest.fixture(scope="session")
 def workers(inventory_path: str) -> list[Any]:
     """The worker hosts, sorted by name (worker-1, worker-2)."""
     hosts = cluster.hosts_of(cluster.WORKERS_GROUP, inventory_path)
@@ -31,7 +45,7 @@ def workers(inventory_path: str) -> list[Any]:
 
 @pytest.fixture(scope="session")
 def worker_1(workers: list[Any]) -> Any:
-    """The first worker; it also holds the Redis replica."""
+    """The first worker."""
     return workers[0]
 
 
@@ -45,3 +59,20 @@ def docker(inventory_path: str) -> cluster.Docker:
     """docker on the controller, limited to this scenario's containers (by inventory name)."""
     names = [cluster.name(h) for h in cluster.hosts_of("all", inventory_path)]
     return cluster.Docker(names)
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict[str, object]:
+    """Name -> measured value; a test records what it measured here."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("cluster figures")
+    for key, value in FIGURES.items():
+        terminalreporter.write_line(f"{key}: {value}")
+    ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if ephemeral:
+        (Path(ephemeral) / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")

@@ -1,6 +1,6 @@
-"""What the playbooks set up across the three hosts: who listens where, the
-three Sentinels agreeing on the master and requiring the password, and the API
-on each worker."""
+"""What the playbooks set up across the four hosts: who listens where, the
+replica in sync with the master, the four Sentinels agreeing on the master and
+requiring the password, and the API on each worker."""
 
 from __future__ import annotations
 
@@ -36,8 +36,15 @@ def test_workers_run_no_redis_server(workers):
         assert worker.service("redis-sentinel").is_running, cluster.name(worker)
 
 
-def test_sentinels_agree_on_the_master_and_see_each_other(data_host, workers):
-    sentinel_hosts = [data_host, *workers]
+def test_replica_is_in_sync_with_the_master(data_host, replica_host):
+    replication = cluster.redis_cli(replica_host, REDIS_PASSWORD, "INFO", "replication")
+    assert "role:slave" in replication, replication
+    assert f"master_host:{cluster.name(data_host)}" in replication, replication
+    assert "master_link_status:up" in replication, replication
+
+
+def test_sentinels_agree_on_the_master_and_see_each_other(data_host, replica_host, workers):
+    sentinel_hosts = [data_host, replica_host, *workers]
     end = time.monotonic() + SENTINEL_WAIT
     while True:
         views = {}
@@ -47,7 +54,7 @@ def test_sentinels_agree_on_the_master_and_see_each_other(data_host, workers):
             others = cluster.sentinel(host, REDIS_PASSWORD, "sentinels", MASTER_NAME).splitlines().count("name")
             replicas = cluster.sentinel(host, REDIS_PASSWORD, "replicas", MASTER_NAME).splitlines().count("name")
             views[cluster.name(host)] = (master, others, replicas)
-        if all(view == ((cluster.name(data_host), 6379), 2, 0) for view in views.values()):
+        if all(view == ((cluster.name(data_host), 6379), 3, 1) for view in views.values()):
             break
         assert time.monotonic() < end, views
         time.sleep(2)
