@@ -2,9 +2,10 @@
 # Entry point on a fresh Debian machine: ./run TARGET (installs make first).
 #
 #   ./run deploy        the local lab: a systemd container deployed by the real playbook
+#   ./run deploy-cluster  the multi-host lab: a data host and two workers (Sentinel, TLS)
 #   ./run test          everything CI runs: lint, service tests, bench smoke, Molecule
 #   ./run bench         the benchmarks (not part of the tests)
-#   ./run lab-destroy   remove the lab container
+#   ./run lab-destroy   remove the lab container (cluster-destroy: the multi-host lab)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -99,6 +100,18 @@ deploy: images ## build the lab container and deploy data services + the worker 
 .PHONY: lab-destroy
 lab-destroy: ## remove the lab container
 	scripts/lab.sh down
+
+.PHONY: deploy-cluster
+deploy-cluster: images ## the multi-host lab: shield-data (Redis, PostgreSQL+pgvector, stand-in) + two workers
+	scripts/build-wheelhouse.sh bookworm >/dev/null
+	scripts/cluster.sh up
+	ansible-playbook -i inventory/cluster playbooks/data-services.yml
+	ansible-playbook -i inventory/cluster playbooks/deploy-orchestrator-workers.yml
+	@echo "cluster ready: curl -s http://127.0.0.1:8001/health; curl -s http://127.0.0.1:8002/health"
+
+.PHONY: cluster-destroy
+cluster-destroy: ## remove the multi-host lab (its containers and its network)
+	scripts/cluster.sh down
 
 # --- benchmarks ---------------------------------------------------------------
 .PHONY: bench

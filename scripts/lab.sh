@@ -10,8 +10,11 @@
 # (scripts/build-base-image.sh). The service port is published on loopback
 # only: 127.0.0.1:${LAB_PORT:-8000} -> 8000.
 # Environment: LAB_NAME (shield-lab), LAB_SUITE (bookworm), LAB_IMAGE
-#              (shield-systemd:$LAB_SUITE), LAB_PORT (8000),
-#              LAB_WAIT_SECONDS (90), DOCKER (/usr/bin/docker).
+#              (shield-systemd:$LAB_SUITE), LAB_PORT (8000; empty publishes
+#              nothing), LAB_NETWORK (empty: Docker's default bridge; a
+#              network of its own lets containers reach each other by name,
+#              see scripts/cluster.sh), LAB_WAIT_SECONDS (90),
+#              DOCKER (/usr/bin/docker).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +22,8 @@ DOCKER="${DOCKER:-/usr/bin/docker}"
 LAB_NAME="${LAB_NAME:-shield-lab}"
 LAB_SUITE="${LAB_SUITE:-bookworm}"
 LAB_IMAGE="${LAB_IMAGE:-shield-systemd:${LAB_SUITE}}"
-LAB_PORT="${LAB_PORT:-8000}"
+LAB_PORT="${LAB_PORT-8000}"
+LAB_NETWORK="${LAB_NETWORK:-}"
 LAB_WAIT_SECONDS="${LAB_WAIT_SECONDS:-90}"
 
 log() { printf '[lab] %s\n' "$*" >&2; }
@@ -39,8 +43,13 @@ RUN_FLAGS=(
   --tmpfs /run
   --tmpfs /run/lock
   --stop-signal SIGRTMIN+3
-  --publish "127.0.0.1:${LAB_PORT}:8000"
 )
+if [[ -n ${LAB_PORT} ]]; then
+  RUN_FLAGS+=(--publish "127.0.0.1:${LAB_PORT}:8000")
+fi
+if [[ -n ${LAB_NETWORK} ]]; then
+  RUN_FLAGS+=(--network "${LAB_NETWORK}")
+fi
 
 container_state() {
   local state
@@ -85,7 +94,7 @@ cmd_up() {
       "${DOCKER}" start "${LAB_NAME}" >/dev/null ;;
   esac
   wait_for_systemd
-  log "${LAB_NAME} is up ($(systemd_state)) in $(( SECONDS - start )) s; port 127.0.0.1:${LAB_PORT} -> 8000"
+  log "${LAB_NAME} is up ($(systemd_state)) in $(( SECONDS - start )) s${LAB_PORT:+; port 127.0.0.1:${LAB_PORT} -> 8000}"
 }
 
 cmd_down() {

@@ -48,23 +48,13 @@ def ansible_playbook() -> str:
     pytest.fail("ansible-playbook not found: set ANSIBLE_PLAYBOOK or put the controller venv (make bootstrap) on PATH")
 
 
-def run_preflight(tmp_path: Path, **settings: Any) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """The preflight against localhost with valid values overridden by `settings`."""
+def run_preflight(
+    tmp_path: Path, hosts: tuple[str, ...] = ("localhost",), **settings: Any
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The preflight against localhost (or several names for it) with valid values overridden by `settings`."""
     app_dir = tmp_path / "app"
-    inventory = {
-        "all": {
-            "children": {
-                "orchestrator_workers": {
-                    "hosts": {
-                        "localhost": {
-                            "ansible_connection": "local",
-                            "ansible_python_interpreter": PYTHON,
-                        }
-                    }
-                }
-            }
-        }
-    }
+    local = {"ansible_connection": "local", "ansible_python_interpreter": PYTHON}
+    inventory = {"all": {"children": {"orchestrator_workers": {"hosts": {name: dict(local) for name in hosts}}}}}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
     values = {
         "ansible_become": False,
@@ -151,6 +141,18 @@ BAD = {
         {"orchestrator_workers_key_prefix": ""},
         "These must not be empty: orchestrator_workers_key_prefix.",
     ),
+    "sentinels without a master name": (
+        {"orchestrator_workers_redis_sentinels": ["redis-a:26379"]},
+        "orchestrator_workers_redis_sentinels and orchestrator_workers_redis_sentinel_master go together",
+    ),
+    "sentinel without a port": (
+        {"orchestrator_workers_redis_sentinels": ["redis-a"], "orchestrator_workers_redis_sentinel_master": "shield"},
+        "every sentinel must be host:port",
+    ),
+    "rolling batch of 0 hosts": (
+        {"orchestrator_workers_serial": 0},
+        "orchestrator_workers_serial (hosts the playbook upgrades at a time) must be a number of at least 1",
+    ),
     "renamed variable still set": (
         {"orchestrator_workers_health_check_interval": 30},
         "orchestrator_workers_health_check_interval was renamed to orchestrator_workers_reclaim_interval_seconds",
@@ -169,3 +171,28 @@ def test_bad_setting_fails_naming_it_and_changes_nothing(tmp_path: Path, case: s
     assert counts["failed"] == 1
     assert counts["changed"] == 0
     assert not app_dir.exists()
+
+
+def test_local_storage_refused_on_two_hosts(tmp_path: Path) -> None:
+    """LightRAG's local storages allow one writer: a play of two worker hosts on them fails
+    naming the variable, before anything changes; on PostgreSQL storages it passes."""
+    result, app_dir = run_preflight(tmp_path, hosts=("localhost", "second-worker"))
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0, output[-3000:]
+    assert "orchestrator_workers_lightrag_storage is 'local' but this play deploys 2 worker hosts" in output
+    assert recap(result)["changed"] == 0
+    assert not app_dir.exists()
+
+    result, _ = run_preflight(
+        tmp_path, hosts=("localhost", "second-worker"), orchestrator_workers_lightrag_storage="postgres"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_valid_sentinels_pass(tmp_path: Path) -> None:
+    result, _ = run_preflight(
+        tmp_path,
+        orchestrator_workers_redis_sentinels=["shield-data:26379", "10.0.0.2:26379", "[fd00::3]:26379"],
+        orchestrator_workers_redis_sentinel_master="shield",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -1,0 +1,68 @@
+"""What the playbooks set up across the four hosts: who listens where, the
+replica in sync with the master, the four Sentinels agreeing on the master and
+requiring the password, and the API on each worker."""
+
+from __future__ import annotations
+
+import time
+
+import cluster
+import helpers
+
+SCENARIO_VARS = helpers.scenario_vars(__file__)
+TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
+REDIS_PASSWORD = SCENARIO_VARS["redis_server_password"]
+MASTER_NAME = SCENARIO_VARS["redis_server_sentinel_master_name"]
+SENTINEL_WAIT = 60  # seconds the Sentinels may need to find each other after a deploy
+
+
+def test_data_host_listens_for_the_workers(data_host):
+    """Redis, its Sentinel, PostgreSQL and the stand-in listen on the network, not loopback only."""
+    for port in (6379, 26379, 5432, 18080):
+        sockets = [s for s in data_host.socket.get_listening_sockets() if s.endswith(f":{port}")]
+        assert any(not s.startswith(("tcp://127.", "tcp://::1")) for s in sockets), (port, sockets)
+
+
+def test_api_answers_on_every_worker(workers):
+    for worker in workers:
+        status, body = helpers.api(worker, TOKEN, "GET", "/health")
+        assert status == 200, (cluster.name(worker), body)
+
+
+def test_workers_run_no_redis_server(workers):
+    """Debian 12's Redis 7.0 cannot replicate the data host's Redis 8.0: the workers hold Sentinels only."""
+    for worker in workers:
+        assert not worker.package("redis-server").is_installed, cluster.name(worker)
+        assert worker.service("redis-sentinel").is_running, cluster.name(worker)
+
+
+def test_replica_is_in_sync_with_the_master(data_host, replica_host):
+    replication = cluster.redis_cli(replica_host, REDIS_PASSWORD, "INFO", "replication")
+    assert "role:slave" in replication, replication
+    assert f"master_host:{cluster.name(data_host)}" in replication, replication
+    assert "master_link_status:up" in replication, replication
+
+
+def test_sentinels_agree_on_the_master_and_see_each_other(data_host, replica_host, workers):
+    sentinel_hosts = [data_host, replica_host, *workers]
+    end = time.monotonic() + SENTINEL_WAIT
+    while True:
+        views = {}
+        for host in sentinel_hosts:
+            master = cluster.current_master(host, REDIS_PASSWORD, MASTER_NAME)
+            # --raw flattens each entry into field/value lines, one "name" field per entry.
+            others = cluster.sentinel(host, REDIS_PASSWORD, "sentinels", MASTER_NAME).splitlines().count("name")
+            replicas = cluster.sentinel(host, REDIS_PASSWORD, "replicas", MASTER_NAME).splitlines().count("name")
+            views[cluster.name(host)] = (master, others, replicas)
+        if all(view == ((cluster.name(data_host), 6379), 3, 1) for view in views.values()):
+            break
+        assert time.monotonic() < end, views
+        time.sleep(2)
+    for host in sentinel_hosts:
+        assert cluster.sentinel(host, REDIS_PASSWORD, "ckquorum", MASTER_NAME).startswith("OK"), cluster.name(host)
+
+
+def test_sentinels_require_the_password(workers):
+    for worker in workers:
+        result = worker.run(f"redis-cli --raw -p {cluster.SENTINEL_PORT} SENTINEL masters")
+        assert "NOAUTH" in result.stdout + result.stderr, (cluster.name(worker), result.stdout)
