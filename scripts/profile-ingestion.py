@@ -185,8 +185,9 @@ def profile(env: dict[str, str], port: int, standin: Standin, root: Path, args: 
                 "--full-filenames",
                 "--output",
                 str(collapsed),
-            ]
-            + ["--rate", "50"],
+                "--rate",
+                "50",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

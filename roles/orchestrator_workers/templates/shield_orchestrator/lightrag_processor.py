@@ -24,6 +24,7 @@ from .chunks import BatchResult, ChunkTask, DependencyReport
 from .database import ssl_context
 from .faults import EMBEDDING, LLM, STORAGE
 from .feeder import LightRAGFeeder
+from .group_flush import share_flushes
 from .llm_client import Endpoint, embed_function, llm_function
 from .settings import Settings
 from .verify import JobVerification, verify_job
@@ -288,6 +289,7 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
         **storage_classes(s),
     )
     await rag.initialize_storages()
+    share_flushes(rag)
     return rag
 
 
