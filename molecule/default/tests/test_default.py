@@ -52,7 +52,17 @@ HARDENING = {
     "Group": USER,
     "StateDirectory": "shield-orchestrator",
     "WorkingDirectory": STATE_DIR,
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "RemoveIPC": "yes",
+    "PrivateMounts": "yes",
+    "ProtectProc": "invisible",
+    "ProcSubset": "pid",
+    "PrivateUsers": "no",  # the containers refuse it (orchestrator_workers_unit_private_users)
+    "IPAddressDeny": "0.0.0.0/0 ::/0",
 }
+# The highest `systemd-analyze security` exposure the unit may have (issue 12).
+MAX_EXPOSURE = 2.0
 
 # Entity names the deterministic LLM stand-in extracts from the test texts
 # (capitalised names), checked afterwards in LightRAG's graph.
@@ -138,6 +148,42 @@ def test_hardening_applies_to_the_process(host):
     assert int(fields["CapBnd"].strip(), 16) == 0
     assert int(fields["CapEff"].strip(), 16) == 0
     assert fields["Seccomp"].strip() == "2"  # filter mode: SystemCallArchitectures etc.
+
+
+def test_unit_exposure_at_most_2(host):
+    """`systemd-analyze security` rates the running unit; above MAX_EXPOSURE fails."""
+    result = host.run(f"systemd-analyze security {SERVICE} --no-pager")
+    assert result.rc == 0, result.stderr
+    match = re.search(rf"Overall exposure level for {re.escape(SERVICE)}\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-2000:]
+    exposure = float(match.group(1))
+    assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+def test_unit_system_call_filter(host):
+    props = show(host, "SystemCallFilter", "SystemCallErrorNumber")
+    allowed = set(props["SystemCallFilter"].split())
+    # An allow list (@system-service) without the privileged and resource calls.
+    assert "read" in allowed and "openat" in allowed
+    for name in ("mount", "reboot", "setuid", "setrlimit", "sched_setaffinity", "kexec_load", "swapon"):
+        assert name not in allowed, name
+    assert props["SystemCallErrorNumber"] in ("1", "EPERM")
+
+
+def test_unit_ip_allow_list(host):
+    """IP traffic denied but for loopback and the configured endpoints (all on loopback here)."""
+    allow = show(host, "IPAddressAllow")["IPAddressAllow"].split()
+    assert "127.0.0.0/8" in allow and "::1/128" in allow
+    unit = host.file(UNIT_FILE).content_string
+    assert re.search(r"^IPAddressDeny=any$", unit, re.M)
+
+
+def test_unit_proc_is_private_to_the_service(host):
+    """ProtectProc=invisible + ProcSubset=pid as the process sees /proc."""
+    mounts = host.file(f"/proc/{main_pid(host)}/mountinfo").content_string
+    proc = [line for line in mounts.splitlines() if " /proc " in line and " - proc " in line]
+    assert proc, mounts
+    assert "hidepid=invisible" in proc[-1] and "subset=pid" in proc[-1], proc
 
 
 def test_unit_timeout_stop_is_graceful_timeout_plus_30(host):
