@@ -19,7 +19,8 @@ from helpers import BASE, GROUP, PORT, SERVICE, STREAM, USER, main_pid, psql, sh
 SCENARIO_VARS = helpers.scenario_vars(__file__)
 UNIT_FILE = f"/etc/systemd/system/{SERVICE}.service"
 TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
-REDIS_PASSWORD = SCENARIO_VARS.get("orchestrator_workers_redis_password") or ""
+# The default (admin) user, for the tests' own look-ups.
+REDIS_PASSWORD = SCENARIO_VARS.get("redis_server_password") or ""
 POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
 STATE_DIR = "/var/lib/shield-orchestrator"
 
