@@ -25,6 +25,7 @@ STREAM = "shield:ingestion_queue"
 GROUP = "lightrag-workers"
 USER = "orchestrator"
 PG_DB = "shield_orchestrator"
+ENV_FILE = "/etc/shield-orchestrator/orchestrator.env"  # the service's secrets
 JOB_DEADLINE = 240  # seconds a test job may take to complete
 
 
@@ -114,3 +115,19 @@ def my_consumers(host, password: str) -> list[str]:
 def expected_consumers(host, pool_size: int) -> list[str]:
     hostname = host.check_output("hostname").strip()
     return sorted(f"{hostname}-worker-{n}" for n in range(1, pool_size + 1))
+
+
+def as_service(host, command: str):
+    """Run `command` in the container with the service's secrets read from its
+    environment file into the shell's environment: no secret on a command line."""
+    return host.run("sh -c " + shlex.quote(f"set -a; . {ENV_FILE}; set +a; {command}"))
+
+
+def service_redis(host, user: str, *args: str, server: str = "127.0.0.1", port: int = 6379):
+    """redis-cli as the service's ACL user (its password through REDISCLI_AUTH)."""
+    words = " ".join(shlex.quote(a) for a in args)
+    return as_service(
+        host,
+        f'REDISCLI_AUTH="$ORCHESTRATOR_REDIS_PASSWORD" redis-cli --no-auth-warning --user {shlex.quote(user)} '
+        f"-h {shlex.quote(server)} -p {port} {words}",
+    )

@@ -4,6 +4,7 @@ requiring the password, and the API on each worker."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import cluster
@@ -66,3 +67,53 @@ def test_sentinels_require_the_password(workers):
     for worker in workers:
         result = worker.run(f"redis-cli --raw -p {cluster.SENTINEL_PORT} SENTINEL masters")
         assert "NOAUTH" in result.stdout + result.stderr, (cluster.name(worker), result.stdout)
+
+
+# --- least privilege across hosts ----------------------------------------------
+
+APP_REDIS_USER = SCENARIO_VARS["redis_server_app_user"]
+
+
+def test_service_acl_user_exists_on_master_and_replica(data_host, replica_host):
+    """The replica holds the user too, so the service keeps its rights after a failover."""
+    for host in (data_host, replica_host):
+        acl = cluster.redis_cli(host, REDIS_PASSWORD, "ACL", "LIST")
+        user = [line for line in acl.splitlines() if line.startswith(f"user {APP_REDIS_USER} ")]
+        assert user and " on " in user[0] and "~shield:*" in user[0], (cluster.name(host), acl)
+
+
+def test_service_user_from_a_worker(data_host, workers):
+    """With the credentials of its environment file, a worker may use its keys on the
+    master and ask every Sentinel for it, and nothing else."""
+    master = cluster.name(data_host)
+    worker = workers[0]
+    used = helpers.service_redis(worker, APP_REDIS_USER, "EXISTS", "shield:acl-test", server=master)
+    assert used.stdout.strip() == "0", (used.stdout, used.stderr)
+    for command in (["FLUSHALL"], ["CONFIG", "GET", "*"], ["KEYS", "*"], ["DEBUG", "SLEEP", "0"]):
+        result = helpers.service_redis(worker, APP_REDIS_USER, *command, server=master)
+        out = result.stdout + result.stderr
+        # DEBUG is refused before the ACL check while enable-debug-command is off (the default).
+        assert "NOPERM" in out or "DEBUG command not allowed" in out, (command, out)
+        dry = cluster.redis_cli(data_host, REDIS_PASSWORD, "ACL", "DRYRUN", APP_REDIS_USER, *command)
+        assert "no permissions" in dry, (command, dry)
+    for name in SCENARIO_VARS["orchestrator_workers_redis_sentinels"]:
+        server, _, port = name.rpartition(":")
+        asked = helpers.service_redis(
+            worker, APP_REDIS_USER, "SENTINEL", "get-master-addr-by-name", MASTER_NAME, server=server, port=int(port)
+        )
+        assert len(asked.stdout.split()) == 2, (name, asked.stdout, asked.stderr)
+        refused = helpers.service_redis(
+            worker, APP_REDIS_USER, "SENTINEL", "ckquorum", MASTER_NAME, server=server, port=int(port)
+        )
+        assert "NOPERM" in refused.stdout + refused.stderr, (name, refused.stdout, refused.stderr)
+
+
+def test_worker_units_allow_the_cluster_network(workers):
+    """IPAddressDeny=any; the derived allow list holds the Docker network the hosts share."""
+    for worker in workers:
+        props = helpers.show(worker, "IPAddressDeny", "IPAddressAllow")
+        assert set(props["IPAddressDeny"].split()) == {"0.0.0.0/0", "::/0"}, cluster.name(worker)
+        # "2: eth0    inet 172.18.0.3/16 brd ..." -> 172.18.0.0/16
+        address = worker.check_output("ip -o -4 addr show scope global").split()[3]
+        network = str(ipaddress.ip_interface(address).network)
+        assert network in props["IPAddressAllow"].split(), (cluster.name(worker), network, props)

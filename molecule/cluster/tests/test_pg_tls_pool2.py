@@ -23,7 +23,7 @@ from helpers import GROUP, PG_DB, SERVICE, STREAM, USER, psql
 SCENARIO_VARS = helpers.scenario_vars(__file__)
 TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
 POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
-REDIS_PASSWORD = SCENARIO_VARS["orchestrator_workers_redis_password"]
+REDIS_PASSWORD = SCENARIO_VARS["redis_server_password"]
 PG_PASSWORD = SCENARIO_VARS["orchestrator_workers_postgres_password"]
 PG_HOST = SCENARIO_VARS["orchestrator_workers_postgres_host"]
 VENV_PYTHON = "/opt/hx-citadel-shield/orchestrator/venv/bin/python"

@@ -19,7 +19,8 @@ from helpers import BASE, GROUP, PORT, SERVICE, STREAM, USER, main_pid, psql, sh
 SCENARIO_VARS = helpers.scenario_vars(__file__)
 UNIT_FILE = f"/etc/systemd/system/{SERVICE}.service"
 TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
-REDIS_PASSWORD = SCENARIO_VARS.get("orchestrator_workers_redis_password") or ""
+# The default (admin) user, for the tests' own look-ups.
+REDIS_PASSWORD = SCENARIO_VARS.get("redis_server_password") or ""
 POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
 STATE_DIR = "/var/lib/shield-orchestrator"
 
@@ -52,7 +53,16 @@ HARDENING = {
     "Group": USER,
     "StateDirectory": "shield-orchestrator",
     "WorkingDirectory": STATE_DIR,
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "RemoveIPC": "yes",
+    "PrivateMounts": "yes",
+    "ProtectProc": "invisible",
+    "ProcSubset": "pid",
+    "PrivateUsers": "no",  # the containers refuse it (orchestrator_workers_unit_private_users)
 }
+# The highest `systemd-analyze security` exposure the unit may have (issue 12).
+MAX_EXPOSURE = 2.0
 
 # Entity names the deterministic LLM stand-in extracts from the test texts
 # (capitalised names), checked afterwards in LightRAG's graph.
@@ -140,6 +150,54 @@ def test_hardening_applies_to_the_process(host):
     assert fields["Seccomp"].strip() == "2"  # filter mode: SystemCallArchitectures etc.
 
 
+def test_unit_exposure_at_most_2(host):
+    """`systemd-analyze security` rates the running unit; above MAX_EXPOSURE fails."""
+    result = host.run(f"systemd-analyze security {SERVICE} --no-pager")
+    assert result.rc == 0, result.stderr
+    match = re.search(rf"Overall exposure level for {re.escape(SERVICE)}\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-2000:]
+    exposure = float(match.group(1))
+    assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+def test_unit_system_call_filter(host):
+    props = show(host, "SystemCallFilter", "SystemCallErrorNumber")
+    allowed = set(props["SystemCallFilter"].split())
+    # An allow list (@system-service) without the privileged and resource calls.
+    assert "read" in allowed and "openat" in allowed
+    for name in ("mount", "reboot", "setuid", "setrlimit", "sched_setaffinity", "kexec_load", "swapon"):
+        assert name not in allowed, name
+    assert props["SystemCallErrorNumber"] in ("1", "EPERM")
+
+
+def test_unit_ip_allow_list(host):
+    """IP traffic denied but for loopback and the configured endpoints (all on loopback here)."""
+    props = show(host, "IPAddressDeny", "IPAddressAllow")
+    assert set(props["IPAddressDeny"].split()) == {"0.0.0.0/0", "::/0"}
+    allow = props["IPAddressAllow"].split()
+    assert "127.0.0.0/8" in allow and "::1/128" in allow
+    unit = host.file(UNIT_FILE).content_string
+    assert re.search(r"^IPAddressDeny=any$", unit, re.M)
+
+
+def test_ip_filtering_is_enforced_on_this_host(host):
+    """systemd's IP filter (cgroup BPF) works in these containers: a transient unit with
+    IPAddressDeny=any cannot reach /health on loopback, the same with localhost allowed can."""
+    probe = f"curl -sS -m 3 -o /dev/null {BASE}/health"
+    denied = host.run(f"systemd-run --wait --pipe --quiet -p IPAddressDeny=any {probe}")
+    assert denied.rc != 0, denied.stdout
+    allowed = host.run(f"systemd-run --wait --pipe --quiet -p IPAddressDeny=any -p IPAddressAllow=localhost {probe}")
+    assert allowed.rc == 0, allowed.stdout + allowed.stderr
+
+
+def test_unit_proc_is_private_to_the_service(host):
+    """ProtectProc=invisible + ProcSubset=pid as the process sees /proc."""
+    mounts = host.file(f"/proc/{main_pid(host)}/mountinfo").content_string
+    proc = [line for line in mounts.splitlines() if " /proc " in line and " - proc " in line]
+    assert proc, mounts
+    assert "hidepid=invisible" in proc[-1] and "subset=pid" in proc[-1], proc
+
+
 def test_unit_timeout_stop_is_graceful_timeout_plus_30(host):
     unit = host.file(UNIT_FILE).content_string
     assert re.search(r"^TimeoutStopSec=90$", unit, re.M)
@@ -205,6 +263,110 @@ def test_code_is_root_owned_and_read_only(host):
     files = host.check_output(f"find {pkg} -name '*.py' -printf '%u %m %f\\n'").splitlines()
     assert any(line.endswith(" app.py") for line in files)
     assert all(line.startswith("root 644 ") for line in files), files
+
+
+# --- least privilege: the service's own credentials ---------------------------------
+
+APP_REDIS_USER = SCENARIO_VARS["orchestrator_workers_redis_username"]
+PG_USER = SCENARIO_VARS["orchestrator_workers_postgres_user"]
+
+
+def service_redis(host, *args: str):
+    return helpers.service_redis(host, APP_REDIS_USER, *args)
+
+
+def service_psql(host, sql: str):
+    """psql as the service's PostgreSQL role over TCP; the password through PGPASSWORD."""
+    return helpers.as_service(
+        host,
+        f'PGPASSWORD="$ORCHESTRATOR_POSTGRES_PASSWORD" psql -h 127.0.0.1 -U {PG_USER} -d {helpers.PG_DB} '
+        f"-tAX -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -c {shlex.quote(sql)}",
+    )
+
+
+def test_service_connects_to_redis_as_its_acl_user(host):
+    """Every connection but this test's own (CLIENT LIST) is the ACL user's, not the default user's."""
+    clients = [line for line in redis_cli(host, "CLIENT", "LIST").splitlines() if "cmd=client|list" not in line]
+    users = {match.group(1) for line in clients if (match := re.search(r"\buser=(\S+)", line))}
+    assert users == {APP_REDIS_USER}, clients
+
+
+def test_service_redis_user_may_use_its_keys(host):
+    key = f"shield:acl-test:{uuid.uuid4().hex[:8]}"
+    result = service_redis(host, "SET", key, "1", "EX", "60")
+    assert result.stdout.strip() == "OK", result.stdout + result.stderr
+    assert service_redis(host, "DEL", key).stdout.strip() == "1"
+    assert service_redis(host, "XLEN", STREAM).rc == 0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["FLUSHALL"],
+        ["FLUSHDB"],
+        ["CONFIG", "GET", "*"],
+        ["KEYS", "*"],
+        ["DEBUG", "SLEEP", "0"],
+        ["INFO"],
+        ["SHUTDOWN", "NOSAVE"],
+        ["ACL", "LIST"],
+        ["SET", "other:acl-test", "1"],
+        ["GET", "other:acl-test"],
+    ],
+    ids=lambda c: " ".join(c),
+)
+def test_service_redis_user_is_refused(host, command):
+    """Commands and keys outside the service's own are refused to its user: tried with
+    its credentials (DEBUG is refused before the ACL check while enable-debug-command
+    is off, the default), and ACL DRYRUN names the missing permission."""
+    dry = redis_cli(host, "ACL", "DRYRUN", APP_REDIS_USER, *command)
+    assert "no permissions" in dry, (command, dry)
+    if command[0] != "SHUTDOWN":  # not tried for real: were it allowed, Redis would be gone
+        result = service_redis(host, *command)
+        out = result.stdout + result.stderr
+        assert "NOPERM" in out or "DEBUG command not allowed" in out, (command, out)
+    assert redis_cli(host, "PING").strip() == "PONG"  # and Redis still runs
+
+
+def test_service_postgresql_role_attributes(host):
+    row = psql(
+        host,
+        "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls "  # noqa: S608
+        f"FROM pg_roles WHERE rolname = '{PG_USER}'",
+    )
+    assert row == "f|f|f|f|f"
+
+
+def test_service_postgresql_role_owns_its_tables_only(host):
+    owners = psql(host, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'").split()
+    assert owners == [PG_USER]
+    # Its tables live in public (their TOAST tables in pg_toast); nothing of it elsewhere.
+    owned_elsewhere = psql(
+        host,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "  # noqa: S608
+        f"WHERE pg_get_userbyid(c.relowner) = '{PG_USER}' AND n.nspname NOT IN ('public', 'pg_toast')",
+    )
+    assert owned_elsewhere == "0"
+    assert service_psql(host, "SELECT count(*) FROM job_status").rc == 0
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE DATABASE acl_test",
+        "CREATE ROLE acl_test",
+        f"ALTER ROLE {PG_USER} SUPERUSER",
+        f"ALTER ROLE {PG_USER} CREATEDB",
+        "SELECT rolpassword FROM pg_authid",
+        "CREATE EXTENSION IF NOT EXISTS pageinspect",
+        "COPY job_status TO PROGRAM 'true'",
+    ],
+)
+def test_service_postgresql_role_is_refused(host, sql):
+    """Refused with SQLSTATE 42501 (insufficient_privilege), PostgreSQL 15 and 17 alike."""
+    result = service_psql(host, sql)
+    assert result.rc != 0, result.stdout
+    assert "ERROR:  42501:" in result.stderr, result.stderr
 
 
 # --- the running service ----------------------------------------------------------

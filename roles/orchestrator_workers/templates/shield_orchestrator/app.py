@@ -54,9 +54,12 @@ HTTP_GRACEFUL_SECONDS = 10
 def make_redis(settings: Settings) -> Redis:
     """The Redis client: straight to redis_host, or to whichever server the
     sentinels name master (a failover is followed by the client itself)."""
+    # The service's own ACL user (role redis_server: redis_server_app_user),
+    # or the default user when redis_username is empty.
+    auth: dict[str, Any] = {"username": settings.redis_username or None, "password": settings.redis_password or None}
     options: dict[str, Any] = {
         "db": settings.redis_db,
-        "password": settings.redis_password or None,
+        **auth,
         "decode_responses": True,
         "socket_connect_timeout": 5,
         # Above every blocking read (XREADGROUP / XREAD BLOCK is at most a few s).
@@ -68,7 +71,7 @@ def make_redis(settings: Settings) -> Redis:
         # redis-py's Sentinel.__init__ carries no annotations.
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             settings.sentinels,
-            sentinel_kwargs={"password": settings.redis_password or None, "socket_connect_timeout": 5},
+            sentinel_kwargs={**auth, "socket_connect_timeout": 5},
         )
         client: Redis = sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis, **options)
         return client

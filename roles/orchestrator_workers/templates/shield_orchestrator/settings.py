@@ -82,6 +82,7 @@ class Settings:
     redis_db: int
     redis_sentinels: str
     redis_sentinel_master: str
+    redis_username: str
     # PostgreSQL
     postgres_host: str
     postgres_port: int
