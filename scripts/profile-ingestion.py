@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -111,6 +113,18 @@ def _package(path: str) -> str:
     return "python stdlib" if "/lib/python" in path else (Path(path).name or "?")
 
 
+def load_renderer(repo: Path) -> Any:
+    """scripts/render_service.py of the checkout to profile (this checkout's own is
+    already imported by tests.support: load the other one under its own name)."""
+    spec = importlib.util.spec_from_file_location(
+        f"render_service_{abs(hash(repo))}", repo / "scripts" / "render_service.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--chunks", type=int, default=300)
@@ -118,8 +132,7 @@ def main() -> int:
     parser.add_argument("--repo", type=Path, default=REPO)
     parser.add_argument("--set", action="append", default=[], help="name=value: a setting of the service")
     args = parser.parse_args()
-    sys.path.insert(0, str(args.repo / "scripts"))
-    import render_service
+    render_service = load_renderer(args.repo)
 
     root = Path(tempfile.mkdtemp(prefix="shield-profile-"))
     os.chmod(root, 0o755)  # noqa: S103 - PostgreSQL runs as user postgres
