@@ -241,14 +241,14 @@ class ServiceLauncher:
         env = self.env(state, port, llm_url, overrides)
         init = await asyncio.to_thread(
             subprocess.run,
-            [self.python, "-m", "shield_orchestrator", "init-db"],
+            [self.python, "-m", "shield_orchestrator", "migrate"],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
         if init.returncode != 0:
-            raise BenchError(f"init-db failed: {init.stderr[-600:]}")
+            raise BenchError(f"migrate failed: {init.stderr[-600:]}")
         argv = [self.python, str(BENCH / "noop_service.py")] if noop else [self.python, "-m", "shield_orchestrator"]
         if not noop:
             argv.append("serve")

@@ -151,7 +151,7 @@ def main() -> int:
         )
         (root / "state").mkdir()
         subprocess.run(
-            [sys.executable, "-m", "shield_orchestrator", "init-db"], env=env, check=True, capture_output=True
+            [sys.executable, "-m", "shield_orchestrator", "migrate"], env=env, check=True, capture_output=True
         )
         return profile(env, port, standin, root, args)
     finally:
@@ -185,8 +185,9 @@ def profile(env: dict[str, str], port: int, standin: Standin, root: Path, args: 
                 "--full-filenames",
                 "--output",
                 str(collapsed),
-            ]
-            + ["--rate", "50"],
+                "--rate",
+                "50",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -74,7 +74,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.
 
 
 def run_init_db(env: dict[str, str]) -> None:
-    out = run_cli(env, "init-db")
+    out = run_cli(env, "migrate")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("{"), out.stdout
 
