@@ -145,6 +145,24 @@ def test_the_metrics_list_is_one_plain_name_per_line() -> None:
     assert not [name for name in names if name.endswith(HISTOGRAM_SUFFIXES)], "histograms by their base name"
 
 
+def registered() -> set[str]:
+    """The names the service's own registry exports (counters with _total,
+    histograms by their base name), read from the rendered package."""
+    from shield_orchestrator.metrics import Metrics
+
+    names = set()
+    for family in Metrics().registry.collect():
+        names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return names
+
+
+def test_the_metrics_list_is_what_the_service_registers() -> None:
+    listed, exported_now = set(exported()), registered()
+    assert listed == exported_now, (
+        f"monitoring/metrics.txt lacks {sorted(exported_now - listed)}; lists unknown {sorted(listed - exported_now)}"
+    )
+
+
 # --- the rules ------------------------------------------------------------------
 
 
