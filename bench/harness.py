@@ -36,6 +36,7 @@ from workloads import (
     w1_service,
     w4_latency,
     w5_fanout,
+    w7_priority,
 )
 
 SERVICE = "shield-orchestrator"
@@ -48,6 +49,7 @@ TARGETS = {
     "w3_efficiency": 0.90,
     "w4_p99_ms": 20.0,
     "w5_p99_ms": 50.0,
+    "w7_high_seconds": 5.0,
 }
 
 
@@ -60,11 +62,13 @@ class Sizes:
     w4_jobs: int
     w5_clients: int
     w5_events: int
+    w7_backlog: int
+    w7_urgent: int
 
 
-FULL = Sizes(20_000, 1_000, 1_000, 500, 200, 100, 1_000)
-SMOKE = Sizes(1_000, 500, 10, 10, 20, 10, 50)
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+FULL = Sizes(20_000, 1_000, 1_000, 500, 200, 100, 1_000, 2_000, 5)
+SMOKE = Sizes(1_000, 500, 10, 10, 20, 10, 50, 300, 5)
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w7")
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,18 @@ async def run_w5(ctx: Context, cfg: Config) -> dict[str, Any]:
     }
 
 
+async def run_w7(ctx: Context, cfg: Config) -> dict[str, Any]:
+    figures: list[dict[str, float]] = []
+    for round_no in range(1, cfg.rounds + 1):
+        figures.append(await w7_priority(ctx, cfg.sizes.w7_backlog, cfg.sizes.w7_urgent))
+        log(f"W7 round {round_no}: " + ", ".join(f"{k}={v:,.3f}" for k, v in figures[-1].items()))
+    out: dict[str, Any] = {"backlog": cfg.sizes.w7_backlog, "urgent_chunks": cfg.sizes.w7_urgent}
+    for key in figures[0]:
+        out[key] = summary([f[key] for f in figures])
+    out["targets"] = {"high_seconds_below": TARGETS["w7_high_seconds"]}
+    return out
+
+
 # --- the table ---------------------------------------------------------------------------------
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
@@ -369,6 +385,15 @@ def build_table(results: dict[str, Any]) -> str:
         harness_cpu = w5["harness_cpu_us_per_frame"]["median"]
         note = f"CPU per delivered frame: service {service_cpu:.0f} us, clients (harness) {harness_cpu:.0f} us"
         rows.append(["", note, "", "", "", "", ""])
+    if "w7_priority" in w:
+        w7 = w["w7_priority"]
+        label = f"W7 priority ({w7['urgent_chunks']} chunks behind {w7['backlog']:,})"
+        high = w7["high_seconds"]
+        target = TARGETS["w7_high_seconds"]
+        rows.append(row(label, "high: POST -> completed", high, "s", f"< {target:.0f} s", high["median"] < target))
+        rows.append(row("", "backlog chunks still waiting then", w7["high_backlog_left"], ""))
+        rows.append(row("", "normal (comparison): POST -> completed", w7["normal_seconds"], "s"))
+        rows.append(row("", "backlog chunks still waiting then", w7["normal_backlog_left"], ""))
     for name, error in results.get("errors", {}).items():
         rows.append([name, f"FAILED: {error}"[:100], "", "", "", "", ""])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -431,6 +456,7 @@ async def run(cfg: Config) -> dict[str, Any]:
             ("w3", "w3_llm_bound", lambda: run_real(ctx, cfg, "w3")),
             ("w4", "w4_latency", lambda: run_w4(ctx, cfg)),
             ("w5", "w5_sse_fanout", lambda: run_w5(ctx, cfg)),
+            ("w7", "w7_priority", lambda: run_w7(ctx, cfg)),
         ]
         for short, key, step in steps:
             if short not in cfg.workloads:

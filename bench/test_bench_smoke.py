@@ -38,7 +38,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         timeout=900,  # a first run also builds .venv-bench-peers
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr[-4000:]}"
-    assert "workload" in run.stdout and "W5" in run.stdout, run.stdout  # the table
+    assert "workload" in run.stdout and "W5" in run.stdout and "W7" in run.stdout, run.stdout  # the table
     results = json.loads(output.read_text())
     assert results["errors"] == {}
     workloads = results["workloads"]
@@ -48,6 +48,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         "w3_llm_bound",
         "w4_latency",
         "w5_sse_fanout",
+        "w7_priority",
     }
 
     w1 = workloads["w1_pool_overhead"]
@@ -77,3 +78,10 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     w5 = workloads["w5_sse_fanout"]
     assert number(median(w5["p50_ms"])) and number(median(w5["p99_ms"]))
     assert number(median(w5["missed"]))
+
+    w7 = workloads["w7_priority"]
+    assert w7["backlog"] > 0 and w7["urgent_chunks"] == 5
+    for key in ("high_seconds", "normal_seconds"):
+        assert number(median(w7[key])) and median(w7[key]) > 0, (key, w7)
+    for key in ("high_backlog_left", "normal_backlog_left"):
+        assert number(median(w7[key])) and 0 <= median(w7[key]) <= w7["backlog"], (key, w7)
