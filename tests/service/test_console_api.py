@@ -75,7 +75,8 @@ def test_cancel_stops_a_job_its_chunks_are_skipped_and_every_view_says_cancelled
     time.sleep(1)  # chunks in flight at the cancel settle; nothing else may be processed
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "cancelled", job
-    assert job["chunks_processed"] < 300 and job["chunks_processed"] - body["chunks_in_lightrag"] <= 10, job
+    # At most what the workers held at the cancel (pool_size 4 x batch_size 5) is counted after it.
+    assert job["chunks_processed"] < 300 and job["chunks_processed"] - body["chunks_in_lightrag"] <= 20, job
     assert r.xlen(DLQ) == 0
     wait_until(lambda: pg_status(postgres_server, job_id) == "cancelled", 30, "the PostgreSQL row cancelled")
     listed = client.get("/jobs", params={"status": "cancelled"}).json()["jobs"]
@@ -126,9 +127,12 @@ def test_dead_letters_listed_by_job_replayed_by_id_and_the_job_completes(
     one = client.post("/dead-letters/replay", json={"ids": [letters[0]["id"]]})
     assert one.status_code == 200 and one.json()["replayed"] == 1, one.text
     assert one.json()["jobs"] == [job["job_id"]]
-    halfway = client.get(f"/jobs/{job['job_id']}").json()
-    assert halfway["status"] != "failed" or halfway["chunks_failed"] == 1, halfway
-    wait_until(lambda: client.get(f"/jobs/{job['job_id']}").json()["chunks_failed"] == 1, 60, "one failure less")
+    taken_back = client.get(f"/jobs/{job['job_id']}").json()
+    assert taken_back["chunks_failed"] == 1 and taken_back["status"] in ("processing", "failed"), taken_back
+    halfway = wait_until(
+        lambda: (j := client.get(f"/jobs/{job['job_id']}").json())["chunks_processed"] == 11 and j, 60, "the replay"
+    )
+    assert halfway["status"] == "failed" and halfway["chunks_failed"] == 1, "one letter left: still failed"
     rest = client.post("/dead-letters/replay", json={"ids": [letters[1]["id"]]}).json()
     assert rest["replayed"] == 1, rest
     done = wait_job(client, job["job_id"], timeout=120, statuses=("completed",))
@@ -224,15 +228,16 @@ def test_workers_and_queue_shapes(service_factory: ServiceFactory) -> None:
     wait_job(client, ingest(client, make_chunks(6, prefix="shapes"))["job_id"])
 
     def three_live() -> dict[str, Any] | None:
+        """Three live workers whose heartbeats (refreshed every 2 s) count the job's chunks."""
         body: dict[str, Any] = client.get("/workers").json()
-        return body if body["count"] == 3 and all(w["alive"] for w in body["workers"]) else None
+        alive = body["count"] == 3 and all(w["alive"] for w in body["workers"])
+        return body if alive and sum(w["tasks_done"] for w in body["workers"]) >= 6 else None
 
     workers = wait_until(three_live, 30, "three live workers")
     for worker in workers["workers"]:
         assert set(worker) == {"consumer", "host", "state", "tasks_done", "heartbeat_age_seconds", "alive", "pending"}
         assert worker["consumer"].startswith("testhost-worker-") and worker["host"] == "testhost", worker
         assert 0 <= worker["heartbeat_age_seconds"] < 30 and worker["state"] in ("idle", "processing"), worker
-    assert sum(w["tasks_done"] for w in workers["workers"]) >= 6
     queue = client.get("/queue").json()
     assert set(queue) == {"queue_depth", "high_priority_depth", "pending", "waiting", "dead_letters", "processing_rate"}
     assert queue["queue_depth"] == 0 and queue["dead_letters"] == 0 and queue["processing_rate"] >= 0, queue

@@ -22,6 +22,7 @@ const state = {
   rates: [],
   letterTimer: null,
   deadLetters: -1,
+  armed: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -344,9 +345,10 @@ function letterRow(letter) {
   cell(row, letter.attempts);
   cell(row, when(letter.dead_lettered_at));
   const actions = document.createElement("span");
+  const armed = state.armed === letter.id;
   actions.append(
     button("Replay", "replay-letter", () => replay({ ids: [letter.id] })),
-    button("Discard", "discard-letter", (event) => discard(letter.id, event.currentTarget)),
+    button(armed ? "Confirm discard" : "Discard", "discard-letter", () => discard(letter.id)),
   );
   cell(row, actions);
   return row;
@@ -363,13 +365,15 @@ async function replay(request) {
   loadDeadLetters();
 }
 
-async function discard(letterId, control) {
-  // Two clicks: the first asks, the second discards (no modal dialog).
-  if (control.dataset.armed !== "yes") {
-    control.dataset.armed = "yes";
-    control.textContent = "Confirm discard";
+async function discard(letterId) {
+  // Two clicks: the first asks (the button says so, across re-renders), the
+  // second discards; no modal dialog.
+  if (state.armed !== letterId) {
+    state.armed = letterId;
+    loadDeadLetters();
     return;
   }
+  state.armed = null;
   try {
     await api(`/dead-letters/${encodeURIComponent(letterId)}`, { method: "DELETE" });
     $("dlq-message").textContent = `Discarded ${letterId}; its chunk stays failed.`;
