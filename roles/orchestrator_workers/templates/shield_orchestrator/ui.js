@@ -326,6 +326,7 @@ function scheduleDeadLetters() {
 }
 
 async function loadDeadLetters() {
+  if (state.selected) fetchJob(state.selected); // its failed chunks may have changed too
   try {
     const answer = await api("/dead-letters?limit=200");
     const body = $("dlq-body");
