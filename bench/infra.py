@@ -230,15 +230,23 @@ class ServiceLauncher:
         return env
 
     async def start(
-        self, name: str, *, noop: bool, llm_url: str = "http://127.0.0.1:9/v1", **overrides: Any
+        self,
+        name: str,
+        *,
+        noop: bool,
+        llm_url: str = "http://127.0.0.1:9/v1",
+        noop_ms_per_chunk: float = 0,
+        **overrides: Any,
     ) -> Service:
-        """A fresh service: empty Redis, new job table, new LightRAG state directory."""
+        """A fresh service: empty Redis, new job table, new LightRAG state directory.
+        `noop_ms_per_chunk`: the no-op processor takes that long per chunk (W7)."""
         self.infra.reset()
         state = self.infra.root / "state" / name
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
         port = free_port()
         env = self.env(state, port, llm_url, overrides)
+        env["BENCH_NOOP_MS_PER_CHUNK"] = str(noop_ms_per_chunk)
         init = await asyncio.to_thread(
             subprocess.run,
             [self.python, "-m", "shield_orchestrator", "migrate"],

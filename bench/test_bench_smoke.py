@@ -81,7 +81,9 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
 
     w7 = workloads["w7_priority"]
     assert w7["backlog"] > 0 and w7["urgent_chunks"] == 5
-    for key in ("high_seconds", "normal_seconds"):
-        assert number(median(w7[key])) and median(w7[key]) > 0, (key, w7)
-    for key in ("high_backlog_left", "normal_backlog_left"):
-        assert number(median(w7[key])) and 0 <= median(w7[key]) <= w7["backlog"], (key, w7)
+    for variant in ("noop", "slow"):
+        for key in ("high_seconds", "normal_seconds"):
+            assert number(median(w7[variant][key])) and median(w7[variant][key]) > 0, (variant, key, w7)
+        for key in ("high_backlog_left", "normal_backlog_left", "high_depth_at_post", "normal_depth_at_post"):
+            figure = median(w7[variant][key])
+            assert number(figure) and 0 <= figure <= w7["backlog"] + w7["urgent_chunks"], (variant, key, w7)

@@ -603,11 +603,12 @@ async def w5_fanout(ctx: Context, clients: int, events: int, rate: float) -> dic
 W7_JOB_SIZE = 1000  # the role's max_chunks_per_job: the backlog is posted in jobs of this size
 
 
-async def w7_priority(ctx: Context, backlog: int, urgent: int) -> dict[str, float]:
-    """A small job posted right behind a backlog of `backlog` chunks (no-op processor):
-    seconds from its POST to its ingestion.completed, once at priority high and, for
-    comparison, once at normal; with the backlog's chunks still waiting at that moment."""
-    service = await ctx.launcher.start("w7-service", noop=True)
+async def w7_priority(ctx: Context, backlog: int, urgent: int, ms_per_chunk: float = 0) -> dict[str, float]:
+    """A small job posted right behind a backlog of `backlog` chunks (no-op processor,
+    taking `ms_per_chunk` per chunk): seconds from its POST to its ingestion.completed,
+    once at priority high and, for comparison, once at normal; with the queue depth
+    when it was posted and the backlog's chunks still waiting when it completed."""
+    service = await ctx.launcher.start("w7-service", noop=True, noop_ms_per_chunk=ms_per_chunk)
     watch = JobWatch()
     figures: dict[str, float] = {}
     try:
@@ -621,8 +622,9 @@ async def w7_priority(ctx: Context, backlog: int, urgent: int) -> dict[str, floa
                     await post_job(http, job_body(texts[k : k + W7_JOB_SIZE], k))
                     for k in range(0, backlog, W7_JOB_SIZE)
                 ]
-                sent = time.time()
                 body = job_body((chunk_text(i, f"{tag}-urgent") for i in range(urgent)), priority=priority)
+                figures[f"{priority}_depth_at_post"] = float((await http.get("/queue")).json()["queue_depth"])
+                sent = time.time()
                 urgent_id = await post_job(http, body)
                 done = await watch.wait([urgent_id], 120, service.proc)
                 jobs = [(await http.get(f"/jobs/{job_id}")).json() for job_id in backlog_ids]
