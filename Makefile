@@ -53,6 +53,12 @@ $(SVC_VENV)/.stamp: $(DEFAULTS) $(CONSTRAINTS) requirements-test.txt scripts/ser
 .PHONY: venv-service
 venv-service: bootstrap $(SVC_VENV)/.stamp ## the service venv (tests, benchmarks)
 
+# promtool alone, extracted from Debian's prometheus package (installing the
+# package would also start a Prometheus server); a no-op once it runs.
+.PHONY: promtool
+promtool: ## promtool for the alert-rule tests, into .cache/promtool (no Prometheus server)
+	scripts/install-promtool.sh
+
 .PHONY: constraints
 constraints: bootstrap ## regenerate the constraints file from a clean install of the requirements
 	rm -rf .cache/lockvenv && $(PYTHON) -m venv .cache/lockvenv
@@ -74,7 +80,7 @@ lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff, mypy 
 
 # --- tests ------------------------------------------------------------------
 .PHONY: test-unit
-test-unit: venv-service ## the unit layer: the service's pure parts and the role's contract, no server (seconds)
+test-unit: venv-service promtool ## the unit layer: the service's pure parts, the role's contract, the alert rules and dashboard; no server
 	$(SVC_VENV)/bin/python -m pytest tests/unit tests/role
 
 .PHONY: test-service

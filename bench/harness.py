@@ -60,6 +60,7 @@ from workloads import (
     w1_service,
     w4_latency,
     w5_fanout,
+    w7_priority,
 )
 
 SERVICE = "shield-orchestrator"
@@ -72,6 +73,7 @@ TARGETS = {
     "w3_efficiency": 0.90,
     "w4_p99_ms": 20.0,
     "w5_p99_ms": 50.0,
+    "w7_high_seconds": 5.0,
 }
 
 
@@ -86,11 +88,13 @@ class Sizes:
     w5_events: int
     w6_chunks: int
     w6_docs: tuple[int, ...]  # sizes of the pre-filled graph
+    w7_backlog: int
+    w7_urgent: int
 
 
-FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000))
-SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20))
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
+FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000), 2_000, 5)
+SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20), 300, 5)
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7")
 
 
 def override_sizes(sizes: Sizes, spec: str) -> Sizes:
@@ -457,6 +461,24 @@ async def run_w5(ctx: Context, cfg: Config) -> dict[str, Any]:
     }
 
 
+# W7's processors: the no-op one, and one taking this long per chunk, so that the
+# backlog still waits when the small job arrives (the no-op pool drains 2,000 chunks
+# about as fast as they are POSTed).
+W7_SLOW_MS_PER_CHUNK = 10.0
+
+
+async def run_w7(ctx: Context, cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {"backlog": cfg.sizes.w7_backlog, "urgent_chunks": cfg.sizes.w7_urgent}
+    for variant, ms_per_chunk in (("noop", 0.0), ("slow", W7_SLOW_MS_PER_CHUNK)):
+        figures: list[dict[str, float]] = []
+        for round_no in range(1, cfg.rounds + 1):
+            figures.append(await w7_priority(ctx, cfg.sizes.w7_backlog, cfg.sizes.w7_urgent, ms_per_chunk))
+            log(f"W7 {variant} round {round_no}: " + ", ".join(f"{k}={v:,.3f}" for k, v in figures[-1].items()))
+        out[variant] = {"ms_per_chunk": ms_per_chunk, **{key: summary([f[key] for f in figures]) for key in figures[0]}}
+    out["targets"] = {"high_seconds_below": TARGETS["w7_high_seconds"]}
+    return out
+
+
 # --- the table ---------------------------------------------------------------------------------
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
@@ -468,7 +490,7 @@ def fmt(value: float | None, unit: str) -> str:
     if unit == "%":
         return f"{value * 100:.0f}%"
     if unit == "s":
-        return f"{value:.1f} s"
+        return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
     if unit == "ms":
         return f"{value:.1f} ms"
     if unit == "MB":
@@ -602,12 +624,33 @@ def build_table(results: dict[str, Any]) -> str:
             rows.append(row("", f"{name}: RSS growth {first:,} -> {last:,}", entry.get("rss_growth_mb"), "MB"))
             if "reason" in entry:
                 rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
+    if "w7_priority" in w:
+        rows += w7_rows(w["w7_priority"])
     for name, error in results.get("errors", {}).items():
         rows.append([name, f"FAILED: {error}"[:100], "", "", "", "", ""])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def w7_rows(w7: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    label = f"W7 priority ({w7['urgent_chunks']} chunks behind {w7['backlog']:,})"
+    target = TARGETS["w7_high_seconds"]
+    for variant in ("noop", "slow"):
+        figures = w7[variant]
+        name = "no-op" if variant == "noop" else f"{figures['ms_per_chunk']:.0f} ms/chunk"
+        high = figures["high_seconds"]
+        met = high["max"] < target
+        rows.append(row(label, f"{name}, high: POST -> completed", high, "s", f"< {target:.0f} s", met))
+        rows.append(row("", "  queue depth at its POST / backlog left at its end", figures["high_depth_at_post"], ""))
+        rows[-1][2] += f" / {figures['high_backlog_left']['median']:.0f}"
+        rows.append(row("", f"{name}, normal (comparison): POST -> completed", figures["normal_seconds"], "s"))
+        rows.append(row("", "  queue depth at its POST / backlog left at its end", figures["normal_depth_at_post"], ""))
+        rows[-1][2] += f" / {figures['normal_backlog_left']['median']:.0f}"
+        label = ""
+    return rows
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -673,6 +716,7 @@ async def run(cfg: Config) -> dict[str, Any]:
             ("w4", "w4_latency", lambda: run_w4(ctx, cfg)),
             ("w5", "w5_sse_fanout", lambda: run_w5(ctx, cfg)),
             ("w6", "w6_growth", lambda: run_w6(rctx, cfg)),
+            ("w7", "w7_priority", lambda: run_w7(ctx, cfg)),
         ]
         for short, key, step in steps:
             if short not in cfg.workloads:

@@ -153,7 +153,7 @@ class Infra:
         """Empty Redis and the job table between runs."""
         assert self.postgres is not None
         self.redis().flushall()
-        self.postgres.admin("DROP TABLE IF EXISTS job_status")
+        self.postgres.admin("DROP TABLE IF EXISTS job_status, alembic_version")
 
     def stop(self) -> None:
         if self.postgres is not None and self.postgres.running:
@@ -243,10 +243,12 @@ class ServiceLauncher:
         noop: bool,
         llm_url: str = "http://127.0.0.1:9/v1",
         prepare: Callable[[Path], None] | None = None,
+        noop_ms_per_chunk: float = 0,
         **overrides: Any,
     ) -> Service:
         """A fresh service: empty Redis, new job table, new LightRAG state directory
-        (given to `prepare` before the service starts, e.g. to put a graph in it)."""
+        (given to `prepare` before the service starts, e.g. to put a graph in it).
+        `noop_ms_per_chunk`: the no-op processor takes that long per chunk (W7)."""
         self.infra.reset()
         state = self.infra.root / "state" / name
         shutil.rmtree(state, ignore_errors=True)
@@ -255,16 +257,17 @@ class ServiceLauncher:
             await asyncio.to_thread(prepare, state)
         port = free_port()
         env = self.env(state, port, llm_url, overrides)
+        env["BENCH_NOOP_MS_PER_CHUNK"] = str(noop_ms_per_chunk)
         init = await asyncio.to_thread(
             subprocess.run,
-            [self.python, "-m", "shield_orchestrator", "init-db"],
+            [self.python, "-m", "shield_orchestrator", "migrate"],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
         if init.returncode != 0:
-            raise BenchError(f"init-db failed: {init.stderr[-600:]}")
+            raise BenchError(f"migrate failed: {init.stderr[-600:]}")
         argv = [self.python, str(BENCH / "noop_service.py")] if noop else [self.python, "-m", "shield_orchestrator"]
         if not noop:
             argv.append("serve")

@@ -4,10 +4,12 @@ Run with the rendered package on PYTHONPATH (the harness does):
     python bench/noop_service.py
 Everything but the processor is the product: API, worker pool, job tracker,
 PostgreSQL projection, event bus; settings come from ORCHESTRATOR_* variables.
+BENCH_NOOP_MS_PER_CHUNK (default 0) makes each batch take that long per chunk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -20,10 +22,11 @@ from shield_orchestrator.settings import Settings, SettingsError
 
 
 class NoopProcessor:
-    """Takes every chunk as done at once."""
+    """Takes every chunk as done, at once or after BENCH_NOOP_MS_PER_CHUNK per chunk."""
 
     def __init__(self, settings: Settings, gate: DependencyGate, lock: object) -> None:
         self.settings = settings
+        self.seconds_per_chunk = float(os.environ.get("BENCH_NOOP_MS_PER_CHUNK") or 0) / 1000
 
     async def start(self) -> None:
         return None
@@ -35,6 +38,8 @@ class NoopProcessor:
         return [DependencyReport("processor", True, required=True, detail={"kind": "no-op (benchmark)"})]
 
     async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
+        if self.seconds_per_chunk:
+            await asyncio.sleep(self.seconds_per_chunk * len(tasks))
         return {task.doc_id: None for task in tasks}
 
 

@@ -53,7 +53,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         timeout=900,  # a first run also builds .venv-bench-peers
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr[-4000:]}"
-    assert "workload" in run.stdout and "W5" in run.stdout and "W6" in run.stdout, run.stdout  # the table
+    assert all(name in run.stdout for name in ("workload", "W5", "W6", "W7")), run.stdout  # the table
     results = json.loads(output.read_text())
     assert results["errors"] == {}
     workloads = results["workloads"]
@@ -64,6 +64,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         "w4_latency",
         "w5_sse_fanout",
         "w6_growth",
+        "w7_priority",
     }
 
     w1 = workloads["w1_pool_overhead"]
@@ -111,3 +112,11 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         assert positive(entry["rate_ratio_last_to_first"]), name
         assert number(median(entry["rss_growth_mb"])), name
     assert number(results["w6_rate_ratio_last_to_first"]) and number(results["w6_rss_growth_mb"])
+    w7 = workloads["w7_priority"]
+    assert w7["backlog"] > 0 and w7["urgent_chunks"] == 5
+    for variant in ("noop", "slow"):
+        for key in ("high_seconds", "normal_seconds"):
+            assert number(median(w7[variant][key])) and median(w7[variant][key]) > 0, (variant, key, w7)
+        for key in ("high_backlog_left", "normal_backlog_left", "high_depth_at_post", "normal_depth_at_post"):
+            figure = median(w7[variant][key])
+            assert number(figure) and 0 <= figure <= w7["backlog"] + w7["urgent_chunks"], (variant, key, w7)

@@ -1,4 +1,4 @@
-"""W1, W4 and W5 (and what they share with W2/W3/W6: the texts, posting a job, waiting for it).
+"""W1, W4, W5 and W7 (and what they share with W2/W3/W6: the texts, posting a job, waiting for it).
 Each run function measures one run and returns its figures; W2, W3 and W6 are in ingest.py."""
 
 from __future__ import annotations
@@ -51,12 +51,15 @@ def chunk_text(i: int, tag: str) -> str:
     )
 
 
-def job_body(texts: Iterable[str], offset: int = 0) -> bytes:
+def job_body(texts: Iterable[str], offset: int = 0, priority: str | None = None) -> bytes:
     chunks = [
         {"text": text, "source_uri": f"file:///bench/doc-{offset + n}.txt", "metadata": {"n": offset + n}}
         for n, text in enumerate(texts)
     ]
-    return json.dumps({"chunks": chunks, "source_type": "text"}).encode()
+    body: dict[str, Any] = {"chunks": chunks, "source_type": "text"}
+    if priority is not None:
+        body["priority"] = priority
+    return json.dumps(body).encode()
 
 
 async def post_job(http: httpx.AsyncClient, body: bytes) -> str:
@@ -547,4 +550,43 @@ async def w5_fanout(ctx: Context, clients: int, events: int, rate: float) -> dic
         }
     finally:
         await redis.aclose()
+        service.proc.stop()
+
+
+# --- W7: priorities ----------------------------------------------------------------------------
+W7_JOB_SIZE = 1000  # the role's max_chunks_per_job: the backlog is posted in jobs of this size
+
+
+async def w7_priority(ctx: Context, backlog: int, urgent: int, ms_per_chunk: float = 0) -> dict[str, float]:
+    """A small job posted right behind a backlog of `backlog` chunks (no-op processor,
+    taking `ms_per_chunk` per chunk): seconds from its POST to its ingestion.completed,
+    once at priority high and, for comparison, once at normal; with the queue depth
+    when it was posted and the backlog's chunks still waiting when it completed."""
+    service = await ctx.launcher.start("w7-service", noop=True, noop_ms_per_chunk=ms_per_chunk)
+    watch = JobWatch()
+    figures: dict[str, float] = {}
+    try:
+        async with service.client() as http, SSEClient(service, "ingestion.completed,ingestion.failed", watch.on_event):
+            warm = await post_job(http, job_body(chunk_text(i, "w7-warm") for i in range(WARMUP_TASKS)))
+            await watch.wait([warm], 60, service.proc)
+            for priority in ("high", "normal"):
+                tag = f"w7-{priority}-{uuid.uuid4().hex[:6]}"
+                texts = [chunk_text(i, tag) for i in range(backlog)]
+                backlog_ids = [
+                    await post_job(http, job_body(texts[k : k + W7_JOB_SIZE], k))
+                    for k in range(0, backlog, W7_JOB_SIZE)
+                ]
+                body = job_body((chunk_text(i, f"{tag}-urgent") for i in range(urgent)), priority=priority)
+                figures[f"{priority}_depth_at_post"] = float((await http.get("/queue")).json()["queue_depth"])
+                sent = time.time()
+                urgent_id = await post_job(http, body)
+                done = await watch.wait([urgent_id], 120, service.proc)
+                jobs = [(await http.get(f"/jobs/{job_id}")).json() for job_id in backlog_ids]
+                figures[f"{priority}_seconds"] = done - sent
+                figures[f"{priority}_backlog_left"] = float(
+                    sum(job["chunks_total"] - job["chunks_processed"] for job in jobs)
+                )
+                await watch.wait(backlog_ids, 300, service.proc)
+        return figures
+    finally:
         service.proc.stop()

@@ -3,7 +3,9 @@
 #   - apt packages: Docker engine, debootstrap, Python build tools, PyYAML
 #     for the controller's python3 (python3-yaml), and the
 #     redis-server / postgresql binaries the service's test suite uses
-#     (their Debian services are stopped and disabled, so 6379/5432 stay free);
+#     (their Debian services are stopped and disabled, so 6379/5432 stay free),
+#     and chromium, the headless browser of the console's test (Playwright
+#     drives /usr/bin/chromium; it never downloads a browser);
 #   - a running Docker daemon, reachable through /usr/bin/docker;
 #   - the controller virtualenv .venv from requirements-dev.txt, rebuilt only
 #     when that file changes (hash kept in .venv/.requirements-dev.sha256).
@@ -22,8 +24,9 @@ DOCKER=/usr/bin/docker
 
 # python3-yaml: scripts/service-requirements.py and scripts/role-docs.py run on
 # the controller's /usr/bin/python3 before any virtualenv exists.
+# chromium: the browser tests/service/test_console_ui.py drives.
 APT_PACKAGES=(docker.io debootstrap python3-venv python3-dev python3-yaml gcc make
-              redis-server postgresql)
+              redis-server postgresql chromium)
 # Services the packages above enable by default; they must not squat the
 # ports the tests (and the lab) use.
 HOST_SERVICES=(redis-server postgresql)

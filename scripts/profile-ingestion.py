@@ -164,7 +164,7 @@ def main() -> int:
         )
         (root / "state").mkdir()
         subprocess.run(
-            [sys.executable, "-m", "shield_orchestrator", "init-db"], env=env, check=True, capture_output=True
+            [sys.executable, "-m", "shield_orchestrator", "migrate"], env=env, check=True, capture_output=True
         )
         return profile(env, port, standin, root, args)
     finally:

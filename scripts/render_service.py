@@ -90,8 +90,10 @@ def render(output_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
 
 
 def sources() -> list[Path]:
-    """What the role renders: plain modules, modules with deploy-time values, Redis scripts."""
-    return sorted(path for pattern in ("*.py", "*.py.j2", "*.lua") for path in TEMPLATES.glob(pattern))
+    """What the role renders: plain modules, modules with deploy-time values, Redis
+    scripts, the console's static page."""
+    patterns = ("*.py", "*.py.j2", "*.lua", "*.html", "*.js", "*.css")
+    return sorted(path for pattern in patterns for path in TEMPLATES.glob(pattern))
 
 
 def main() -> int:

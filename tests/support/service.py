@@ -39,7 +39,7 @@ def build_env(
     redis.client().flushdb()
     if not postgres.running:
         postgres.start()
-    postgres.psql("DROP TABLE IF EXISTS job_status")
+    postgres.psql("DROP TABLE IF EXISTS job_status, alembic_version")
     state = root / "state"
     state.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
@@ -74,7 +74,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.
 
 
 def run_init_db(env: dict[str, str]) -> None:
-    out = run_cli(env, "init-db")
+    out = run_cli(env, "migrate")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("{"), out.stdout
 

@@ -81,11 +81,13 @@ def test_keys_take_their_prefix_from_its_own_setting() -> None:
     assert keys.job_done("j1") == "acme:job:j1:done"
     assert keys.jobs_dirty == "acme:jobs:dirty" and keys.jobs_recent == "acme:jobs:recent"
     assert keys.dlq == "ingest:v2:dlq"
+    assert keys.streams == ("ingest:v2:high", "ingest:v2")
+    assert keys.stream_for("high") == "ingest:v2:high" and keys.stream_for("normal") == "ingest:v2"
 
 
 def test_states() -> None:
-    assert FINAL_STATES == {JobState.COMPLETED, JobState.FAILED}
-    assert [s.rank for s in JobState] == [0, 1, 2, 2]
+    assert FINAL_STATES == {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
+    assert [s.rank for s in JobState] == [0, 1, 2, 2, 2]
     assert JobState("failed").final and not JobState.QUEUED.final
 
 

@@ -1,4 +1,4 @@
-"""`python -m shield_orchestrator serve | init-db | inspect-queue` (see cli.py)."""
+"""`python -m shield_orchestrator serve | migrate | dlq | inspect-queue` (see cli.py)."""
 
 import sys
 

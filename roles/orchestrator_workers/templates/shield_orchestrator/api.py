@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import Depends, FastAPI
 
-from . import http_errors, routes_events, routes_ingest, routes_jobs, routes_ops
+from . import http_errors, routes_dead_letters, routes_events, routes_ingest, routes_jobs, routes_ops, routes_ui
 from .context import AppContext
 from .schemas import request_body_limit
 
@@ -24,4 +24,6 @@ def create_app(context: AppContext, lifespan: Lifespan | None = None) -> FastAPI
     app.include_router(routes_ingest.router, dependencies=secured)
     app.include_router(routes_jobs.router, dependencies=secured)
     app.include_router(routes_events.router, dependencies=secured)
+    app.include_router(routes_dead_letters.router, dependencies=secured)
+    app.include_router(routes_ui.router)
     return app

@@ -28,6 +28,7 @@ from .breaker import DependencyGate
 from .chunks import ChunkProcessor
 from .context import AppContext
 from .database import JobHistory, create_engine
+from .dead_letters import DeadLetters
 from .event_bus import EventHub, EventPublisher
 from .health import HealthService
 from .intake import JobIntake
@@ -110,7 +111,7 @@ class Service:
         stream = IngestionStream(redis, keys)
         tracker = JobTracker(redis, keys, ttl_seconds=settings.job_status_ttl)
         history = JobHistory(engine)
-        projection = JobProjection(tracker, history, interval=settings.pg_sync_interval)
+        projection = JobProjection(tracker, history, metrics, interval=settings.pg_sync_interval)
         publisher = EventPublisher(redis, keys.events, settings.events_stream_maxlen)
         hub = EventHub(
             redis,
@@ -150,9 +151,26 @@ class Service:
             processor=processor,
             pool=pool,
             projection=projection,
+            metrics=metrics,
         )
         verifier = processor if isinstance(processor, JobVerifier) else None
-        context = AppContext(settings, intake, tracker, history, stream, hub, health, metrics, pool.rate, verifier)
+        metrics.configured_workers.set(settings.pool_size)
+        context = AppContext(
+            settings=settings,
+            intake=intake,
+            tracker=tracker,
+            history=history,
+            stream=stream,
+            hub=hub,
+            health=health,
+            metrics=metrics,
+            rate=pool.rate,
+            verifier=verifier,
+            publisher=publisher,
+            dead_letters=DeadLetters(redis, keys, tracker, history),
+            heartbeats=heartbeats,
+            on_job_change=projection.request_sync,
+        )
         return cls(settings, redis, engine, processor, projection, publisher, hub, pool, context)
 
     def begin_shutdown(self) -> None:

@@ -23,6 +23,7 @@ class ChunkTask:
     source_uri: str = ""
     source_type: str = "text"
     metadata: dict[str, Any] = field(default_factory=dict)
+    stream: str = ""  # the stream the entry came from (high or normal priority)
 
     @property
     def doc_id(self) -> str:
@@ -30,7 +31,7 @@ class ChunkTask:
         return f"chunk-{self.job_id}-{self.index}"
 
     @classmethod
-    def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> ChunkTask:
+    def from_entry(cls, entry_id: str, fields: Mapping[str, str], stream: str = "") -> ChunkTask:
         try:
             metadata = json.loads(fields.get("metadata") or "{}")
             if not isinstance(metadata, dict):
@@ -43,6 +44,7 @@ class ChunkTask:
                 source_uri=fields.get("source_uri", ""),
                 source_type=fields.get("source_type", "text"),
                 metadata=metadata,
+                stream=stream,
             )
         except (KeyError, ValueError) as exc:
             raise MalformedEntry(f"stream entry {entry_id} is not a chunk task: {exc!r}") from None

@@ -1,10 +1,13 @@
-"""Command line: `python -m shield_orchestrator [--env-file PATH] serve | init-db | inspect-queue`.
+"""Command line: `python -m shield_orchestrator [--env-file PATH] COMMAND`.
 
-serve          run the API and the worker pool (the systemd unit runs this)
-init-db        create the PostgreSQL schema if missing (idempotent)
-inspect-queue  print the stream, its consumer group, consumers and statistics as JSON
-verify-job ID  did the job land in the graph? every chunk's document PROCESSED, its chunk
-               vectors present, its entities counted (JSON; exit 1 when not verified)
+serve              run the API and the worker pool (the systemd unit runs this)
+migrate [--to R]   bring the PostgreSQL schema to the head revision (Alembic; idempotent,
+                   one host at a time); init-db is its former name
+inspect-queue      print the streams, the consumer group, consumers and statistics as JSON
+verify-job ID      did the job land in the graph? every chunk's document PROCESSED, its
+                   chunk vectors present, its entities counted (exit 1 when not verified)
+dlq list [--job ID] [--limit N] | replay --ids ID... | --job ID | --all | discard ID...
+                   the dead letters (a replayed chunk goes back to its own job)
 
 --env-file reads the environment file the unit uses (the secrets) itself, so
 that no secret has to travel on a command line or through sudo's log.
@@ -20,18 +23,11 @@ import os
 import sys
 from collections.abc import Mapping
 
-import httpx
-
-from .app import make_redis, serve
-from .breaker import DependencyGate
-from .database import JobHistory, create_engine, ensure_schema
+from . import commands
+from .app import serve
 from .deployed import BOUNDS, DEFAULTS
-from .job_tracker import JobTracker
-from .keys import RedisKeys
-from .lightrag_processor import Endpoints, open_lightrag
+from .migrations import HEAD
 from .settings import Settings, SettingsError
-from .stream import IngestionStream
-from .verify import verify_job
 
 NOISY_LOGGERS = ("httpx", "httpx2", "openai", "nano-vectordb", "lightrag")
 EXIT_CONFIG = 2
@@ -87,92 +83,57 @@ def configure_logging(level: str) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def init_db(settings: Settings) -> list[str]:
-    engine = create_engine(settings)
-    try:
-        return await ensure_schema(engine)
-    finally:
-        await engine.dispose()
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="shield_orchestrator", description=(__doc__ or "").splitlines()[0])
+    top.add_argument("--env-file", help="environment file to read (the unit's EnvironmentFile=)")
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the API and the worker pool")
+    migrate = sub.add_parser("migrate", help="bring the PostgreSQL schema to the head revision (idempotent)")
+    migrate.add_argument("--to", default=HEAD, help="a revision to go to (down as well); 'base' drops the schema")
+    sub.add_parser("init-db", help="the same as migrate (its former name)")
+    sub.add_parser("inspect-queue", help="the streams, the consumer group, consumers, statistics (JSON)")
+    verify = sub.add_parser("verify-job", help="did the job land in the graph? (JSON; exit 1 when not)")
+    verify.add_argument("job_id")
+    dlq = sub.add_parser("dlq", help="dead letters: list, replay, discard").add_subparsers(dest="action", required=True)
+    listing = dlq.add_parser("list")
+    listing.add_argument("--job")
+    listing.add_argument("--limit", type=int, default=100)
+    replay = dlq.add_parser("replay").add_mutually_exclusive_group(required=True)
+    replay.add_argument("--ids", nargs="+")
+    replay.add_argument("--job")
+    replay.add_argument("--all", action="store_true")
+    discard = dlq.add_parser("discard")
+    discard.add_argument("ids", nargs="+")
+    return top
 
 
-async def inspect_queue(settings: Settings) -> dict[str, object]:
-    redis = make_redis(settings)
-    try:
-        inspection = await IngestionStream(redis, RedisKeys.from_settings(settings)).inspect()
-    finally:
-        await redis.aclose()
-    return inspection.as_dict()
-
-
-async def verify_job_command(settings: Settings, job_id: str) -> dict[str, object]:
-    """verify-job: from the graph itself when it is in PostgreSQL (any host can read
-    it), else from this host's running service (one writer per local storage)."""
-    if settings.lightrag_storage != "postgres":
-        return await _verify_through_service(settings, job_id)
-    redis = make_redis(settings)
-    engine = create_engine(settings)
-    try:
-        job = await JobTracker(redis, RedisKeys.from_settings(settings), ttl_seconds=1).get(job_id)
-        job = job or await JobHistory(engine).get(job_id)
-    finally:
-        await redis.aclose()
-        await engine.dispose()
-    if job is None:
-        return {"job_id": job_id, "verified": False, "error": "job not found"}
-    endpoints = Endpoints(settings)
-    rag = await open_lightrag(settings, DependencyGate(lambda _change: None), endpoints)
-    try:
-        return dict(await verify_job(rag, job["job_id"], job["chunks_total"]))
-    finally:
-        await rag.finalize_storages()
-        await endpoints.close()
-
-
-async def _verify_through_service(settings: Settings, job_id: str) -> dict[str, object]:
-    host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "", "::") else settings.listen_host
-    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
-    url = f"http://{host}:{settings.listen_port}/jobs/{job_id}/verify"
-    async with httpx.AsyncClient(timeout=120) as client:
-        response = await client.get(url, headers=headers)
-    body: dict[str, object] = response.json()
-    if response.status_code != 200:
-        return {"job_id": job_id, "verified": False, "error": f"HTTP {response.status_code}: {body.get('detail')}"}
-    return body
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The deployed settings, the environment file and the environment; SettingsError or
+    ValueError (an unreadable environment file) otherwise."""
+    environ: dict[str, str] = {}
+    if args.env_file:
+        try:
+            with open(args.env_file, encoding="utf-8") as handle:
+                environ = read_env_file(handle.read())
+        except OSError as exc:
+            raise ValueError(f"--env-file {args.env_file}: {exc}") from None
+    return load_settings({**environ, **os.environ})
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="shield_orchestrator", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--env-file", help="environment file to read (the unit's EnvironmentFile=)")
-    parser.add_argument("command", choices=["serve", "init-db", "inspect-queue", "verify-job"])
-    parser.add_argument("job_id", nargs="?", help="the job (verify-job)")
-    args = parser.parse_args(argv)
-    environ: dict[str, str] = {}
+    args = parser().parse_args(argv)
     try:
-        if args.env_file:
-            with open(args.env_file, encoding="utf-8") as handle:
-                environ = read_env_file(handle.read())
-    except (OSError, ValueError) as exc:
-        print(f"configuration error: --env-file {args.env_file}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        settings = load_settings({**environ, **os.environ})
+        settings = settings_from(args)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging(settings.log_level)
     if args.command == "serve":
         return serve(settings)
-    if args.command == "init-db":
-        created = asyncio.run(init_db(settings))
-        print(json.dumps({"created": created, "database": settings.postgres_db}))
-        return 0
-    if args.command == "verify-job":
-        if not args.job_id:
-            print("verify-job: a job id is required", file=sys.stderr)
-            return EXIT_CONFIG
-        report = asyncio.run(verify_job_command(settings, args.job_id))
-        print(json.dumps(report))
-        return 0 if report.get("verified") else 1
-    print(json.dumps(asyncio.run(inspect_queue(settings))))
-    return 0
+    result, code = asyncio.run(commands.run(settings, args))
+    print(json.dumps(result))
+    return code

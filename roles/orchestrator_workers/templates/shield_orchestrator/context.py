@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, cast
 
 from fastapi import Depends, FastAPI, Request
 
 from .database import JobHistory
-from .event_bus import EventHub
+from .dead_letters import DeadLetters
+from .event_bus import EventHub, EventPublisher
 from .health import HealthService
 from .intake import JobIntake
 from .job_tracker import JobTracker
+from .liveness import Heartbeats
 from .metrics import Metrics
 from .settings import Settings
 from .stream import IngestionStream
@@ -31,6 +34,10 @@ class AppContext:
     metrics: Metrics
     rate: RateMeter
     verifier: JobVerifier | None
+    publisher: EventPublisher
+    dead_letters: DeadLetters
+    heartbeats: Heartbeats
+    on_job_change: Callable[[], None]
 
     def attach(self, app: FastAPI) -> None:
         app.state.context = self

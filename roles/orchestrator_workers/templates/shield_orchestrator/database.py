@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, inspect, literal_column, select
+from sqlalchemy import ColumnElement, case, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .job_tracker import JobCounts, JobView, job_view
-from .models import Base, JobStatus
+from .models import JobStatus
 from .settings import Settings
 from .states import JobState
 
@@ -58,14 +58,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-async def ensure_schema(engine: AsyncEngine) -> list[str]:
-    """Create missing tables and indexes; return the names of the tables created."""
-    async with engine.begin() as conn:
-        existing = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
-        await conn.run_sync(Base.metadata.create_all)
-    return sorted(set(Base.metadata.tables) - existing)
-
-
 class JobRow(JobCounts):
     """A job as the projection writes it."""
 
@@ -75,6 +67,8 @@ class JobRow(JobCounts):
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    priority: str
+    generation: int
 
 
 def state_rank(column: ColumnElement[str]) -> ColumnElement[int]:
@@ -92,19 +86,30 @@ class JobHistory:
 
     async def upsert(self, rows: Sequence[JobRow]) -> None:
         """Insert or update rows so that replays are harmless: counters never go down
-        (GREATEST), a status never moves back, the first start and end times stay."""
+        (GREATEST), a status never moves back, the first start and end times stay.
+        A newer generation (a dead letter replayed into the job) is the one
+        exception: its row replaces state, failures, error and end time as they are."""
         stmt = insert(JobStatus).values(list(rows))
         new, table = stmt.excluded, JobStatus.__table__.c
+        newer = new.generation > table.generation
+
+        def unless_newer(monotonic: ColumnElement[Any], column: ColumnElement[Any]) -> ColumnElement[Any]:
+            return case((newer, column), else_=monotonic)
+
         stmt = stmt.on_conflict_do_update(
             index_elements=[table.job_id],
             set_={
-                "status": case((state_rank(new.status) >= state_rank(table.status), new.status), else_=table.status),
+                "status": unless_newer(
+                    case((state_rank(new.status) >= state_rank(table.status), new.status), else_=table.status),
+                    new.status,
+                ),
                 "chunks_processed": func.greatest(table.chunks_processed, new.chunks_processed),
-                "chunks_failed": func.greatest(table.chunks_failed, new.chunks_failed),
-                "error_message": func.coalesce(new.error_message, table.error_message),
+                "chunks_failed": unless_newer(func.greatest(table.chunks_failed, new.chunks_failed), new.chunks_failed),
+                "error_message": unless_newer(func.coalesce(new.error_message, table.error_message), new.error_message),
                 "started_at": func.coalesce(table.started_at, new.started_at),
-                "completed_at": func.coalesce(table.completed_at, new.completed_at),
+                "completed_at": unless_newer(func.coalesce(table.completed_at, new.completed_at), new.completed_at),
                 "updated_at": func.greatest(table.updated_at, new.updated_at),
+                "generation": func.greatest(table.generation, new.generation),
                 "job_metadata": literal_column("job_status.job_metadata"),
             },
         )

@@ -174,7 +174,7 @@ class EventHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
-            for entry_id, fields in stream_entries(reply):
+            for _stream, entry_id, fields in stream_entries(reply):
                 last_id = entry_id
                 event = decode(entry_id, fields or {})
                 if event is None:

@@ -17,6 +17,7 @@ class EventType(StrEnum):
     INGESTION_PROGRESS = "ingestion.progress"
     INGESTION_COMPLETED = "ingestion.completed"
     INGESTION_FAILED = "ingestion.failed"
+    INGESTION_CANCELLED = "ingestion.cancelled"
     WORKER_STARTED = "worker.started"
     WORKER_STOPPED = "worker.stopped"
     WORKER_TASK_FAILED = "worker.task_failed"

@@ -13,12 +13,14 @@ from redis.exceptions import RedisError
 
 from .chunks import ChunkProcessor, DependencyReport
 from .database import JobHistory
+from .metrics import Metrics
 from .projection import JobProjection
 from .settings import Settings
 from .stream import IngestionStream
 from .worker_pool import WorkerPool
 
 CHECK_TIMEOUT = 3.0
+REFRESH_SECONDS = 10.0
 
 
 class HealthService:
@@ -32,6 +34,7 @@ class HealthService:
         processor: ChunkProcessor,
         pool: WorkerPool,
         projection: JobProjection,
+        metrics: Metrics,
     ) -> None:
         self._s = settings
         self._redis = redis
@@ -40,7 +43,9 @@ class HealthService:
         self._processor = processor
         self._pool = pool
         self._projection = projection
+        self._metrics = metrics
         self._started = time.monotonic()
+        self._refreshed = 0.0
 
     def basic(self) -> dict[str, Any]:
         return {
@@ -63,6 +68,8 @@ class HealthService:
             self._processor_reports(),
         )
         reports = [redis_report, postgres_report, *processor_reports]
+        for report in reports:
+            self._metrics.dependency_up.labels(report.name).set(1 if report.up else 0)
         pool = await self._pool_report(redis_up=redis_report.up)
         down_required = [report.name for report in reports if report.required and not report.up]
         if pool["status"] not in ("running", "paused"):
@@ -81,6 +88,14 @@ class HealthService:
         if down_required:
             body["down"] = down_required
         return (503 if down_required else 200), body
+
+    async def refresh(self) -> None:
+        """Run the dependency checks (which set the gauges) unless they ran recently."""
+        now = time.monotonic()
+        if now - self._refreshed < REFRESH_SECONDS:
+            return
+        self._refreshed = now
+        await self.detailed()
 
     async def _processor_reports(self) -> list[DependencyReport]:
         try:

@@ -65,6 +65,7 @@ class JobIntake:
             chunks_total=len(body.chunks),
             metadata={**body.metadata, "source_type": body.source_type},
             created_at=datetime.now(UTC),
+            priority=body.priority,
         )
         entries = [
             chunk_entry(job.job_id, index, chunk.text, chunk.source_uri, body.source_type, chunk.metadata)
@@ -73,9 +74,11 @@ class JobIntake:
         async with self._redis.pipeline(transaction=True) as pipe:
             self._tracker.stage_create(pipe, job)
             self._publisher.stage(
-                pipe, EventType.INGESTION_QUEUED, {"job_id": job.job_id, "chunks_total": job.chunks_total}
+                pipe,
+                EventType.INGESTION_QUEUED,
+                {"job_id": job.job_id, "chunks_total": job.chunks_total, "priority": job.priority},
             )
-            self._stream.stage_enqueue(pipe, entries)
+            self._stream.stage_enqueue(pipe, entries, job.priority)
             await pipe.execute()
         self._on_enqueued()
         return Accepted(job.job_id, job.chunks_total)

@@ -23,7 +23,7 @@ from typing_extensions import TypedDict
 from . import lua
 from .keys import RedisKeys
 from .redis_text import text, text_fields
-from .states import JobState
+from .states import FINAL_STATES, JobState
 
 
 def utcnow() -> str:
@@ -80,6 +80,17 @@ class NewJob:
     chunks_total: int
     metadata: dict[str, Any]
     created_at: datetime
+    priority: str = "normal"
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """cancel_job.lua's reply: 1 cancelled now, 0 already cancelled, -1 finished
+    otherwise (status says how), -2 not in Redis."""
+
+    outcome: int
+    status: str
+    chunks_processed: int
 
 
 class JobCounts(TypedDict):
@@ -95,6 +106,10 @@ class JobCounts(TypedDict):
 
 class JobView(JobCounts):
     """The public shape of a job (GET /jobs/{id})."""
+
+    priority: str
+    generation: int
+    duration_seconds: float | None
 
     percent_complete: float
     created_at: str | None
@@ -139,7 +154,27 @@ def job_view(fields: Mapping[str, object]) -> JobView:
         "completed_at": _iso(fields.get("completed_at")),
         "error_message": str(fields.get("error_message") or "") or None,
         "metadata": metadata if isinstance(metadata, dict) else {},
+        "priority": str(fields.get("priority") or "normal"),
+        "generation": _count(fields.get("generation")),
+        "duration_seconds": duration(fields.get("started_at") or fields.get("created_at"), fields.get("completed_at")),
     }
+
+
+def duration(start: object, end: object) -> float | None:
+    """Seconds from start to end (ISO 8601 strings or datetimes); None until it ended."""
+    times = [value if isinstance(value, datetime) else _parse(value) for value in (start, end)]
+    if times[0] is None or times[1] is None:
+        return None
+    return round((times[1] - times[0]).total_seconds(), 3)
+
+
+def _parse(value: object) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -152,7 +187,7 @@ class DirtyJob:
 
     @property
     def final(self) -> bool:
-        return self.fields.get("status") in (JobState.COMPLETED, JobState.FAILED)
+        return self.fields.get("status") in FINAL_STATES
 
 
 class JobTracker:
@@ -164,6 +199,8 @@ class JobTracker:
         self._mark_started = lua.register(redis, "mark_started")
         self._record = lua.register(redis, "record_chunks")
         self._settle = lua.register(redis, "settle_dirty")
+        self._cancel = lua.register(redis, "cancel_job")
+        self._replay = lua.register(redis, "replay_chunks")
 
     # --- writes ---------------------------------------------------------------------
     def stage_create(self, pipe: Pipeline, job: NewJob) -> None:
@@ -178,6 +215,7 @@ class JobTracker:
                 "chunks_total": job.chunks_total,
                 "chunks_processed": 0,
                 "chunks_failed": 0,
+                "priority": job.priority,
                 "job_metadata": json.dumps(job.metadata, separators=(",", ":")),
                 "created_at": created,
                 "updated_at": created,
@@ -187,13 +225,66 @@ class JobTracker:
         pipe.zremrangebyrank(self._keys.jobs_recent, 0, -self._recent_kept - 1)
         pipe.hincrby(self._keys.jobs_dirty, job.job_id, 1)
 
-    async def mark_started(self, job_id: str) -> bool:
-        """Move a queued job to processing; True for the one call that did."""
+    async def mark_started(self, job_id: str) -> tuple[bool, str]:
+        """Move a queued job to processing: (whether this call did, the job's state
+        after it; "" for a job Redis does not hold)."""
         reply = await self._mark_started(
             keys=[self._keys.job(job_id), self._keys.jobs_dirty],
             args=[utcnow(), job_id, JobState.QUEUED.value, JobState.PROCESSING.value],
         )
-        return bool(reply)
+        match reply:
+            case [started, status]:
+                return bool(int(str(started))), text(status)
+        raise ValueError(f"mark_started.lua answered {reply!r} for job {job_id}")
+
+    async def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel the job unless it finished (cancel_job.lua)."""
+        reply = await self._cancel(
+            keys=[self._keys.job(job_id), self._keys.jobs_dirty],
+            args=[utcnow(), job_id, JobState.CANCELLED.value, *(state.value for state in FINAL_STATES)],
+        )
+        match reply:
+            case [outcome, status, processed]:
+                return CancelOutcome(int(str(outcome)), text(status), int(str(processed)))
+        raise ValueError(f"cancel_job.lua answered {reply!r} for job {job_id}")
+
+    async def take_back(self, job_id: str, indexes: Sequence[int]) -> int:
+        """Dead-lettered chunks go back to their job (replay_chunks.lua); how many did
+        (-1: Redis does not hold the job)."""
+        reply = await self._replay(
+            keys=[self._keys.job(job_id), self._keys.job_done(job_id), self._keys.jobs_dirty],
+            args=[utcnow(), job_id, JobState.FAILED.value, JobState.PROCESSING.value, *indexes],
+        )
+        return int(str(reply))
+
+    async def restore(self, view: JobView, counted: Sequence[int]) -> None:
+        """A job whose Redis hash has expired, back from its PostgreSQL row (a replay
+        of one of its dead letters): the hash, and the done set of the chunks it
+        counted."""
+        key = self._keys.job(view["job_id"])
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "job_id": view["job_id"],
+                    "job_type": view["job_type"],
+                    "status": view["status"],
+                    "chunks_total": view["chunks_total"],
+                    "chunks_processed": view["chunks_processed"],
+                    "chunks_failed": view["chunks_failed"],
+                    "priority": view.get("priority") or "normal",
+                    "generation": view.get("generation") or 0,
+                    "job_metadata": json.dumps(view["metadata"], separators=(",", ":")),
+                    "created_at": view["created_at"] or utcnow(),
+                    "started_at": view["started_at"] or "",
+                    "completed_at": view["completed_at"] or "",
+                    "error_message": view["error_message"] or "",
+                    "updated_at": utcnow(),
+                },
+            )
+            if counted:
+                pipe.sadd(self._keys.job_done(view["job_id"]), *counted)
+            await pipe.execute()
 
     async def stage_record(self, pipe: Pipeline, job_id: str, outcomes: Sequence[ChunkOutcome], now: str) -> None:
         """Count chunk outcomes as part of the caller's pipeline; its reply parses with
@@ -264,7 +355,7 @@ class JobTracker:
 
 
 def _record_args(job_id: str, outcomes: Sequence[ChunkOutcome], now: str) -> list[str | int]:
-    args: list[str | int] = [now, job_id, JobState.COMPLETED.value, JobState.FAILED.value]
+    args: list[str | int] = [now, job_id, JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value]
     for outcome in outcomes:
         args += [outcome.index, "1" if outcome.ok else "0", outcome.error[:2000]]
     return args

@@ -27,6 +27,19 @@ class RedisKeys:
         )
 
     @property
+    def high(self) -> str:
+        """The stream of high-priority chunks, read before the normal one."""
+        return f"{self.stream}:high"
+
+    @property
+    def streams(self) -> tuple[str, str]:
+        """Both ingestion streams, high priority first."""
+        return (self.high, self.stream)
+
+    def stream_for(self, priority: str) -> str:
+        return self.high if priority == "high" else self.stream
+
+    @property
     def dlq(self) -> str:
         """Dead letters: entries that failed for good, with their error."""
         return f"{self.stream}:dlq"

@@ -42,7 +42,33 @@ class Metrics:
         self.pool_pauses = Counter(
             "shield_pool_pauses", "Times the pool paused on this dependency", ["dependency"], registry=r
         )
+        self.chunks_skipped = Counter(
+            "shield_chunks_skipped", "Chunks of cancelled jobs acked without being processed", registry=r
+        )
         self.active_workers = Gauge("shield_active_workers", "Workers running in this process", registry=r)
+        self.configured_workers = Gauge(
+            "shield_configured_workers", "Workers this process is configured to run", registry=r
+        )
+        self.high_priority_depth = Gauge(
+            "shield_queue_high_priority_depth", "Chunks of high-priority jobs not finished yet", registry=r
+        )
+        self.dependency_up = Gauge(
+            "shield_dependency_up",
+            "1 while the dependency answers (as /health/detailed sees it)",
+            ["dependency"],
+            registry=r,
+        )
+        self.pg_sync_pending_jobs = Gauge(
+            "shield_pg_sync_pending_jobs", "Jobs whose PostgreSQL row the last sync could not write", registry=r
+        )
+        self.pg_sync_rejected_jobs = Gauge(
+            "shield_pg_sync_rejected_jobs", "Jobs whose row PostgreSQL refuses (set aside, retried alone)", registry=r
+        )
+        self.pg_sync_last_success = Gauge(
+            "shield_pg_sync_last_success_timestamp_seconds",
+            "When the PostgreSQL sync last wrote (or had nothing to write), Unix time",
+            registry=r,
+        )
         self.sse_clients = Gauge("shield_sse_clients", "Connected Server-Sent Events clients", registry=r)
 
     def render(self, stats: QueueStats, sse_clients: int) -> bytes:
@@ -50,5 +76,6 @@ class Metrics:
         self.queue_depth.set(stats.queue_depth)
         self.pending.set(stats.pending)
         self.dead_letters.set(stats.dead_letters)
+        self.high_priority_depth.set(stats.high_priority_depth)
         self.sse_clients.set(sse_clients)
         return generate_latest(self.registry)

@@ -29,5 +29,9 @@ class JobStatus(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    priority: Mapped[str] = mapped_column(String(8), nullable=False, default="normal")
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
+    # The schema itself is made by migrations.py (Alembic); this mapping is what
+    # the queries use and must match the head revision (a test checks it).
     __table_args__ = (Index("ix_job_status_created_at", "created_at"),)

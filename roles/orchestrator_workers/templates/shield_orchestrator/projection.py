@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from .database import JobHistory, JobRow
 from .job_tracker import DirtyJob, JobTracker
+from .metrics import Metrics
 
 log = logging.getLogger("shield_orchestrator.jobs")
 
@@ -51,6 +52,8 @@ def job_row(fields: dict[str, str]) -> JobRow:
         "started_at": _time(fields.get("started_at")),
         "completed_at": _time(fields.get("completed_at")),
         "updated_at": _time(fields.get("updated_at")) or datetime.now(UTC),
+        "priority": fields.get("priority") or "normal",
+        "generation": int(fields.get("generation") or 0),
     }
 
 
@@ -68,10 +71,12 @@ class Rejection:
 
 
 class JobProjection:
-    def __init__(self, tracker: JobTracker, history: JobHistory, *, interval: float) -> None:
+    def __init__(self, tracker: JobTracker, history: JobHistory, metrics: Metrics, *, interval: float) -> None:
         self._tracker = tracker
         self._history = history
+        self._metrics = metrics
         self._interval = interval
+        metrics.pg_sync_last_success.set(time.time())
         self._wakeup = asyncio.Event()
         self.pg_available = True
         self.rejected: dict[str, Rejection] = {}
@@ -96,14 +101,19 @@ class JobProjection:
             log.warning("job sync: cannot read dirty jobs from Redis: %s", exc)
             return 0
         jobs = [job for job in jobs if not self._set_aside(job)][:batch]
+        self._metrics.pg_sync_rejected_jobs.set(len(self.rejected))
         if not jobs:
+            self._synced(0)
             return 0
         for job in jobs:
             if not job.fields:
                 log.error("job sync: job %s is dirty but its Redis hash is gone", job.job_id)
-        written = await self._write([job for job in jobs if job.fields])
+        writable = [job for job in jobs if job.fields]
+        written = await self._write(writable)
         if written is None:
+            self._metrics.pg_sync_pending_jobs.set(len(writable))
             return 0
+        self._synced(len(writable) - len(written))
         try:
             await self._tracker.settle([job for job in jobs if not job.fields or job.job_id in written])
         except RedisError as exc:
@@ -112,6 +122,11 @@ class JobProjection:
         if dirty_total > batch:
             self._wakeup.set()
         return len(written)
+
+    def _synced(self, unwritten: int) -> None:
+        self._metrics.pg_sync_pending_jobs.set(unwritten)
+        self._metrics.pg_sync_rejected_jobs.set(len(self.rejected))
+        self._metrics.pg_sync_last_success.set(time.time())
 
     def _set_aside(self, job: DirtyJob) -> bool:
         """A rejected job waits for its next try, unless it changed meanwhile."""

@@ -29,20 +29,20 @@ def entry_fields(fields: Mapping[str, str]) -> dict[FieldT, EncodableT]:
     return {key: value for key, value in fields.items()}
 
 
-# (entry id, fields); fields are None for an entry deleted after it was delivered.
-StreamEntry = tuple[str, dict[str, str] | None]
+# (stream, entry id, fields); fields are None for an entry deleted after it was delivered.
+StreamEntry = tuple[str, str, dict[str, str] | None]
 
 
 def stream_entries(reply: object) -> list[StreamEntry]:
     """XREAD / XREADGROUP's reply ([[stream, [(id, fields), ...]], ...], or a dict
-    under RESP3) as one flat list of entries."""
+    under RESP3) as one flat list of entries, each with its stream."""
     if not reply:
         return []
     streams = list(reply.items()) if isinstance(reply, dict) else reply
     if not isinstance(streams, list):
         raise TypeError(f"unexpected stream reply: {reply!r}")
     found: list[StreamEntry] = []
-    for _stream, entries in streams:
+    for stream, entries in streams:
         for entry_id, fields in entries:
-            found.append((text(entry_id), None if fields is None else text_fields(fields)))
+            found.append((text(stream), text(entry_id), None if fields is None else text_fields(fields)))
     return found

@@ -11,8 +11,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from .context import Context
-from .job_tracker import JobView
-from .schemas import ApiError
+from .events import EventType
+from .job_tracker import CancelOutcome, JobView
+from .schemas import ApiError, CancelResult
 from .states import JobState
 from .verify import JobVerification
 
@@ -20,6 +21,7 @@ log = logging.getLogger("shield_orchestrator.api")
 
 router = APIRouter(tags=["jobs"])
 RETRY = {"Retry-After": "5"}
+NOT_IN_REDIS = -2
 
 
 def parse_job_id(job_id: str) -> str:
@@ -52,6 +54,38 @@ async def list_jobs(
         "warning": "PostgreSQL is unreachable: recent jobs from Redis only (finished jobs expire after "
         f"{context.settings.job_status_ttl}s)",
     }
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, context: Context) -> CancelResult:
+    """Cancel a job that has not finished: its chunks still in the stream are acked
+    without being processed; chunks already in LightRAG stay (counted here).
+    Idempotent; 404 for an unknown job, 409 for one that finished otherwise."""
+    job_id = parse_job_id(job_id)
+    try:
+        outcome = await context.tracker.cancel(job_id)
+    except RedisError as exc:
+        raise ApiError(503, f"redis: unavailable, the job was not cancelled ({exc})", RETRY) from None
+    if outcome.outcome == NOT_IN_REDIS:
+        job = await context.history.get(job_id)
+        if job is None:
+            raise ApiError(404, f"job_id: job {job_id} not found")
+        outcome = CancelOutcome(
+            0 if job["status"] == JobState.CANCELLED else -1, job["status"], job["chunks_processed"]
+        )
+    if outcome.outcome < 0:
+        raise ApiError(409, f"job_id: job {job_id} has already finished ({outcome.status}); it cannot be cancelled")
+    if outcome.outcome == 1:
+        data = {"job_id": job_id, "chunks_processed": outcome.chunks_processed}
+        context.publisher.publish(EventType.INGESTION_CANCELLED, data)
+        context.on_job_change()
+        log.info("job %s cancelled; %d chunks already in LightRAG stay", job_id, outcome.chunks_processed)
+    return CancelResult(
+        job_id=job_id,
+        status=JobState.CANCELLED.value,
+        chunks_in_lightrag=outcome.chunks_processed,
+        already_cancelled=outcome.outcome == 0,
+    )
 
 
 @router.get("/jobs/{job_id}/verify")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -32,6 +33,7 @@ class IngestRequest(BaseModel):
     chunks: list[ChunkIn]
     source_type: StrictStr = "text"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    priority: Literal["high", "normal"] = "normal"
 
 
 class IngestAccepted(BaseModel):
@@ -39,6 +41,35 @@ class IngestAccepted(BaseModel):
     status: str
     chunks_total: int
     status_url: str
+
+
+class CancelResult(BaseModel):
+    job_id: str
+    status: str
+    chunks_in_lightrag: int = Field(description="chunks processed before the cancel; they stay in the graph")
+    already_cancelled: bool
+
+
+class ReplayRequest(BaseModel):
+    """Exactly one of: the letters' ids, a job (all its letters), or all letters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[StrictStr] | None = Field(default=None, min_length=1, max_length=1000)
+    job_id: uuid.UUID | None = None
+    all: bool = False
+
+    def chosen(self) -> str:
+        picked = [name for name, value in (("ids", self.ids), ("job_id", self.job_id), ("all", self.all)) if value]
+        if len(picked) != 1:
+            raise ApiError(422, "body: give exactly one of ids, job_id or all=true")
+        return picked[0]
+
+
+class ReplayResult(BaseModel):
+    replayed: int
+    jobs: list[str]
+    skipped_jobs: list[str]
 
 
 def field_path(loc: Sequence[int | str]) -> str:

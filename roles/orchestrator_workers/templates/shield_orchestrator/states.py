@@ -10,6 +10,7 @@ class JobState(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def final(self) -> bool:
@@ -21,5 +22,5 @@ class JobState(StrEnum):
         return _RANK[self]
 
 
-FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
-_RANK = {JobState.QUEUED: 0, JobState.PROCESSING: 1, JobState.COMPLETED: 2, JobState.FAILED: 2}
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+_RANK = {JobState.QUEUED: 0, JobState.PROCESSING: 1, JobState.COMPLETED: 2, JobState.FAILED: 2, JobState.CANCELLED: 2}

@@ -5,8 +5,11 @@ pending ones, other consumers' idle ones), delivery counts, ack, dead letters
 and statistics all live here.
 
 Queue depth, everywhere (the 429 check, /metrics, /health/detailed): the
-stream's length, i.e. every accepted chunk not finished yet, whether it waits
+streams' length, i.e. every accepted chunk not finished yet, whether it waits
 for a worker or is being processed (pending). Entries are deleted once acked.
+
+Two streams: a job's `priority` (high | normal) chooses one; workers read the
+high-priority stream first, so a small urgent job does not wait behind a backlog.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class QueueStats:
     queue_depth: int
     pending: int
     dead_letters: int
+    high_priority_depth: int = 0
 
     @property
     def waiting(self) -> int:
@@ -54,6 +58,7 @@ class QueueInspection:
             "queue_depth": self.stats.queue_depth,
             "pending": self.stats.pending,
             "dead_letters": self.stats.dead_letters,
+            "high_priority_depth": self.stats.high_priority_depth,
         }
 
 
@@ -75,6 +80,8 @@ class ConsumerInfo:
 
 
 class IngestionStream:
+    """Two streams, one consumer group on each: high priority, read first, and normal."""
+
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self._redis = redis
         self.keys = keys
@@ -82,89 +89,121 @@ class IngestionStream:
 
     # --- the group ----------------------------------------------------------------
     async def ensure_group(self) -> bool:
-        """Create the consumer group (and the stream) from id 0; True if it was created."""
-        try:
-            await self._redis.xgroup_create(self.keys.stream, self.keys.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            return False
-        return True
+        """Create the consumer group (and the streams) from id 0; True if one was created."""
+        created = False
+        for stream in self.keys.streams:
+            try:
+                await self._redis.xgroup_create(stream, self.keys.group, id="0", mkstream=True)
+                created = True
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        return created
 
     # --- producing ----------------------------------------------------------------
     async def depth(self) -> int:
-        return int(await self._redis.xlen(self.keys.stream))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in self.keys.streams:
+                pipe.xlen(stream)
+            lengths = await pipe.execute()
+        return sum(int(length) for length in lengths)
 
-    def stage_enqueue(self, pipe: Pipeline, entries: Sequence[Mapping[str, str]]) -> None:
+    def stage_enqueue(self, pipe: Pipeline, entries: Sequence[Mapping[str, str]], priority: str = "normal") -> None:
         """Add the entries as part of the caller's transaction."""
+        stream = self.keys.stream_for(priority)
         for entry in entries:
-            pipe.xadd(self.keys.stream, entry_fields(entry))
+            pipe.xadd(stream, entry_fields(entry))
 
     # --- consuming ----------------------------------------------------------------
     async def read_new(self, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
-        reply = await self._redis.xreadgroup(
-            self.keys.group, consumer, {self.keys.stream: ">"}, count=count, block=block_ms
+        """High-priority entries if there are any; else whatever arrives on either
+        stream within block_ms."""
+        high = stream_entries(
+            await self._redis.xreadgroup(self.keys.group, consumer, {self.keys.high: ">"}, count=count)
         )
-        return stream_entries(reply)
+        if high:
+            return high
+        streams = {stream: ">" for stream in self.keys.streams}
+        return stream_entries(
+            await self._redis.xreadgroup(self.keys.group, consumer, streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        )
 
     async def read_own_pending(self, consumer: str, count: int) -> list[StreamEntry]:
         """Entries delivered to `consumer` and never acked (its previous run died)."""
-        reply = await self._redis.xreadgroup(self.keys.group, consumer, {self.keys.stream: "0"}, count=count)
-        return stream_entries(reply)
+        streams = {stream: "0" for stream in self.keys.streams}
+        return stream_entries(await self._redis.xreadgroup(self.keys.group, consumer, streams, count=count))  # type: ignore[arg-type]
 
     async def consumers(self) -> list[ConsumerInfo]:
-        """Every consumer of the group, with what it holds."""
-        rows = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
-        return [ConsumerInfo(text(row["name"]), int(row["pending"]), int(row["idle"])) for row in rows]
+        """Every consumer of the group, with what it holds on both streams."""
+        merged: dict[str, ConsumerInfo] = {}
+        for stream in self.keys.streams:
+            for row in await self._redis.xinfo_consumers(stream, self.keys.group):
+                name, known = text(row["name"]), merged.get(text(row["name"]))
+                pending, idle = int(row["pending"]), int(row["idle"])
+                if known is not None:
+                    pending, idle = pending + known.pending, min(idle, known.idle_ms)
+                merged[name] = ConsumerInfo(name, pending, idle)
+        return sorted(merged.values(), key=lambda info: info.name)
 
     async def claim_from_silent(self, consumer: str, new_owner: str, count: int) -> list[StreamEntry]:
         """Up to `count` entries `consumer` holds, moved to `new_owner`, if and only if
         `consumer`'s heartbeat has lapsed (claim_dead.lua: check and claim in one step)."""
-        reply = await self._claim_dead(
-            keys=[self.keys.stream, self.keys.heartbeat(consumer)],
-            args=[self.keys.group, consumer, new_owner, count],
-        )
         claimed: list[StreamEntry] = []
-        for item in reply or []:
-            entry_id, fields = item[0], item[1] if len(item) > 1 else None
-            claimed.append((text(entry_id), None if not fields else _pairs(fields)))
+        for stream in self.keys.streams:
+            reply = await self._claim_dead(
+                keys=[stream, self.keys.heartbeat(consumer)], args=[self.keys.group, consumer, new_owner, count]
+            )
+            for item in reply or []:
+                entry_id, fields = item[0], item[1] if len(item) > 1 else None
+                claimed.append((stream, text(entry_id), None if not fields else _pairs(fields)))
         return claimed
 
     async def forget_consumer(self, consumer: str) -> int:
         """Remove a consumer that holds nothing from the group; its pending count."""
-        return int(await self._redis.xgroup_delconsumer(self.keys.stream, self.keys.group, consumer))
+        pending = 0
+        for stream in self.keys.streams:
+            pending += int(await self._redis.xgroup_delconsumer(stream, self.keys.group, consumer))
+        return pending
 
-    async def delivery_counts(self, consumer: str, entry_ids: Sequence[str]) -> dict[str, int]:
-        """How often each entry was delivered (XPENDING), for entries `consumer` holds."""
-        ordered = sorted(entry_ids, key=stream_id_key)
-        rows = await self._redis.xpending_range(
-            self.keys.stream,
-            self.keys.group,
-            min=ordered[0],
-            max=ordered[-1],
-            count=len(entry_ids) * 4 + 10,
-            consumername=consumer,
-        )
-        return {str(row["message_id"]): int(row["times_delivered"]) for row in rows}
+    async def delivery_counts(self, consumer: str, entries: Sequence[tuple[str, str]]) -> dict[str, int]:
+        """How often each (stream, entry id) was delivered (XPENDING), for entries
+        `consumer` holds; keyed by entry id."""
+        counts: dict[str, int] = {}
+        for stream in {stream for stream, _ in entries}:
+            ordered = sorted((entry_id for owner, entry_id in entries if owner == stream), key=stream_id_key)
+            rows = await self._redis.xpending_range(
+                stream,
+                self.keys.group,
+                min=ordered[0],
+                max=ordered[-1],
+                count=len(ordered) * 4 + 10,
+                consumername=consumer,
+            )
+            counts.update({str(row["message_id"]): int(row["times_delivered"]) for row in rows})
+        return counts
 
     # --- finishing ----------------------------------------------------------------
-    def stage_ack(self, pipe: Pipeline, entry_ids: Sequence[str]) -> None:
-        """XACK + XDEL as part of the caller's pipeline: a finished entry leaves the stream."""
-        pipe.xack(self.keys.stream, self.keys.group, *entry_ids)
-        pipe.xdel(self.keys.stream, *entry_ids)
+    def stage_ack(self, pipe: Pipeline, entries: Sequence[tuple[str, str]]) -> None:
+        """XACK + XDEL of (stream, entry id) pairs as part of the caller's pipeline:
+        a finished entry leaves its stream."""
+        for stream in {stream for stream, _ in entries}:
+            ids = [entry_id for owner, entry_id in entries if owner == stream]
+            pipe.xack(stream, self.keys.group, *ids)
+            pipe.xdel(stream, *ids)
 
-    async def ack(self, entry_ids: Sequence[str]) -> None:
+    async def ack(self, entries: Sequence[tuple[str, str]]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            self.stage_ack(pipe, entry_ids)
+            self.stage_ack(pipe, entries)
             await pipe.execute()
 
     async def dead_letter(
-        self, entry_id: str, fields: Mapping[str, str], *, error: str, attempts: int, consumer: str
+        self, stream: str, entry_id: str, fields: Mapping[str, str], *, error: str, attempts: int, consumer: str
     ) -> None:
         """Move an entry to the dead-letter stream with its error, in one transaction."""
         letter = {
             **fields,
             "original_id": entry_id,
+            "original_stream": stream,
             "error": error[:2000],
             "attempts": str(attempts),
             "consumer": consumer,
@@ -172,34 +211,42 @@ class IngestionStream:
         }
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.dlq, entry_fields(letter))
-            self.stage_ack(pipe, [entry_id])
+            self.stage_ack(pipe, [(stream, entry_id)])
             await pipe.execute()
 
     # --- statistics ---------------------------------------------------------------
     async def stats(self) -> QueueStats:
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(self.keys.stream)
-            pipe.xpending(self.keys.stream, self.keys.group)
+            for stream in self.keys.streams:
+                pipe.xlen(stream)
+                pipe.xpending(stream, self.keys.group)
             pipe.xlen(self.keys.dlq)
-            length, pending, dead = await pipe.execute(raise_on_error=False)
-        pending_count = int(pending["pending"]) if isinstance(pending, dict) else 0
-        if isinstance(length, Exception):
-            raise length
-        return QueueStats(queue_depth=int(length), pending=pending_count, dead_letters=int(dead))
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies[0::2][:2]:
+            if isinstance(reply, Exception):
+                raise reply
+        high_length, high_pending, length, pending, dead = replies
+        return QueueStats(
+            queue_depth=int(high_length) + int(length),
+            pending=_pending(high_pending) + _pending(pending),
+            dead_letters=int(dead),
+            high_priority_depth=int(high_length),
+        )
 
     async def inspect(self) -> QueueInspection:
         """The group, its consumers and the statistics (the CLI's inspect-queue)."""
         stats = await self.stats()
-        groups = await self._redis.xinfo_groups(self.keys.stream) if await self._redis.exists(self.keys.stream) else []
+        stream = self.keys.stream
+        groups = await self._redis.xinfo_groups(stream) if await self._redis.exists(stream) else []
         exists = any(group["name"] == self.keys.group for group in groups)
-        consumers = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group) if exists else []
+        consumers = [info.name for info in await self.consumers()] if exists else []
         return QueueInspection(
-            stream=self.keys.stream,
-            group=self.keys.group,
-            group_exists=exists,
-            consumers=sorted(str(consumer["name"]) for consumer in consumers),
-            stats=stats,
+            stream=stream, group=self.keys.group, group_exists=exists, consumers=consumers, stats=stats
         )
+
+
+def _pending(reply: object) -> int:
+    return int(reply["pending"]) if isinstance(reply, dict) else 0
 
 
 def _pairs(fields: object) -> dict[str, str]:

@@ -25,6 +25,7 @@ from .events import EventType
 from .faults import Failure, chunk_fault, classify_exception
 from .job_tracker import ChunkOutcome
 from .redis_text import StreamEntry
+from .states import JobState
 
 if TYPE_CHECKING:
     from .worker_pool import WorkerPool
@@ -82,25 +83,45 @@ class Worker:
         if not tasks:
             return
         self.state = "processing"
-        for job_id in {task.job_id for task in tasks}:
-            if await self.pool.tracker.mark_started(job_id):
-                self.pool.publish(EventType.INGESTION_STARTED, {"job_id": job_id, "worker_id": self.consumer})
+        tasks = await self._start_jobs(tasks)
+        if not tasks:
+            return
         await self.process_with_retries(tasks)
         self.tasks_done += len(tasks)
+
+    async def _start_jobs(self, tasks: list[ChunkTask]) -> list[ChunkTask]:
+        """Mark the jobs started (once); a cancelled job's chunks are acked and
+        dropped without being processed."""
+        cancelled: set[str] = set()
+        for job_id in {task.job_id for task in tasks}:
+            started, status = await self.pool.tracker.mark_started(job_id)
+            if started:
+                self.pool.publish(EventType.INGESTION_STARTED, {"job_id": job_id, "worker_id": self.consumer})
+            if status == JobState.CANCELLED:
+                cancelled.add(job_id)
+        if not cancelled:
+            return tasks
+        skipped = [task for task in tasks if task.job_id in cancelled]
+        await self.stream.ack([(task.stream, task.entry_id) for task in skipped])
+        log.info("consumer=%s skipped %d chunks of cancelled jobs %s", self.consumer, len(skipped), sorted(cancelled))
+        self.pool.metrics.chunks_skipped.inc(len(skipped))
+        return [task for task in tasks if task.job_id not in cancelled]
 
     async def _tasks_of(self, entries: Sequence[StreamEntry]) -> list[ChunkTask]:
         """The chunk tasks among the entries; acks deleted ones, dead-letters malformed ones."""
         tasks: list[ChunkTask] = []
-        gone: list[str] = []
-        for entry_id, fields in entries:
+        gone: list[tuple[str, str]] = []
+        for stream, entry_id, fields in entries:
             if fields is None:  # deleted after its owner acked it: nothing left to do
-                gone.append(entry_id)
+                gone.append((stream, entry_id))
                 continue
             try:
-                tasks.append(ChunkTask.from_entry(entry_id, fields))
+                tasks.append(ChunkTask.from_entry(entry_id, fields, stream))
             except MalformedEntry as exc:
                 log.error("consumer=%s dead-lettering malformed entry %s: %s", self.consumer, entry_id, exc)
-                await self.stream.dead_letter(entry_id, fields, error=str(exc), attempts=0, consumer=self.consumer)
+                await self.stream.dead_letter(
+                    stream, entry_id, fields, error=str(exc), attempts=0, consumer=self.consumer
+                )
                 self.pool.metrics.chunks_failed.inc()
                 self.pool.metrics.chunks_dead_lettered.inc()
         if gone:
@@ -109,7 +130,7 @@ class Worker:
 
     async def _drop_exhausted(self, tasks: list[ChunkTask]) -> list[ChunkTask]:
         """Dead-letter the entries delivered more often than max_deliveries."""
-        counts = await self.stream.delivery_counts(self.consumer, [task.entry_id for task in tasks])
+        counts = await self.stream.delivery_counts(self.consumer, [(task.stream, task.entry_id) for task in tasks])
         limit = self.s.max_deliveries
         exhausted = [task for task in tasks if counts.get(task.entry_id, 1) > limit]
         if exhausted:
@@ -212,7 +233,12 @@ class Worker:
                 *(self.consumer, task.job_id, task.index, used, errors[task.doc_id]),
             )
             await self.stream.dead_letter(
-                task.entry_id, task.to_entry(), error=errors[task.doc_id], attempts=used, consumer=self.consumer
+                task.stream,
+                task.entry_id,
+                task.to_entry(),
+                error=errors[task.doc_id],
+                attempts=used,
+                consumer=self.consumer,
             )
         self.pool.metrics.chunks_failed.inc(len(tasks))
         self.pool.metrics.chunks_dead_lettered.inc(len(tasks))

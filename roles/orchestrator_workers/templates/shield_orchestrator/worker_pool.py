@@ -266,7 +266,7 @@ class WorkerPool:
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id, outcomes in by_job.items():
                 await self.tracker.stage_record(pipe, job_id, outcomes, now)
-            self.stream.stage_ack(pipe, [task.entry_id for task in tasks])
+            self.stream.stage_ack(pipe, [(task.stream, task.entry_id) for task in tasks])
             replies = await pipe.execute()
         progress = [JobProgress.from_reply(job_id, reply) for job_id, reply in zip(by_job, replies, strict=False)]
         self.metrics.chunks_processed.inc(len(tasks))

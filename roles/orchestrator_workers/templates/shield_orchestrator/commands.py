@@ -1,0 +1,118 @@
+"""The CLI's commands other than serve (cli.py parses, this module runs)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from redis.asyncio import Redis
+
+from .app import make_redis
+from .breaker import DependencyGate
+from .database import JobHistory, create_engine
+from .dead_letters import DeadLetters
+from .job_tracker import JobTracker
+from .keys import RedisKeys
+from .lightrag_processor import Endpoints, open_lightrag
+from .migrations import HEAD, migrate
+from .settings import Settings
+from .stream import IngestionStream
+from .verify import verify_job
+
+Result = tuple[dict[str, object], int]
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> Result:
+    """The command's JSON answer and exit status."""
+    if args.command in ("migrate", "init-db"):
+        wanted = getattr(args, "to", HEAD)
+        return await migrate_command(settings, None if wanted == "base" else wanted), 0
+    if args.command == "inspect-queue":
+        return await inspect_queue(settings), 0
+    if args.command == "verify-job":
+        report = await verify_job_command(settings, args.job_id)
+        return report, 0 if report.get("verified") else 1
+    return await dlq_command(settings, args)
+
+
+async def migrate_command(settings: Settings, target: str | None) -> dict[str, object]:
+    engine = create_engine(settings)
+    try:
+        report = await migrate(engine, target)
+    finally:
+        await engine.dispose()
+    return {"database": settings.postgres_db, "before": report.before, "after": report.after, "applied": report.applied}
+
+
+async def inspect_queue(settings: Settings) -> dict[str, object]:
+    redis = make_redis(settings)
+    try:
+        inspection = await IngestionStream(redis, RedisKeys.from_settings(settings)).inspect()
+    finally:
+        await redis.aclose()
+    return inspection.as_dict()
+
+
+async def verify_job_command(settings: Settings, job_id: str) -> dict[str, object]:
+    """verify-job: from the graph itself when it is in PostgreSQL (any host can read
+    it), else from this host's running service (one writer per local storage)."""
+    if settings.lightrag_storage != "postgres":
+        return await _verify_through_service(settings, job_id)
+    async with stores(settings) as (_redis, tracker, history):
+        job = await tracker.get(job_id) or await history.get(job_id)
+    if job is None:
+        return {"job_id": job_id, "verified": False, "error": "job not found"}
+    endpoints = Endpoints(settings)
+    rag = await open_lightrag(settings, DependencyGate(lambda _change: None), endpoints)
+    try:
+        return dict(await verify_job(rag, job["job_id"], job["chunks_total"]))
+    finally:
+        await rag.finalize_storages()
+        await endpoints.close()
+
+
+async def _verify_through_service(settings: Settings, job_id: str) -> dict[str, object]:
+    host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "", "::") else settings.listen_host
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    url = f"http://{host}:{settings.listen_port}/jobs/{job_id}/verify"
+    async with httpx.AsyncClient(timeout=120) as client:
+        response = await client.get(url, headers=headers)
+    body: dict[str, object] = response.json()
+    if response.status_code != 200:
+        return {"job_id": job_id, "verified": False, "error": f"HTTP {response.status_code}: {body.get('detail')}"}
+    return body
+
+
+@asynccontextmanager
+async def stores(settings: Settings) -> AsyncIterator[tuple[Redis, JobTracker, JobHistory]]:
+    redis = make_redis(settings)
+    engine = create_engine(settings)
+    try:
+        yield (
+            redis,
+            JobTracker(redis, RedisKeys.from_settings(settings), ttl_seconds=settings.job_status_ttl),
+            JobHistory(engine),
+        )
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+async def dlq_command(settings: Settings, args: argparse.Namespace) -> Result:
+    async with stores(settings) as (redis, tracker, history):
+        letters = DeadLetters(redis, RedisKeys.from_settings(settings), tracker, history)
+        if args.action == "list":
+            found = await letters.find(args.job, args.limit)
+            return {"dead_letters": [letter.as_dict() for letter in found], "count": len(found)}, 0
+        if args.action == "discard":
+            gone = [entry_id for entry_id in args.ids if await letters.discard(entry_id)]
+            return {"discarded": gone, "missing": sorted(set(args.ids) - set(gone))}, 0 if len(gone) == len(
+                args.ids
+            ) else 1
+        chosen = await letters.get(args.ids) if args.ids else await letters.find(args.job, limit=100_000)
+        if not chosen:
+            return {"replayed": 0, "error": "no such dead letter"}, 1
+        report = await letters.replay(chosen, "cli")
+        return {"replayed": report.replayed, "jobs": report.jobs, "skipped_jobs": report.skipped}, 0
