@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
+from pydantic import AfterValidator, BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from .context import Context
+from .http_errors import error_responses
 from .job_tracker import JobView
 from .schemas import ApiError
 from .states import JobState
@@ -20,21 +23,46 @@ log = logging.getLogger("shield_orchestrator.api")
 
 router = APIRouter(tags=["jobs"])
 RETRY = {"Retry-After": "5"}
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
+
+
+def canonical_job_id(job_id: str) -> str:
+    """A job id is a UUID written 8-4-4-4-12 (as the API hands them out); ValueError otherwise."""
+    if not _UUID.match(job_id):
+        raise ValueError("must be a UUID (8-4-4-4-12 hexadecimal digits)")
+    return str(uuid.UUID(job_id))
 
 
 def parse_job_id(job_id: str) -> str:
     try:
-        return str(uuid.UUID(job_id))
+        return canonical_job_id(job_id)
     except ValueError:
         raise ApiError(422, f"job_id: {job_id[:64]!r} is not a valid job id (a UUID)") from None
 
 
-@router.get("/jobs")
+# A route's `job_id` path parameter: declared `format: uuid`, refused with 422 naming it.
+JobId = Annotated[
+    str,
+    Path(description="The job's id (a UUID)", json_schema_extra={"format": "uuid", "pattern": UUID_PATTERN}),
+    AfterValidator(canonical_job_id),
+]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    count: int
+    source: Literal["postgresql", "redis"]
+    degraded: bool
+    warning: str | None = None
+
+
+@router.get("/jobs", response_model=JobList, responses=error_responses(422, 503))
 async def list_jobs(
     context: Context,
     status: Annotated[JobState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-) -> dict[str, Any]:
+) -> Any:
     try:
         jobs = await context.history.list_recent(status, limit)
         return {"jobs": jobs, "count": len(jobs), "source": "postgresql", "degraded": False}
@@ -43,7 +71,7 @@ async def list_jobs(
     try:
         jobs = await context.tracker.list_recent(status, limit)
     except RedisError as exc:
-        raise ApiError(503, f"postgresql and redis: both unavailable ({exc})") from None
+        raise ApiError(503, f"postgresql and redis: both unavailable ({exc})", RETRY) from None
     return {
         "jobs": jobs,
         "count": len(jobs),
@@ -54,8 +82,8 @@ async def list_jobs(
     }
 
 
-@router.get("/jobs/{job_id}/verify")
-async def verify_job(job_id: str, context: Context) -> JobVerification:
+@router.get("/jobs/{job_id}/verify", responses=error_responses(404, 422, 503))
+async def verify_job(job_id: JobId, context: Context) -> JobVerification:
     """Did the job really land in the graph: every chunk's document PROCESSED, its
     chunk vectors in the vector store, the entities extracted from it."""
     job = await get_job(job_id, context)
@@ -64,8 +92,8 @@ async def verify_job(job_id: str, context: Context) -> JobVerification:
     return await context.verifier.verify(job["job_id"], job["chunks_total"])
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(job_id: str, context: Context) -> JobView:
+@router.get("/jobs/{job_id}", responses=error_responses(404, 422, 503))
+async def get_job(job_id: JobId, context: Context) -> JobView:
     """Redis holds a live job; PostgreSQL every job it has synced. Either one down:
     the other answers; both down: 503 (never a 500)."""
     job_id = parse_job_id(job_id)
