@@ -96,3 +96,23 @@ def readme_api_table() -> dict[tuple[str, str], set[str]]:
 def test_readme_api_table_matches_the_spec(spec: dict[str, Any]) -> None:
     declared = {key: set(op["responses"]) for key, op in operations(spec).items()}
     assert readme_api_table() == declared
+
+
+def test_refusals_before_any_store_is_touched() -> None:
+    """Answered before the route reads a store (the stores here are absent)."""
+    client = TestClient(app_for(max_chunks_per_job="5", max_chunk_bytes="200"))
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    repeated = client.get("/jobs?limit=1&limit=2", headers=auth)
+    assert repeated.status_code == 422
+    assert repeated.json()["errors"] == [{"field": "limit", "message": "given 2 times; give it once"}]
+    not_uuid = client.get("/jobs/" + "x" * 10_000, headers=auth)
+    assert not_uuid.status_code == 422 and not_uuid.json()["errors"][0]["field"] == "job_id"
+    unknown = client.get("/nowhere", headers=auth)
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "Not Found", "errors": []}
+    wrong_method = client.delete("/jobs", headers=auth)
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "GET"
+    chunked = client.post("/lightrag/ingest-async", content=iter([b"[" * 60_000, b" " * 60_000]), headers=auth)
+    assert chunked.status_code == 413
+    assert chunked.json()["detail"] == "body: more bytes exceed the 88016-byte request limit"
+    undecodable = client.post("/lightrag/ingest-async", content=b'{"\xff"}', headers=auth)
+    assert undecodable.status_code == 422 and undecodable.json()["errors"][0]["field"] == "body"
