@@ -73,4 +73,8 @@ def test_schemathesis_finds_nothing(contract_service: ServiceProcess, tmp_path: 
     summary = run.stdout[-6000:]
     print(summary)
     assert run.returncode == 0, summary + run.stderr[-2000:]
-    assert json.loads(report.read_text())
+    result = json.loads(report.read_text())
+    print(f"schemathesis: {result['test_cases']} on {result['operations']['tested']} operations")
+    assert result["complete"] and result["failures"] == [] and result["errors"] == []
+    assert result["operations"]["tested"] == 7  # every operation but /events/stream
+    assert result["test_cases"]["generated"] > 1000 and result["test_cases"]["with_failures"] == 0
