@@ -35,6 +35,7 @@ def canonical_job_id(job_id: str) -> str:
 
 
 def parse_job_id(job_id: str) -> str:
+    """For a job id read from elsewhere than the path (JobId checks the path's)."""
     try:
         return canonical_job_id(job_id)
     except ValueError:
@@ -96,7 +97,6 @@ async def verify_job(job_id: JobId, context: Context) -> JobVerification:
 async def get_job(job_id: JobId, context: Context) -> JobView:
     """Redis holds a live job; PostgreSQL every job it has synced. Either one down:
     the other answers; both down: 503 (never a 500)."""
-    job_id = parse_job_id(job_id)
     redis_error: RedisError | None = None
     try:
         job = await context.tracker.get(job_id)
