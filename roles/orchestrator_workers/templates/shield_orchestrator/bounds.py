@@ -28,11 +28,13 @@ METADATA_MAX_BYTES = 65536
 # The patterns the OpenAPI schema declares; the service checks with the same ones.
 NO_NUL_PATTERN = r"^[^\x00]*$"
 SOURCE_TYPE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-# Whitespace spelled out: Python's \s and JavaScript's (what OpenAPI tools use)
-# differ (\x1c-\x1f, \x85, \ufeff), this class means the same to both.
-WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-# Non-blank: something left once whitespace and HTML entities (&nbsp; &#160;) are taken out.
-TEXT_PATTERN = rf"^(?!(?:[{WHITESPACE}]|&#?[A-Za-z0-9]+;)*$)[^\x00]*$"
+# What LightRAG takes out of a document before storing it (lightrag.utils.
+# sanitize_text_for_encoding: strip, html.unescape, control characters, U+FFFE/FFFF):
+# a text made only of these is stored as an empty document. Spelled out, as
+# Python's \s and JavaScript's (what OpenAPI tools use) differ.
+VANISHING = r"\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\ufffe\uffff"
+# Non-blank: something left once those and HTML entities (&nbsp; &#160; &nbsp) are taken out.
+TEXT_PATTERN = rf"^(?!(?:[{VANISHING}]|&#?[A-Za-z0-9]+;?)*$)[^\x00]*$"
 _TEXT = re.compile(TEXT_PATTERN)
 _SOURCE_TYPE = re.compile(SOURCE_TYPE_PATTERN)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -51,7 +53,7 @@ def check_encodable(value: str) -> str:
 def check_text(value: str) -> str:
     check_encodable(value)
     if not _TEXT.match(value):
-        raise ValueError("must contain text: only whitespace and HTML entities found")
+        raise ValueError("must contain text: only whitespace, control characters and HTML entities found")
     return value
 
 
