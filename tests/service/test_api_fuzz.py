@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.helpers import ingest, wait_job
 from tests.support.servers import RedisServer
 from tests.support.service import API_TOKEN, ServiceProcess
 
@@ -206,3 +207,16 @@ def test_a_50_mb_chunked_body_is_not_held_in_memory(
     assert response.status_code == 413, response.text
     assert queue_state(redis_server) == before
     assert growth_kib < 10 * 1024, f"RSS grew by {growth_kib} KiB"
+
+
+def test_a_text_lightrag_cleans_up_is_found_again_as_a_duplicate(client: httpx.Client) -> None:
+    """LightRAG stores a text stripped, HTML-unescaped, without control characters, and
+    finds duplicates by the hash of that: the second job holding the same text
+    completes through the first one's document (it was dead-lettered when the
+    service hashed the text as received)."""
+    text = "  \x01Fuzzed &amp; duplicated text.\x7f  "
+    first = ingest(client, [{"text": text}])
+    assert wait_job(client, first["job_id"])["status"] == "completed"
+    second = ingest(client, [{"text": text}])
+    job = wait_job(client, second["job_id"])
+    assert job["status"] == "completed" and job["chunks_failed"] == 0, job
