@@ -67,6 +67,7 @@ def test_schemathesis_finds_nothing(contract_service: ServiceProcess, tmp_path: 
         ],
         capture_output=True,
         text=True,
+        cwd=tmp_path,  # its own cache directory (.schemathesis/) goes there
         timeout=600,
         check=False,
     )
