@@ -92,3 +92,29 @@ def service_factory(service_env: dict[str, str], init_db: None, tmp_path: Path) 
 @pytest.fixture
 def service(service_factory: ServiceFactory) -> ServiceProcess:
     return service_factory().start()
+
+
+@pytest.fixture(scope="module")
+def module_service_factory(
+    rendered: Path,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    llm_standin: Standin,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Started services that serve a whole test module: make(name, **settings)."""
+    started: list[ServiceProcess] = []
+
+    def make(name: str, **overrides: object) -> ServiceProcess:
+        root = tmp_path_factory.mktemp(name)
+        env = build_env(rendered, redis_server, postgres_server, llm_standin, root)
+        run_init_db(env)
+        port = free_port()
+        env["ORCHESTRATOR_LISTEN_PORT"] = str(port)
+        svc = ServiceProcess(env, port, root, name=name)
+        started.append(svc)
+        return svc.start(**overrides)
+
+    yield make
+    for svc in started:
+        svc.stop()

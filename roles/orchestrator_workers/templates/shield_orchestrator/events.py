@@ -58,16 +58,24 @@ def decode(entry_id: str, fields: dict[str, str]) -> Event | None:
 StreamId = tuple[int, int]
 
 
+MAX_STREAM_ID_PART = 2**64 - 1
+STREAM_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+
+
 def stream_id_key(stream_id: str) -> StreamId:
     """Order Redis stream ids ("<ms>-<seq>" or "<ms>"); ValueError on anything else."""
     ms, sep, seq = stream_id.partition("-")
     if not _digits(ms) or (sep and not _digits(seq)):
         raise ValueError(f"not a stream id: {stream_id[:64]!r}")
-    return int(ms), int(seq or 0)
+    key = int(ms), int(seq or 0)
+    if max(key) > MAX_STREAM_ID_PART:
+        raise ValueError(f"not a stream id (a part over 2^64-1): {stream_id[:64]!r}")
+    return key
 
 
 def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    # 20 digits hold any unsigned 64-bit number: a longer run is not an id (and int() of it is costly).
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def parse_event_types(parts: Iterable[str]) -> frozenset[str] | None:

@@ -1,43 +1,148 @@
-"""How the API answers what it refuses: one JSON shape, a message naming the field."""
+"""How the API answers what it refuses: one JSON shape (ErrorBody), a message naming
+the field, the same shape declared in the OpenAPI for every status a route sends.
+
+Routes raise ApiError("<field>: <what is wrong>"); `error_responses(...)` gives a
+route's `responses=` for the statuses it can answer (Retry-After declared where
+it is sent).
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Sequence
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import Context
-from .schemas import ApiError, field_path
+from .schemas import ApiError, ErrorBody, field_path
 
 MAX_ERRORS_LISTED = 50
+MAX_FIELD_CHARS = 120
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]-]*): ")
+_VALUE_ERROR = "Value error, "
+FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
+
+DESCRIPTIONS = {
+    401: "No valid `Authorization: Bearer <token>`",
+    404: "No such job or path",
+    405: "Method not allowed on this path (see the Allow header)",
+    409: "Conflicts with the job's current state",
+    413: "The body, a chunk or the number of chunks is over the deployment's limit",
+    422: "A field is invalid: `errors` names each one",
+    429: "Too many: the queue backlog or the event stream clients are at their limit; retry after `Retry-After`",
+    503: "A dependency (Redis, PostgreSQL, LightRAG) is unavailable; nothing was changed",
+}
+RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}
+}
+
+
+def error_body(message: str, errors: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
+    """{"detail": message, "errors": [{"field", "message"}]}: the field parsed from
+    "<field>: <message>" when no list is given."""
+    if errors is None:
+        match = _FIELD_PREFIX.match(message)
+        errors = [{"field": match.group(1), "message": message[match.end() :]}] if match else []
+    return {"detail": message, "errors": list(errors)[:MAX_ERRORS_LISTED]}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route for these error statuses, all ErrorBody."""
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        answer: dict[str, Any] = {"model": ErrorBody, "description": DESCRIPTIONS[status]}
+        if status in (429, 503):
+            answer["headers"] = RETRY_AFTER
+        answers[status] = answer
+    return answers
 
 
 async def api_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+    return JSONResponse(error_body(exc.message), status_code=exc.status, headers=exc.headers)
+
+
+async def http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (unknown path 404, 405, the body limit's 413) in the same
+    shape; a body FastAPI cannot decode (not UTF-8) is a 422 like a body that is not JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
+        return JSONResponse(error_body("body: cannot be read as UTF-8 JSON"), status_code=422)
+    return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
 
 async def validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": field_path(tuple(err["loc"])), "message": str(err["msg"])} for err in exc.errors()]
+    errors = [
+        {
+            "field": field_path(tuple(err["loc"]))[:MAX_FIELD_CHARS],
+            "message": str(err["msg"]).removeprefix(_VALUE_ERROR),
+        }
+        for err in exc.errors()
+    ]
     detail = "; ".join(f"{err['field']}: {err['message']}" for err in errors[:5])
-    return JSONResponse({"detail": detail, "errors": errors[:MAX_ERRORS_LISTED]}, status_code=422)
+    return JSONResponse(error_body(detail, errors), status_code=422)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int, received: int | None = None) -> None:
+        size = f"{received} bytes" if received is not None else "more bytes"
+        super().__init__(413, f"body: {size} exceed the {limit}-byte request limit")
+
+
+class BodyLimit:
+    """The request body limit on the bytes actually received, whatever the framing:
+    a declared Content-Length over the limit is refused before a byte is read;
+    otherwise every body message is counted as it arrives and the request fails
+    with 413 as soon as the count passes the limit, so at most `limit` bytes of a
+    body are ever held (chunked bodies included)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.limit:
+            response = JSONResponse(error_body(str(BodyTooLarge(self.limit, declared).detail)), 413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # An HTTPException: FastAPI lets it through its body parsing to http_error.
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def install(app: FastAPI, body_limit: int) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # Before the body is read and parsed: a declared oversize body costs nothing.
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length and length.isdigit() and int(length) > body_limit:
-            return JSONResponse({"detail": f"body: {length} bytes exceed the {body_limit}-byte request limit"}, 413)
-        return await call_next(request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(BodyLimit, limit=body_limit)
 
 
 async def require_token(context: Context, request: Request) -> None:
@@ -48,3 +153,13 @@ async def require_token(context: Context, request: Request) -> None:
     scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.encode(), token.encode()):
         raise ApiError(401, "authorization: a valid Bearer token is required", {"WWW-Authenticate": "Bearer"})
+
+
+async def reject_repeated_query(request: Request) -> None:
+    """A query parameter of the route given twice (`?limit=1&limit=99`) is refused
+    rather than one of the values silently chosen."""
+    route = request.scope.get("route")
+    declared = {param.alias for param in getattr(getattr(route, "dependant", None), "query_params", [])}
+    names = [name for name, _ in request.query_params.multi_items() if name in declared]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        raise ApiError(422, f"{name}: given {names.count(name)} times; give it once")

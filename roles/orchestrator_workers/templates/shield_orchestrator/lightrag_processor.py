@@ -127,7 +127,13 @@ class LightRAGProcessor:
         gate.register(STORAGE, self._storage_answers)
 
     async def start(self) -> None:
+        from lightrag.utils import sanitize_text_for_encoding
         from lightrag.utils_pipeline import compute_text_content_hash
+
+        def content_hash(text: str) -> str:
+            # LightRAG hashes a document's text as it stores it: sanitized (stripped,
+            # HTML-unescaped, control characters out); a duplicate is found only so.
+            return str(compute_text_content_hash(sanitize_text_for_encoding(text)))
 
         s = self._s
         self.rag = await open_lightrag(s, self._gate, self._endpoints)
@@ -135,7 +141,7 @@ class LightRAGProcessor:
             self.rag,
             self._lock,
             self._gate,
-            compute_text_content_hash,
+            content_hash,
             self._storage_answers,
             round_timeout=s.task_timeout_seconds,
         )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from redis.exceptions import RedisError
 
 from .context import Context
+from .dead_letters import DeadLetter
 from .events import stream_id_key
-from .schemas import ApiError, ReplayRequest, ReplayResult
+from .http_errors import error_responses
+from .schemas import ApiError, DeadLetterList, Discarded, ReplayRequest, ReplayResult
 
 router = APIRouter(tags=["dead letters"])
 RETRY = {"Retry-After": "5"}
@@ -24,44 +27,58 @@ def requester(request: Request, context: Context) -> str:
     return "api token " + hashlib.sha256(supplied.encode()).hexdigest()[:12]
 
 
-@router.get("/dead-letters")
+@router.get("/dead-letters", responses=error_responses(422, 503))
 async def list_dead_letters(
     context: Context,
-    job_id: Annotated[str | None, Query()] = None,
+    job_id: Annotated[uuid.UUID | None, Query(description="only this job's dead letters")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, object]:
+) -> DeadLetterList:
     try:
-        letters = await context.dead_letters.find(job_id, limit)
+        letters = await context.dead_letters.find(str(job_id) if job_id else None, limit)
     except RedisError as exc:
         raise ApiError(503, f"redis: unavailable ({exc})", RETRY) from None
-    return {"dead_letters": [letter.as_dict() for letter in letters], "count": len(letters)}
+    return DeadLetterList.model_validate(
+        {"dead_letters": [letter.as_dict() for letter in letters], "count": len(letters)}
+    )
 
 
-@router.post("/dead-letters/replay")
+@router.post("/dead-letters/replay", responses=error_responses(404, 413, 422, 503))
 async def replay_dead_letters(body: ReplayRequest, request: Request, context: Context) -> ReplayResult:
     chosen = body.chosen()
-    letters_api = context.dead_letters
     if chosen == "ids":
         for entry_id in body.ids or []:
             _entry_id(entry_id)
-        letters = await letters_api.get(body.ids or [])
-        missing = sorted(set(body.ids or []) - {letter.id for letter in letters})
-        if missing:
-            raise ApiError(404, f"ids: no dead letter {', '.join(missing[:10])}")
-    else:
-        letters = await letters_api.find(str(body.job_id) if body.job_id else None, limit=100_000)
-        if not letters:
-            raise ApiError(404, "job_id: no dead letter of that job" if body.job_id else "all: no dead letter")
-    report = await letters_api.replay(letters, requester(request, context))
+    try:
+        letters = await _letters_to_replay(body, chosen, context)
+        report = await context.dead_letters.replay(letters, requester(request, context))
+    except RedisError as exc:
+        raise ApiError(503, f"redis: unavailable, nothing was replayed ({exc})", RETRY) from None
     return ReplayResult(replayed=report.replayed, jobs=report.jobs or [], skipped_jobs=report.skipped or [])
 
 
-@router.delete("/dead-letters/{entry_id}")
-async def discard_dead_letter(entry_id: str, context: Context) -> dict[str, object]:
+async def _letters_to_replay(body: ReplayRequest, chosen: str, context: Context) -> list[DeadLetter]:
+    if chosen == "ids":
+        letters = await context.dead_letters.get(body.ids or [])
+        missing = sorted(set(body.ids or []) - {letter.id for letter in letters})
+        if missing:
+            raise ApiError(404, f"ids: no dead letter {', '.join(missing[:10])}")
+        return letters
+    letters = await context.dead_letters.find(str(body.job_id) if body.job_id else None, limit=100_000)
+    if not letters:
+        raise ApiError(404, "job_id: no dead letter of that job" if body.job_id else "all: no dead letter")
+    return letters
+
+
+@router.delete("/dead-letters/{entry_id}", responses=error_responses(404, 422, 503))
+async def discard_dead_letter(entry_id: str, context: Context) -> Discarded:
     _entry_id(entry_id)
-    if not await context.dead_letters.discard(entry_id):
+    try:
+        discarded = await context.dead_letters.discard(entry_id)
+    except RedisError as exc:
+        raise ApiError(503, f"redis: unavailable, nothing was discarded ({exc})", RETRY) from None
+    if not discarded:
         raise ApiError(404, f"entry_id: no dead letter {entry_id}")
-    return {"discarded": entry_id}
+    return Discarded(discarded=entry_id)
 
 
 def _entry_id(entry_id: str) -> None:

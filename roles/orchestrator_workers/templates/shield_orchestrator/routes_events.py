@@ -8,18 +8,47 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from .context import Context
-from .event_bus import SubscriptionRefused
-from .events import parse_event_types, stream_id_key
+from .event_bus import RefusalReason, SubscriptionRefused
+from .events import EVENT_TYPES, STREAM_ID_PATTERN, parse_event_types, stream_id_key
+from .http_errors import error_responses
 from .schemas import ApiError
 
 router = APIRouter(tags=["events"])
+_ANY_TYPE = "|".join(sorted(EVENT_TYPES)).replace(".", r"\.")
+EVENT_TYPES_PATTERN = rf"^\s*(?:(?:{_ANY_TYPE})\s*)?(?:,\s*(?:(?:{_ANY_TYPE})\s*)?)*$"
+STREAM_DESCRIPTION = (
+    "A Server-Sent Events stream: `retry:` and a `: connected` comment first, then one event per "
+    "`id:` (the Redis stream id, for `Last-Event-ID`), `event:` (its type) and `data:` (a JSON "
+    "object) block, and `: keep-alive` comments when idle. Event types: "
+    + ", ".join(f"`{name}`" for name in sorted(EVENT_TYPES))
+    + "."
+)
 
 
-@router.get("/events/stream")
+@router.get(
+    "/events/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": STREAM_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **error_responses(422, 429, 503),
+    },
+)
 async def events_stream(
     context: Context,
-    event_types: Annotated[str | None, Query()] = None,
-    last_event_id: Annotated[str | None, Header()] = None,
+    event_types: Annotated[
+        str | None,
+        Query(
+            description="Comma-separated event types to receive (all when absent)",
+            json_schema_extra={"pattern": EVENT_TYPES_PATTERN},
+        ),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            description="Resume after this event id: the missed events (among the last sse_replay_events) first",
+            json_schema_extra={"pattern": STREAM_ID_PATTERN},
+        ),
+    ] = None,
 ) -> StreamingResponse:
     try:
         types = parse_event_types((event_types or "").split(","))
@@ -33,7 +62,8 @@ async def events_stream(
     try:
         sub = context.hub.subscribe(types)
     except SubscriptionRefused as exc:
-        raise ApiError(503, f"events: {exc}", {"Retry-After": "10"}) from None
+        status = 429 if exc.reason is RefusalReason.FULL else 503
+        raise ApiError(status, f"events: {exc}", {"Retry-After": "10"}) from None
     return StreamingResponse(
         context.hub.stream(sub, last_event_id),
         media_type="text/event-stream",

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from redis.exceptions import RedisError
 
 from .context import Context
+from .http_errors import error_responses
 from .intake import QueueFull
 from .schemas import ApiError, IngestAccepted, IngestRequest, validate_ingest
 from .states import JobState
@@ -25,7 +26,7 @@ def retry_after(exc: QueueFull, rate: float) -> int:
     return min(max(math.ceil(excess / max(rate, 1.0)), 1), MAX_RETRY_AFTER_SECONDS)
 
 
-@router.post("/lightrag/ingest-async", status_code=202)
+@router.post("/lightrag/ingest-async", status_code=202, responses=error_responses(413, 422, 429, 503))
 async def ingest(body: IngestRequest, context: Context) -> IngestAccepted:
     validate_ingest(body, context.settings)
     try:

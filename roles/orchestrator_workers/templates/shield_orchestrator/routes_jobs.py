@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
+from pydantic import AfterValidator, BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from .context import Context
 from .events import EventType
+from .http_errors import error_responses
 from .job_tracker import CancelOutcome, JobView
 from .schemas import ApiError, CancelResult
 from .states import JobState
@@ -22,21 +25,47 @@ log = logging.getLogger("shield_orchestrator.api")
 router = APIRouter(tags=["jobs"])
 RETRY = {"Retry-After": "5"}
 NOT_IN_REDIS = -2
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
+
+
+def canonical_job_id(job_id: str) -> str:
+    """A job id is a UUID written 8-4-4-4-12 (as the API hands them out); ValueError otherwise."""
+    if not _UUID.match(job_id):
+        raise ValueError("must be a UUID (8-4-4-4-12 hexadecimal digits)")
+    return str(uuid.UUID(job_id))
 
 
 def parse_job_id(job_id: str) -> str:
+    """For a job id read from elsewhere than the path (JobId checks the path's)."""
     try:
-        return str(uuid.UUID(job_id))
+        return canonical_job_id(job_id)
     except ValueError:
         raise ApiError(422, f"job_id: {job_id[:64]!r} is not a valid job id (a UUID)") from None
 
 
-@router.get("/jobs")
+# A route's `job_id` path parameter: declared `format: uuid`, refused with 422 naming it.
+JobId = Annotated[
+    str,
+    Path(description="The job's id (a UUID)", json_schema_extra={"format": "uuid", "pattern": UUID_PATTERN}),
+    AfterValidator(canonical_job_id),
+]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    count: int
+    source: Literal["postgresql", "redis"]
+    degraded: bool
+    warning: str | None = None
+
+
+@router.get("/jobs", response_model=JobList, responses=error_responses(422, 503))
 async def list_jobs(
     context: Context,
     status: Annotated[JobState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-) -> dict[str, Any]:
+) -> Any:
     try:
         jobs = await context.history.list_recent(status, limit)
         return {"jobs": jobs, "count": len(jobs), "source": "postgresql", "degraded": False}
@@ -45,7 +74,7 @@ async def list_jobs(
     try:
         jobs = await context.tracker.list_recent(status, limit)
     except RedisError as exc:
-        raise ApiError(503, f"postgresql and redis: both unavailable ({exc})") from None
+        raise ApiError(503, f"postgresql and redis: both unavailable ({exc})", RETRY) from None
     return {
         "jobs": jobs,
         "count": len(jobs),
@@ -56,12 +85,11 @@ async def list_jobs(
     }
 
 
-@router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: str, context: Context) -> CancelResult:
+@router.post("/jobs/{job_id}/cancel", responses=error_responses(404, 409, 422, 503))
+async def cancel_job(job_id: JobId, context: Context) -> CancelResult:
     """Cancel a job that has not finished: its chunks still in the stream are acked
     without being processed; chunks already in LightRAG stay (counted here).
     Idempotent; 404 for an unknown job, 409 for one that finished otherwise."""
-    job_id = parse_job_id(job_id)
     try:
         outcome = await context.tracker.cancel(job_id)
     except RedisError as exc:
@@ -88,8 +116,8 @@ async def cancel_job(job_id: str, context: Context) -> CancelResult:
     )
 
 
-@router.get("/jobs/{job_id}/verify")
-async def verify_job(job_id: str, context: Context) -> JobVerification:
+@router.get("/jobs/{job_id}/verify", responses=error_responses(404, 422, 503))
+async def verify_job(job_id: JobId, context: Context) -> JobVerification:
     """Did the job really land in the graph: every chunk's document PROCESSED, its
     chunk vectors in the vector store, the entities extracted from it."""
     job = await get_job(job_id, context)
@@ -98,11 +126,10 @@ async def verify_job(job_id: str, context: Context) -> JobVerification:
     return await context.verifier.verify(job["job_id"], job["chunks_total"])
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(job_id: str, context: Context) -> JobView:
+@router.get("/jobs/{job_id}", responses=error_responses(404, 422, 503))
+async def get_job(job_id: JobId, context: Context) -> JobView:
     """Redis holds a live job; PostgreSQL every job it has synced. Either one down:
     the other answers; both down: 503 (never a 500)."""
-    job_id = parse_job_id(job_id)
     redis_error: RedisError | None = None
     try:
         job = await context.tracker.get(job_id)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
 
+from . import bounds
 from .settings import Settings
 
 
@@ -21,23 +22,54 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Bounded free-form JSON (bounds.py): the checks, and the schema that says them.
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(lambda value: bounds.check_metadata(value, bounds.METADATA_MAX_BYTES)),
+    WithJsonSchema(bounds.metadata_schema(bounds.METADATA_MAX_BYTES)),
+]
+
+
 class ChunkIn(BaseModel):
-    text: StrictStr
-    source_uri: StrictStr = ""
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    text: Annotated[
+        StrictStr,
+        AfterValidator(bounds.check_text),
+        Field(
+            description="The chunk's text: at most max_chunk_bytes bytes as UTF-8 (maxLength is that bound in "
+            "characters); not only whitespace and HTML entities; no NUL or lone surrogate.",
+            json_schema_extra={"pattern": bounds.TEXT_PATTERN},
+        ),
+    ]
+    source_uri: Annotated[
+        StrictStr,
+        Field(max_length=bounds.SOURCE_URI_MAX_CHARS, json_schema_extra={"pattern": bounds.NO_NUL_PATTERN}),
+        AfterValidator(bounds.check_encodable),
+    ] = ""
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    chunks: list[ChunkIn]
-    source_type: StrictStr = "text"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    chunks: Annotated[
+        list[ChunkIn],
+        Field(min_length=1, description="At least one chunk, at most max_chunks_per_job (413 above)."),
+    ]
+    source_type: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=bounds.SOURCE_TYPE_MAX_CHARS,
+            json_schema_extra={"pattern": bounds.SOURCE_TYPE_PATTERN},
+        ),
+        AfterValidator(bounds.check_source_type),
+    ] = "text"
+    metadata: Metadata = Field(default_factory=dict)
     priority: Literal["high", "normal"] = "normal"
 
 
 class IngestAccepted(BaseModel):
-    job_id: str
+    job_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
     status: str
     chunks_total: int
     status_url: str
@@ -72,6 +104,18 @@ class ReplayResult(BaseModel):
     skipped_jobs: list[str]
 
 
+class FieldError(BaseModel):
+    field: Annotated[str, Field(description='The field, as a path: "chunks[3].text", "metadata", "job_id"')]
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal and failure the API answers (4xx/5xx) has this body."""
+
+    detail: Annotated[str, Field(description="What is wrong, starting with the field it concerns")]
+    errors: Annotated[list[FieldError], Field(description="One entry per invalid field")] = []
+
+
 def field_path(loc: Sequence[int | str]) -> str:
     """("body", "chunks", 3, "text") -> "chunks[3].text"."""
     path = ""
@@ -87,8 +131,6 @@ def field_path(loc: Sequence[int | str]) -> str:
 
 def validate_ingest(body: IngestRequest, settings: Settings) -> None:
     """Limits that depend on the deployment; raise ApiError naming the field."""
-    if not body.chunks:
-        raise ApiError(422, "chunks: at least one chunk is required")
     if len(body.chunks) > settings.max_chunks_per_job:
         raise ApiError(
             413,
@@ -96,8 +138,6 @@ def validate_ingest(body: IngestRequest, settings: Settings) -> None:
             "split the job",
         )
     for index, chunk in enumerate(body.chunks):
-        if not chunk.text.strip():
-            raise ApiError(422, f"chunks[{index}].text: must be a non-empty string")
         size = len(chunk.text.encode("utf-8"))
         if size > settings.max_chunk_bytes:
             raise ApiError(
@@ -109,3 +149,51 @@ def request_body_limit(settings: Settings) -> int:
     """The largest ingest body a valid job can need: every chunk at its size limit,
     JSON-escaped at worst twice as long, plus room for its metadata."""
     return settings.max_chunks_per_job * (settings.max_chunk_bytes * 2 + 4096) + 65536
+
+
+class QueueView(BaseModel):
+    """GET /queue: the queue at a glance (the console's header)."""
+
+    queue_depth: int
+    high_priority_depth: int
+    pending: int
+    waiting: int
+    dead_letters: int
+    processing_rate: Annotated[float, Field(description="chunks per second over the last minute, this host")]
+
+
+class WorkerView(BaseModel):
+    consumer: str
+    host: str | None
+    state: str
+    tasks_done: int | None
+    heartbeat_age_seconds: float | None
+    alive: bool
+    pending: int
+
+
+class WorkerList(BaseModel):
+    """GET /workers: every consumer of the group, on every host, with its heartbeat."""
+
+    workers: list[WorkerView]
+    count: int
+
+
+class DeadLetterView(BaseModel):
+    id: str
+    job_id: str
+    chunk_index: int
+    source_uri: str
+    text_preview: str
+    error: str
+    attempts: int
+    dead_lettered_at: str
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetterView]
+    count: int
+
+
+class Discarded(BaseModel):
+    discarded: str

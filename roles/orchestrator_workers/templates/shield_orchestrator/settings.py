@@ -53,6 +53,7 @@ class Settings:
     max_chunk_bytes: int
     max_queue_depth: int
     sse_max_clients: int
+    api_docs_public: bool
     sse_keepalive_seconds: float
     sse_replay_events: int
     events_stream_maxlen: int

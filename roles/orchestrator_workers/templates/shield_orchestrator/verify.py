@@ -85,7 +85,7 @@ async def _duplicate_holders(rag: Any, job_id: str, absent: list[str]) -> dict[s
         return {}
     from lightrag.base import DocStatus
 
-    records: Mapping[str, DocRecord] = await rag.doc_status.get_docs_by_status(DocStatus.FAILED)
+    records: Mapping[str, DocRecord] = await rag.doc_status.get_docs_by_statuses([DocStatus.FAILED])
     wanted = set(absent)
     pointers: dict[str, str] = {}
     for record in records.values():
