@@ -24,7 +24,7 @@ from .chunks import BatchResult, ChunkTask, DependencyReport
 from .database import ssl_context
 from .faults import EMBEDDING, LLM, STORAGE
 from .feeder import LightRAGFeeder
-from .group_flush import share_flushes
+from .group_flush import GroupFlush, share_flushes
 from .llm_client import Endpoint, embed_function, llm_function
 from .settings import Settings
 from .verify import JobVerification, verify_job
@@ -161,6 +161,9 @@ class LightRAGProcessor:
             await self._feeder.stop()
             self._feeder = None
         if self.rag is not None:
+            flush = getattr(self.rag, "_insert_done", None)
+            if isinstance(flush, GroupFlush) and flush.requests:
+                log.info("LightRAG storage flushes: %d for %d documents", flush.flushes, flush.requests)
             await self.rag.finalize_storages()
             self.rag = None
             log.info("LightRAG storages finalised")
