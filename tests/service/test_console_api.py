@@ -169,10 +169,11 @@ def test_dead_letters_replayed_by_job_and_all_discarded_and_bad_requests(
     assert client.post("/dead-letters/replay", json={"all": True}).status_code == 404
     for body, field in (
         ({}, "body"),
-        ({"ids": ["1-0"], "all": True}, "body"),
-        ({"ids": ["nope"]}, "entry_id"),
+        ({"ids": ["1-0"], "all": True}, "all"),
+        ({"ids": ["nope"]}, "ids[0]"),
         ({"job_id": "x"}, "job_id"),
-        ({"every": True}, "every"),
+        ({"every": True}, "body"),
+        ({"all": False}, "all"),
     ):
         response = client.post("/dead-letters/replay", json=body)
         assert response.status_code == 422 and field in response.json()["detail"], (body, response.text)

@@ -33,6 +33,13 @@ from shield_orchestrator.faults import (
             EMBEDDING,
         ),
         (
+            # As LightRAG 1.5.7 records it when the embedding endpoint goes away during a flush.
+            "document d-21: Cancelled by internal error: NanoVectorDBStorage[shield_relationships]: "
+            "Connection error.: Erik Lindqvist->Lisbon: User cancelled during relation summary",
+            "transient",
+            EMBEDDING,
+        ),
+        (
             "PGKVStorage[full_docs] index flush failed: ConnectionDoesNotExistError: connection was closed",
             "transient",
             STORAGE,

@@ -27,6 +27,10 @@ METADATA_MAX_BYTES = 65536
 
 # The patterns the OpenAPI schema declares; the service checks with the same ones.
 NO_NUL_PATTERN = r"^[^\x00]*$"
+# A job id as the API hands them out (8-4-4-4-12), and a Redis stream entry id
+# (<ms>-<seq>, 19 digits each at most: always below 2^64).
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+STREAM_ID_PATTERN = r"^[0-9]{1,19}-[0-9]{1,19}$"
 SOURCE_TYPE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 # What LightRAG takes out of a document before storing it (lightrag.utils.
 # sanitize_text_for_encoding: strip, html.unescape, control characters, U+FFFE/FFFF):

@@ -59,7 +59,10 @@ _TRANSIENT = re.compile(
     r"connection was closed|connection is closed|database system is (shutting down|starting up|in recovery)|"
     r"No space left on device)"
 )
-_CLIENT_ERROR = re.compile(r"APIConnectionError|APITimeoutError|RateLimitError|Error code: \d{3}")
+# "Connection error." is the OpenAI client's APIConnectionError as LightRAG quotes
+# it (e.g. a vector storage's flush, which embeds what it holds, failing on the
+# embedding endpoint); the storages' own drivers word theirs differently.
+_CLIENT_ERROR = re.compile(r"APIConnectionError|APITimeoutError|RateLimitError|Error code: \d{3}|\bConnection error\.")
 _EMBEDDING_HINT = re.compile(r"(?i)(embed|VectorDB|Vector\w*Storage|vdb)")
 
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from redis.exceptions import RedisError
 
+from . import bounds
 from .context import Context
 from .dead_letters import DeadLetter
-from .events import stream_id_key
 from .http_errors import error_responses
-from .schemas import ApiError, DeadLetterList, Discarded, ReplayRequest, ReplayResult
+from .schemas import (
+    ApiError,
+    DeadLetterList,
+    Discarded,
+    ReplayIds,
+    ReplayJob,
+    ReplayRequest,
+    ReplayResult,
+)
 
 router = APIRouter(tags=["dead letters"])
 RETRY = {"Retry-After": "5"}
@@ -30,11 +37,14 @@ def requester(request: Request, context: Context) -> str:
 @router.get("/dead-letters", responses=error_responses(422, 503))
 async def list_dead_letters(
     context: Context,
-    job_id: Annotated[uuid.UUID | None, Query(description="only this job's dead letters")] = None,
+    job_id: Annotated[
+        str | None,
+        Query(pattern=bounds.UUID_PATTERN, json_schema_extra={"format": "uuid"}, description="only this job's"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DeadLetterList:
     try:
-        letters = await context.dead_letters.find(str(job_id) if job_id else None, limit)
+        letters = await context.dead_letters.find(job_id.lower() if job_id else None, limit)
     except RedisError as exc:
         raise ApiError(503, f"redis: unavailable ({exc})", RETRY) from None
     return DeadLetterList.model_validate(
@@ -43,35 +53,38 @@ async def list_dead_letters(
 
 
 @router.post("/dead-letters/replay", responses=error_responses(404, 413, 422, 503))
-async def replay_dead_letters(body: ReplayRequest, request: Request, context: Context) -> ReplayResult:
-    chosen = body.chosen()
-    if chosen == "ids":
-        for entry_id in body.ids or []:
-            _entry_id(entry_id)
+async def replay_dead_letters(
+    body: Annotated[ReplayRequest, Body(description="exactly one of: ids, job_id, or all=true")],
+    request: Request,
+    context: Context,
+) -> ReplayResult:
     try:
-        letters = await _letters_to_replay(body, chosen, context)
+        letters = await _letters_to_replay(body, context)
         report = await context.dead_letters.replay(letters, requester(request, context))
     except RedisError as exc:
         raise ApiError(503, f"redis: unavailable, nothing was replayed ({exc})", RETRY) from None
     return ReplayResult(replayed=report.replayed, jobs=report.jobs or [], skipped_jobs=report.skipped or [])
 
 
-async def _letters_to_replay(body: ReplayRequest, chosen: str, context: Context) -> list[DeadLetter]:
-    if chosen == "ids":
-        letters = await context.dead_letters.get(body.ids or [])
-        missing = sorted(set(body.ids or []) - {letter.id for letter in letters})
+async def _letters_to_replay(body: ReplayRequest, context: Context) -> list[DeadLetter]:
+    if isinstance(body, ReplayIds):
+        letters = await context.dead_letters.get(body.ids)
+        missing = sorted(set(body.ids) - {letter.id for letter in letters})
         if missing:
             raise ApiError(404, f"ids: no dead letter {', '.join(missing[:10])}")
         return letters
-    letters = await context.dead_letters.find(str(body.job_id) if body.job_id else None, limit=100_000)
+    job_id = body.job_id.lower() if isinstance(body, ReplayJob) else None
+    letters = await context.dead_letters.find(job_id, limit=100_000)
     if not letters:
-        raise ApiError(404, "job_id: no dead letter of that job" if body.job_id else "all: no dead letter")
+        raise ApiError(404, "job_id: no dead letter of that job" if job_id else "all: no dead letter")
     return letters
 
 
 @router.delete("/dead-letters/{entry_id}", responses=error_responses(404, 422, 503))
-async def discard_dead_letter(entry_id: str, context: Context) -> Discarded:
-    _entry_id(entry_id)
+async def discard_dead_letter(
+    entry_id: Annotated[str, Path(pattern=bounds.STREAM_ID_PATTERN, description="the dead letter's id (<ms>-<seq>)")],
+    context: Context,
+) -> Discarded:
     try:
         discarded = await context.dead_letters.discard(entry_id)
     except RedisError as exc:
@@ -79,10 +92,3 @@ async def discard_dead_letter(entry_id: str, context: Context) -> Discarded:
     if not discarded:
         raise ApiError(404, f"entry_id: no dead letter {entry_id}")
     return Discarded(discarded=entry_id)
-
-
-def _entry_id(entry_id: str) -> None:
-    try:
-        stream_id_key(entry_id)
-    except ValueError:
-        raise ApiError(422, f"entry_id: {entry_id[:64]!r} is not a stream entry id") from None

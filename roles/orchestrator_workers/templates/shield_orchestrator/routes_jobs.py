@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import bounds
 from .context import Context
 from .events import EventType
 from .http_errors import error_responses
@@ -25,7 +26,7 @@ log = logging.getLogger("shield_orchestrator.api")
 router = APIRouter(tags=["jobs"])
 RETRY = {"Retry-After": "5"}
 NOT_IN_REDIS = -2
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+UUID_PATTERN = bounds.UUID_PATTERN
 _UUID = re.compile(UUID_PATTERN)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag, WithJsonSchema
 
 from . import bounds
 from .settings import Settings
@@ -82,20 +81,56 @@ class CancelResult(BaseModel):
     already_cancelled: bool
 
 
-class ReplayRequest(BaseModel):
-    """Exactly one of: the letters' ids, a job (all its letters), or all letters."""
+JobIdField = Annotated[
+    str, Field(pattern=bounds.UUID_PATTERN, json_schema_extra={"format": "uuid"}, description="a job id (a UUID)")
+]
+EntryId = Annotated[str, Field(pattern=bounds.STREAM_ID_PATTERN, description="a dead letter's id (<ms>-<seq>)")]
+
+
+class ReplayIds(BaseModel):
+    """Replay these dead letters."""
 
     model_config = ConfigDict(extra="forbid")
+    ids: Annotated[list[EntryId], Field(min_length=1, max_length=1000)]
 
-    ids: list[StrictStr] | None = Field(default=None, min_length=1, max_length=1000)
-    job_id: uuid.UUID | None = None
-    all: bool = False
 
-    def chosen(self) -> str:
-        picked = [name for name, value in (("ids", self.ids), ("job_id", self.job_id), ("all", self.all)) if value]
-        if len(picked) != 1:
-            raise ApiError(422, "body: give exactly one of ids, job_id or all=true")
-        return picked[0]
+class ReplayJob(BaseModel):
+    """Replay every dead letter of this job."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: JobIdField
+
+
+class ReplayAll(BaseModel):
+    """Replay every dead letter."""
+
+    model_config = ConfigDict(extra="forbid")
+    all: Literal[True]
+
+
+SHAPE = "shape:"  # a union member's tag: in an error's location, not a field
+
+
+def replay_shape(value: Any) -> str | None:
+    """Which of the three shapes a body is, by its first known key (None: none of them)."""
+    if isinstance(value, dict):
+        for key in ("ids", "job_id", "all"):
+            if key in value:
+                return SHAPE + key
+    return None
+
+
+# Exactly one of the three shapes (each forbids the others' fields): oneOf in the spec.
+ReplayRequest = Annotated[
+    Annotated[ReplayIds, Tag(SHAPE + "ids")]
+    | Annotated[ReplayJob, Tag(SHAPE + "job_id")]
+    | Annotated[ReplayAll, Tag(SHAPE + "all")],
+    Discriminator(
+        replay_shape,
+        custom_error_type="replay_shape",
+        custom_error_message="give exactly one of ids, job_id or all=true",
+    ),
+]
 
 
 class ReplayResult(BaseModel):
@@ -120,7 +155,7 @@ def field_path(loc: Sequence[int | str]) -> str:
     """("body", "chunks", 3, "text") -> "chunks[3].text"."""
     path = ""
     for part in loc:
-        if part in ("body", "query", "path", "header"):
+        if part in ("body", "query", "path", "header") or (isinstance(part, str) and part.startswith(SHAPE)):
             continue
         if isinstance(part, int):
             path += f"[{part}]"
