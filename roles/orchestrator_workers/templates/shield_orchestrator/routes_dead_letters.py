@@ -80,6 +80,12 @@ async def _letters_to_replay(body: ReplayRequest, context: Context) -> list[Dead
     return letters
 
 
+@router.delete("/dead-letters/replay", include_in_schema=False)
+async def replay_is_not_an_entry() -> None:
+    """`replay` is no entry id: DELETE on it is a wrong method (405), not a bad id."""
+    raise ApiError(405, "method: DELETE is not allowed on /dead-letters/replay (POST replays)", {"Allow": "POST"})
+
+
 @router.delete("/dead-letters/{entry_id}", responses=error_responses(404, 422, 503))
 async def discard_dead_letter(
     entry_id: Annotated[str, Path(pattern=bounds.STREAM_ID_PATTERN, description="the dead letter's id (<ms>-<seq>)")],
