@@ -153,6 +153,10 @@ BAD = {
         {"orchestrator_workers_serial": 0},
         "orchestrator_workers_serial (hosts the playbook upgrades at a time) must be a number of at least 1",
     ),
+    "endpoint host that does not resolve": (
+        {"orchestrator_workers_redis_host": "no-such-redis.invalid"},
+        "These endpoint hosts do not resolve on localhost: no-such-redis.invalid.",
+    ),
     "renamed variable still set": (
         {"orchestrator_workers_health_check_interval": 30},
         "orchestrator_workers_health_check_interval was renamed to orchestrator_workers_reclaim_interval_seconds",
@@ -190,9 +194,10 @@ def test_local_storage_refused_on_two_hosts(tmp_path: Path) -> None:
 
 
 def test_valid_sentinels_pass(tmp_path: Path) -> None:
+    """Names, IPv4 and bracketed IPv6 sentinels pass (each must resolve on the host)."""
     result, _ = run_preflight(
         tmp_path,
-        orchestrator_workers_redis_sentinels=["shield-data:26379", "10.0.0.2:26379", "[fd00::3]:26379"],
+        orchestrator_workers_redis_sentinels=["localhost:26379", "10.0.0.2:26379", "[fd00::3]:26379"],
         orchestrator_workers_redis_sentinel_master="shield",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
