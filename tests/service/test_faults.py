@@ -69,12 +69,17 @@ def counted(redis_server: RedisServer, job_id: str) -> int:
     return int(redis_server.client().hget(f"shield:job:{job_id}", "chunks_processed") or 0)
 
 
+# Enough that the fifth kill still lands mid-job: with one commit per round on
+# the file storages, a job of 200 was done before the fourth kill.
+KILL_CHUNKS = 1000
+
+
 def test_kill_9_five_times_mid_job_never_lets_the_count_run_ahead_of_the_graph(
     service_factory: ServiceFactory, redis_server: RedisServer
 ) -> None:
     svc: ServiceProcess = service_factory(hostname="host-kill", batch_size=5).start()
     state = Path(svc.env["ORCHESTRATOR_STATE_DIR"])
-    job_id = ingest(svc.client(), make_chunks(200, prefix="kill9"))["job_id"]
+    job_id = ingest(svc.client(), make_chunks(KILL_CHUNKS, prefix="kill9"))["job_id"]
     rng = random.Random(9)
     hits = []
     with CountWatch(redis_server, state, job_id) as watch:
@@ -86,14 +91,14 @@ def test_kill_9_five_times_mid_job_never_lets_the_count_run_ahead_of_the_graph(
             assert counted(redis_server, job_id) <= processed_docs(state, job_id)
             svc.start()
         job = wait_job(svc.client(), job_id, timeout=300)
-    assert all(count < 200 for count in hits), f"a kill came after the job ended: {hits}"
+    assert all(count < KILL_CHUNKS for count in hits), f"a kill came after the job ended: {hits}"
     assert watch.samples > 100 and watch.ahead == [], watch.ahead[:5]
-    assert job["status"] == "completed" and job["chunks_processed"] == 200, job
+    assert job["status"] == "completed" and job["chunks_processed"] == KILL_CHUNKS, job
     r = redis_server.client()
-    assert r.scard(f"shield:job:{job_id}:done") == 200
+    assert r.scard(f"shield:job:{job_id}:done") == KILL_CHUNKS
     assert r.xlen(DLQ) == 0 and r.xlen(STREAM) == 0
     assert svc.terminate() == 0
-    assert processed_docs(state, job_id) == 200
+    assert processed_docs(state, job_id) == KILL_CHUNKS
 
 
 def pause_events(collector: SSECollector) -> list[tuple[str, str]]:

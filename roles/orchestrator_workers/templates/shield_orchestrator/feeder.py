@@ -6,7 +6,9 @@ read every document's status afresh, put a FAILED document back to PENDING
 (a retry that really retries: nothing is deleted while LightRAG is busy),
 insert the new ones, let LightRAG's pipeline run to completion, and read the
 statuses again. A document counts as done only once LightRAG wrote it
-PROCESSED, which it does after every storage flushed (durable before acked).
+PROCESSED, which it does after every storage flushed (durable before acked);
+on the file storages the round commits once, at its end (round_commit.py),
+before any of its documents is answered.
 
 A chunk whose text LightRAG already holds under another document (a content
 duplicate, however many times over) is resolved through the content hash to
@@ -28,6 +30,7 @@ from uuid import uuid4
 from .breaker import DependencyGate
 from .chunks import ChunkTask
 from .faults import STORAGE, Failure, chunk_fault, classify_exception, classify_message, transient
+from .round_commit import CommitError, RoundCommit
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
@@ -112,8 +115,10 @@ class LightRAGFeeder:
         storage_probe: Callable[[], Awaitable[bool]],
         *,
         round_timeout: float,
+        commit: RoundCommit | None = None,
     ) -> None:
         self._rag = rag
+        self._commit = commit
         self._storage_probe = storage_probe
         self._round_timeout = round_timeout
         self._lock = lock
@@ -206,6 +211,10 @@ class LightRAGFeeder:
     async def _results_of(self, work: asyncio.Future[dict[str, Outcome]], tasks: list[ChunkTask]) -> dict[str, Outcome]:
         try:
             return await work
+        except CommitError as exc:  # the round ran, its commit did not: nothing of it is on disk yet
+            failure = classify_exception(exc.__cause__ or exc, exc.dependency)
+            log.warning("LightRAG round of %d documents not committed: %s", len(tasks), exc)
+            return {task.doc_id: failure for task in tasks}
         except Exception as exc:  # noqa: BLE001 - every document of the round shares the failure
             failure = classify_exception(exc, STORAGE)
             log.warning("LightRAG round of %d documents failed: %s", len(tasks), failure.message[:300])
@@ -219,6 +228,15 @@ class LightRAGFeeder:
                 item.future.set_result(results.get(item.task.doc_id, transient("no outcome from the round", None)))
 
     async def _round(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
+        if self._commit is None:
+            return await self._run_pipeline(tasks)
+        async with self._commit.round():  # one commit for the round's documents, before any is answered
+            results = await self._run_pipeline(tasks)
+            if self._commit.dropped:
+                results = await self._unprocess(tasks, results)
+        return results
+
+    async def _run_pipeline(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
         ids = [task.doc_id for task in tasks]
         plan = plan_round(tasks, await self._rag.aget_docs_by_ids(ids))
         await self._reset_failed(plan.reset)
@@ -232,6 +250,26 @@ class LightRAGFeeder:
         elif plan.reset or plan.running:
             await self._rag.apipeline_process_enqueue_documents()
         return await self._outcomes(tasks, plan)
+
+    async def _unprocess(self, tasks: Sequence[ChunkTask], results: dict[str, Outcome]) -> dict[str, Outcome]:
+        """LightRAG dropped its pending buffers during the round (its abort on an
+        internal storage error): a document it marked PROCESSED in this round may
+        miss data, so it goes back to PENDING and is processed again."""
+        fresh = [task.doc_id for task in tasks if results.get(task.doc_id) is None]
+        docs = await self._rag.aget_docs_by_ids(fresh)
+        updates: dict[str, dict[str, Any]] = {}
+        for doc_id in fresh:
+            doc = docs.get(doc_id)
+            content = await self._rag.full_docs.get_by_id(doc_id)
+            if doc_status(doc) != "processed" or not content:
+                continue
+            update, _path, _meta = self._rag._build_pending_reset_update(_status_object(doc), content)
+            updates[doc_id] = update
+        if updates:
+            log.warning("LightRAG aborted a round: %d documents of it are processed again", len(updates))
+            await self._rag.doc_status.upsert(updates)
+        again = transient("LightRAG aborted the round; the document is processed again", None)
+        return {doc_id: again if doc_id in updates else outcome for doc_id, outcome in results.items()}
 
     async def _holders(self, tasks: Sequence[ChunkTask]) -> dict[str, str]:
         """For chunks not in LightRAG under their own id: the document that already

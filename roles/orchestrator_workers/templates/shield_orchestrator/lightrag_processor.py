@@ -26,6 +26,7 @@ from .faults import EMBEDDING, LLM, STORAGE
 from .feeder import LightRAGFeeder
 from .group_flush import GroupFlush, share_flushes
 from .llm_client import Endpoint, embed_function, llm_function
+from .round_commit import CommitError, RoundCommit, commit_per_round
 from .settings import Settings
 from .verify import JobVerification, verify_job
 
@@ -118,6 +119,7 @@ class LightRAGProcessor:
         self._lock = lock
         self.rag: Any = None  # lightrag.LightRAG: the package ships no type information
         self._feeder: LightRAGFeeder | None = None
+        self._commit: RoundCommit | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
         self._endpoints = Endpoints(settings)
         gate.register(LLM, lambda: self._endpoint_answers(settings.llm_base_url, settings.llm_api_key))
@@ -137,6 +139,13 @@ class LightRAGProcessor:
 
         s = self._s
         self.rag = await open_lightrag(s, self._gate, self._endpoints)
+        if s.lightrag_storage == "postgres":
+            # Written on upsert: each document keeps LightRAG's own commit, its
+            # flushes shared with the documents in flight beside it.
+            share_flushes(self.rag)
+            self._commit = None
+        else:
+            self._commit = commit_per_round(self.rag)
         self._feeder = LightRAGFeeder(
             self.rag,
             self._lock,
@@ -144,6 +153,7 @@ class LightRAGProcessor:
             content_hash,
             self._storage_answers,
             round_timeout=s.task_timeout_seconds,
+            commit=self._commit,
         )
         self._feeder.start()
         log.info(
@@ -164,6 +174,20 @@ class LightRAGProcessor:
             flush = getattr(self.rag, "_insert_done", None)
             if isinstance(flush, GroupFlush) and flush.requests:
                 log.info("LightRAG storage flushes: %d for %d documents", flush.flushes, flush.requests)
+            if self._commit is not None:
+                # A round cut short by the stop: its state goes to disk as one
+                # snapshot (documents still PROCESSING are resumed by LightRAG at
+                # the next start; none of them was answered, so they come back).
+                try:
+                    await self._commit.commit()
+                except CommitError as exc:
+                    log.warning("LightRAG storages not committed at stop (the round is redone): %s", exc)
+            if self._commit is not None and self._commit.commits:
+                log.info(
+                    "LightRAG storage commits: %d, one per round, instead of %d flushes",
+                    self._commit.commits,
+                    self._commit.deferred,
+                )
             await self.rag.finalize_storages()
             self.rag = None
             log.info("LightRAG storages finalised")
@@ -298,7 +322,6 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
         **storage_classes(s),
     )
     await rag.initialize_storages()
-    share_flushes(rag)
     return rag
 
 
