@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from shield_orchestrator.breaker import DependencyGate
 from shield_orchestrator.chunks import ChunkTask
-from shield_orchestrator.faults import FaultKind
-from shield_orchestrator.feeder import document_path, outcome_of, plan_round
+from shield_orchestrator.faults import FaultKind, chunk_fault
+from shield_orchestrator.feeder import LightRAGFeeder, document_path, outcome_of, plan_round
 
 
 def task(index: int, source: str = "") -> ChunkTask:
@@ -41,3 +45,63 @@ def test_outcomes() -> None:
 def test_every_chunk_gets_its_own_file_path() -> None:
     assert document_path(task(3, "s3://bucket/a b.txt")) == "chunk-j-3__s3%3A%2F%2Fbucket%2Fa%20b.txt"
     assert document_path(task(4)) == "chunk-j-4__inline"
+
+
+Record = dict[str, Any]
+_RECORD = {"content_summary": "text", "content_length": 4, "created_at": "t0", "updated_at": "t1", "file_path": "f"}
+
+
+class _FakeDocStatus:
+    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.docs = docs
+        self.upserts: list[dict[str, dict[str, Any]]] = []
+
+    async def upsert(self, updates: dict[str, dict[str, Any]]) -> None:
+        self.upserts.append(updates)
+        self.docs.update(updates)
+
+
+class _FakeFullDocs:
+    async def get_by_id(self, doc_id: str) -> dict[str, str]:
+        return {"content": f"text of {doc_id}"}
+
+
+class _FakeRag:
+    """What the feeder's _unprocess reads and writes of LightRAG."""
+
+    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.doc_status = _FakeDocStatus(docs)
+        self.full_docs = _FakeFullDocs()
+
+    async def aget_docs_by_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {doc_id: self.doc_status.docs[doc_id] for doc_id in ids if doc_id in self.doc_status.docs}
+
+    def _build_pending_reset_update(self, doc: Any, content: dict[str, str]) -> tuple[Record, str, Record]:
+        return {"status": "pending", "content_summary": content["content"][:10]}, "", {}
+
+
+def test_after_a_dropped_buffer_the_rounds_processed_documents_are_processed_again() -> None:
+    """LightRAG dropped its pending buffers mid-round: what it marked PROCESSED in that
+    round goes back to PENDING and is answered transient; the rest is untouched."""
+    tasks = [task(i) for i in range(3)]
+    rag = _FakeRag(
+        {
+            "chunk-j-0": {"status": "processed", **_RECORD},
+            "chunk-j-1": {"status": "failed", "error_msg": "Error code: 400", **_RECORD},
+            "chunk-j-2": {"status": "processed", **_RECORD},
+        }
+    )
+    feeder = LightRAGFeeder(rag, asyncio.Lock(), DependencyGate(lambda _change: None), str, _always, round_timeout=60)
+    refused = chunk_fault("document chunk-j-1: Error code: 400")
+    results = {"chunk-j-0": None, "chunk-j-1": refused, "chunk-j-2": None}
+    answered = asyncio.run(feeder._unprocess(tasks, results))
+    assert set(rag.doc_status.upserts[0]) == {"chunk-j-0", "chunk-j-2"}
+    assert rag.doc_status.docs["chunk-j-0"]["status"] == "pending"
+    for doc_id in ("chunk-j-0", "chunk-j-2"):
+        outcome = answered[doc_id]
+        assert outcome is not None and outcome.transient and "processed again" in outcome.message
+    assert answered["chunk-j-1"] is refused
+
+
+async def _always() -> bool:
+    return True
