@@ -84,7 +84,7 @@ test-unit: venv-service promtool ## the unit layer: the service's pure parts, th
 	$(SVC_VENV)/bin/python -m pytest tests/unit tests/role
 
 .PHONY: test-service
-test-service: venv-service ## service tests against real Redis, PostgreSQL, LightRAG (+ bench smoke)
+test-service: venv-service images ## service tests against real Redis, PostgreSQL, LightRAG (+ bench smoke; its W6 on PostgreSQL runs pgvector in a Debian 13 container)
 	$(SVC_VENV)/bin/python -m pytest tests/service bench/test_bench_smoke.py
 
 .PHONY: test-molecule
@@ -121,5 +121,5 @@ cluster-destroy: ## remove the multi-host lab (its containers and its network)
 
 # --- benchmarks ---------------------------------------------------------------
 .PHONY: bench
-bench: venv-service ## throughput, latency and memory against peer queues (prints a table)
+bench: venv-service images ## throughput, latency and memory against peer queues and lightrag-server (prints a table)
 	bench/run.sh

@@ -44,12 +44,15 @@ from ingest import (
     SERVER,
     SETTINGS,
     Batch,
+    PgGraph,
     RealContext,
     ensure_fixtures,
+    ensure_pg_fixtures,
     fixture_dir,
     lightrag_version,
     run_tag,
 )
+from pg_container import PgvectorServer
 from workloads import (
     PEERS,
     W4_STAGES,
@@ -94,7 +97,7 @@ class Sizes:
 
 FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000), 2_000, 5)
 SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20), 300, 5)
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w6pg", "w7")
 
 
 def override_sizes(sizes: Sizes, spec: str) -> Sizes:
@@ -350,12 +353,36 @@ def describe(result: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-async def run_w6(rctx: RealContext, cfg: Config) -> dict[str, Any]:
-    """W6: 300 chunks into a graph pre-filled with 0, 2,000 and 5,000 documents (a cached
-    fixture, copied for every run), this service and lightrag-server, stand-in at once."""
+async def run_w6(rctx: RealContext, cfg: Config, storage: str = "local") -> dict[str, Any]:
+    """W6: 300 chunks into a graph pre-filled with 0, 2,000 and 5,000 documents (a
+    fixture, copied for every run), this service and lightrag-server, stand-in at once.
+    `storage`: LightRAG's local file storages (cached fixtures), or its PostgreSQL
+    storages in a PostgreSQL 17 + pgvector container (bench/pg_container.py)."""
     n, sizes = cfg.sizes.w6_chunks, sorted(cfg.sizes.w6_docs)
     names = tuple(c for c in cfg.contestants if c in (SERVICE, SERVER))
-    fixtures = await ensure_fixtures(rctx, sizes, cfg.fixture_limit_s, cfg.fixture_step)
+    pg: PgvectorServer | None = None
+    if storage == "postgres":
+        pg = await asyncio.to_thread(PgvectorServer.start)
+    try:
+        if pg is not None:
+            fixtures = await ensure_pg_fixtures(rctx, pg, sizes, cfg.fixture_limit_s)
+        else:
+            fixtures = await ensure_fixtures(rctx, sizes, cfg.fixture_limit_s, cfg.fixture_step)
+        return await _w6_rounds(rctx, cfg, n, sizes, names, fixtures, pg)
+    finally:
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)
+
+
+async def _w6_rounds(
+    rctx: RealContext,
+    cfg: Config,
+    n: int,
+    sizes: list[int],
+    names: tuple[str, ...],
+    fixtures: dict[str, Any],
+    pg: PgvectorServer | None,
+) -> dict[str, Any]:
     rounds: list[dict[int, dict[str, dict[str, float]]]] = []
     errors: dict[str, str] = {}
     standin = await start_standin(cfg.service_python, rctx.infra.logs, 0, "w6-standin")
@@ -368,10 +395,13 @@ async def run_w6(rctx: RealContext, cfg: Config) -> dict[str, Any]:
                 for name in names:
                     if name in errors:
                         continue
+                    graph: dict[str, Any] = (
+                        {"postgres": PgGraph(pg, fixtures["databases"][str(size)])}
+                        if pg is not None
+                        else {"fixture": fixture_dir(fixtures, size)}
+                    )
                     try:
-                        run = await RUNNERS[name](
-                            rctx, standin, batch, f"w6-{size}-{name}", cfg.w6_limit_s, fixture_dir(fixtures, size)
-                        )
+                        run = await RUNNERS[name](rctx, standin, batch, f"w6-{size}-{name}", cfg.w6_limit_s, **graph)
                     except Exception as exc:
                         errors[name] = f"{size} documents: {type(exc).__name__}: {exc}"[:500]
                         log(f"W6 round {round_no} {name} on {size:,} documents FAILED: {errors[name]}")
@@ -397,6 +427,9 @@ async def run_w6(rctx: RealContext, cfg: Config) -> dict[str, Any]:
             entry["status"] = "ok"
         table[name] = entry
     return {
+        "storage": "postgresql (PGKVStorage, PGDocStatusStorage, PGTableGraphStorage, PGVectorStorage)"
+        if pg is not None
+        else "local (JSON, NanoVectorDB, NetworkX)",
         "chunks": n,
         "fixture_docs": sizes,
         "fixture": fixtures,
@@ -608,9 +641,12 @@ def build_table(results: dict[str, Any]) -> str:
         harness_cpu = w5["harness_cpu_us_per_frame"]["median"]
         note = f"CPU per delivered frame: service {service_cpu:.0f} us, clients (harness) {harness_cpu:.0f} us"
         rows.append(["", note, "", "", "", "", ""])
-    if "w6_growth" in w:
-        w6 = w["w6_growth"]
-        label = f"W6 growth ({w6['chunks']} chunks into {'/'.join(f'{d:,}' for d in w6['fixture_docs'])} docs)"
+    for key, storage in (("w6_growth", "local"), ("w6pg_growth", "PostgreSQL")):
+        if key not in w:
+            continue
+        w6 = w[key]
+        docs = "/".join(f"{d:,}" for d in w6["fixture_docs"])
+        label = f"W6 growth, {storage} ({w6['chunks']} chunks into {docs} docs)"
         first, last = w6["fixture_docs"][0], w6["fixture_docs"][-1]
         for name, entry in w6["contestants"].items():
             for docs, figures in entry["by_docs"].items():
@@ -704,7 +740,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         ctx = Context(infra, launcher, sys.executable, cfg.concurrency)
         rctx = RealContext(infra, launcher, cfg.service_python, cfg.server_python)
         results["meta"]["lightrag_settings"] = asdict(rctx.settings)
-        if {"w2", "w3", "w6"} & set(cfg.workloads):
+        if {"w2", "w3", "w6", "w6pg"} & set(cfg.workloads):
             results["meta"]["lightrag_versions"] = {
                 "service_venv": lightrag_version(cfg.service_python),
                 "lightrag_server_venv": lightrag_version(cfg.server_python),
@@ -716,12 +752,13 @@ async def run(cfg: Config) -> dict[str, Any]:
             ("w4", "w4_latency", lambda: run_w4(ctx, cfg)),
             ("w5", "w5_sse_fanout", lambda: run_w5(ctx, cfg)),
             ("w6", "w6_growth", lambda: run_w6(rctx, cfg)),
+            ("w6pg", "w6pg_growth", lambda: run_w6(rctx, cfg, "postgres")),
             ("w7", "w7_priority", lambda: run_w7(ctx, cfg)),
         ]
         for short, key, step in steps:
             if short not in cfg.workloads:
                 continue
-            rounds = cfg.real_rounds if short in ("w2", "w3", "w6") else cfg.rounds
+            rounds = cfg.real_rounds if short in ("w2", "w3", "w6", "w6pg") else cfg.rounds
             log(f"{key}: {rounds} round(s)")
             t0 = time.monotonic()
             try:
@@ -750,13 +787,18 @@ def headline(workloads: dict[str, Any]) -> dict[str, Any]:
     def median(figure: Any) -> Any:
         return figure["median"] if isinstance(figure, dict) and "median" in figure else None
 
-    w2, w3, w6 = (workloads.get(key, {}) for key in ("w2_real_ingestion", "w3_llm_bound", "w6_growth"))
+    w2, w3, w6, w6pg = (
+        workloads.get(key, {}) for key in ("w2_real_ingestion", "w3_llm_bound", "w6_growth", "w6pg_growth")
+    )
     service6 = w6.get("contestants", {}).get(SERVICE, {})
+    service6pg = w6pg.get("contestants", {}).get(SERVICE, {})
     return {
         "w2_ratio_to_lightrag_server": median(w2.get("ratios", {}).get("service_to_lightrag_server")),
         "w3_efficiency": median(w3.get("contestants", {}).get(SERVICE, {}).get("efficiency")),
         "w6_rate_ratio_last_to_first": median(service6.get("rate_ratio_last_to_first")),
         "w6_rss_growth_mb": median(service6.get("rss_growth_mb")),
+        "w6pg_rate_ratio_last_to_first": median(service6pg.get("rate_ratio_last_to_first")),
+        "w6pg_rss_growth_mb": median(service6pg.get("rss_growth_mb")),
     }
 
 

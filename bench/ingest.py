@@ -16,7 +16,9 @@ shows that they did the same work. For each run: chunks/s, chat and embedding ca
 CPU seconds of the contestant's process group and its peak RSS (VmHWM).
 
 W6's fixtures (graphs pre-filled with N documents) are built here once per size with
-LightRAG in-process and cached under .cache/bench-fixtures/.
+LightRAG in-process and cached under .cache/bench-fixtures/. W6 on the PostgreSQL
+storages (bench/pg_container.py) builds them as databases, and each run of the service
+and lightrag-server gets its own copy.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from infra import (
     start_standin,
     wait_for,
 )
+from pg_container import EMPTY, PgvectorServer
 from workloads import JobWatch, TimedOut, post_job
 
 from tests.support.servers import STANDIN, Standin, free_port
@@ -298,11 +301,43 @@ def doc_count(workspace_dir: Path) -> int:
     return len(json.loads(path.read_text())) if path.exists() else 0
 
 
+@dataclass(frozen=True)
+class PgGraph:
+    """A run on LightRAG's PostgreSQL storages: its own copy of `template` in `server`."""
+
+    server: PgvectorServer
+    template: str
+
+    def fresh(self, run_name: str) -> str:
+        """The run's database, copied from the template (a graph of 0 or N documents)."""
+        database = "run_" + "".join(c if c.isalnum() else "_" for c in run_name.lower())
+        self.server.copy(self.template, database)
+        return database
+
+    def documents(self, database: str, workspace: str) -> int:
+        return self.server.doc_count(database, workspace)
+
+
+PG_STORAGES = {
+    "kv_storage": "PGKVStorage",
+    "doc_status_storage": "PGDocStatusStorage",
+    "graph_storage": "PGTableGraphStorage",
+    "vector_storage": "PGVectorStorage",
+}  # what the role's lightrag_storage: postgres gives LightRAG
+
+
 # --- shield-orchestrator ---------------------------------------------------------------------
 async def run_service(
-    ctx: RealContext, standin: Standin, batch: Batch, name: str, within: float, fixture: Path | None = None
+    ctx: RealContext,
+    standin: Standin,
+    batch: Batch,
+    name: str,
+    within: float,
+    fixture: Path | None = None,
+    postgres: PgGraph | None = None,
 ) -> RealRun:
-    """One job of len(batch) chunks through the service as deployed (role defaults, local storages)."""
+    """One job of len(batch) chunks through the service as deployed (role defaults, local
+    storages; with `postgres`, lightrag_storage: postgres on a copy of its graph)."""
     n = len(batch)
     workspace_dir: list[Path] = []
 
@@ -311,7 +346,20 @@ async def run_service(
         workspace_dir.append(target)
         copy_fixture(fixture, target)
 
-    service = await ctx.launcher.start(name, noop=False, llm_url=standin.base_url, prepare=prepare)
+    overrides: dict[str, Any] = {}
+    database = ""
+    if postgres is not None:
+        database = await asyncio.to_thread(postgres.fresh, name)
+        base_docs = await asyncio.to_thread(postgres.documents, database, ctx.settings.workspace)
+        overrides = {
+            "lightrag_storage": "postgres",
+            "postgres_host": "127.0.0.1",
+            "postgres_port": postgres.server.port,
+            "postgres_user": postgres.server.user,
+            "postgres_password": postgres.server.password,
+            "postgres_db": database,
+        }
+    service = await ctx.launcher.start(name, noop=False, llm_url=standin.base_url, prepare=prepare, **overrides)
     stop_within = 60.0
     watch = JobWatch()
     chunks = [
@@ -349,11 +397,17 @@ async def run_service(
         seen, expected = doc_count(workspace_dir[0]), doc_count(fixture) + n
         if seen < expected:
             raise BenchError(f"{name}: {seen} documents in {workspace_dir[0]}, expected {expected}: fixture not used?")
+    if postgres is not None and complete:
+        seen = await asyncio.to_thread(postgres.documents, database, ctx.settings.workspace)
+        if seen < base_docs + n:
+            raise BenchError(f"{name}: {seen} documents in {database}, expected {base_docs + n}: graph not used?")
     return run
 
 
 # --- lightrag-server -----------------------------------------------------------------------
-async def start_server(ctx: RealContext, name: str, llm_url: str, fixture: Path | None) -> tuple[Proc, str]:
+async def start_server(
+    ctx: RealContext, name: str, llm_url: str, fixture: Path | None, postgres_env: dict[str, str] | None = None
+) -> tuple[Proc, str]:
     root = ctx.workdir(name)
     (root / ".env").write_text("# bench: lightrag-server is configured by its environment\n")
     working_dir = root / "rag_storage"
@@ -368,6 +422,9 @@ async def start_server(ctx: RealContext, name: str, llm_url: str, fixture: Path 
         TIKTOKEN_CACHE_DIR=str(root / "tiktoken"),
         **ctx.settings.server_env(llm_url),
     )
+    if postgres_env is not None:
+        env.update(postgres_env)
+        env.update({f"LIGHTRAG_{key.upper()}": value for key, value in PG_STORAGES.items()})
     proc = spawn(name, [ctx.server_python, str(BENCH / "lightrag_server.py")], env, ctx.infra.logs, root)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -379,12 +436,22 @@ async def start_server(ctx: RealContext, name: str, llm_url: str, fixture: Path 
 
 
 async def run_server(
-    ctx: RealContext, standin: Standin, batch: Batch, name: str, within: float, fixture: Path | None = None
+    ctx: RealContext,
+    standin: Standin,
+    batch: Batch,
+    name: str,
+    within: float,
+    fixture: Path | None = None,
+    postgres: PgGraph | None = None,
 ) -> RealRun:
     """The texts POSTed to lightrag-server's /documents/texts in one request; done when
     /documents/status_counts shows them all PROCESSED (polled every STATUS_POLL_S)."""
     n = len(batch)
-    proc, url = await start_server(ctx, name, standin.base_url, fixture)
+    postgres_env = None
+    if postgres is not None:
+        database = await asyncio.to_thread(postgres.fresh, name)
+        postgres_env = postgres.server.lightrag_env(database, ctx.settings.workspace)
+    proc, url = await start_server(ctx, name, standin.base_url, fixture, postgres_env)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=120) as http:
 
@@ -572,25 +639,7 @@ async def build_fixture(ctx: RealContext, standin: Standin, cache: Path, base: i
         await asyncio.to_thread(shutil.copytree, cache / f"docs-{base}", workspace_dir)
         for marker in ("manifest.json", "wanted"):
             (workspace_dir / marker).unlink(missing_ok=True)
-    batch = Batch.make(size - base, "fixture", first=base)
-    argv = [
-        ctx.service_python,
-        str(BENCH / "lightrag_inprocess.py"),
-        "--texts",
-        str(batch.write(building / "texts.json")),
-        "--working-dir",
-        str(building / "rag_storage"),
-        *ctx.settings.script_args(standin.base_url),
-    ]
-    proc = spawn(f"fixture-{size}", argv, ctx.env(), ctx.infra.logs, building)
-    try:
-        deadline = time.monotonic() + within
-        while proc.alive():
-            if time.monotonic() > deadline:
-                raise BenchError(f"W6 fixture: {base:,} -> {size:,} documents not built in time (limit per size)")
-            await asyncio.sleep(0.5)
-    finally:
-        proc.stop()
+    proc = await run_builder(ctx, standin, f"fixture-{size}", building, base, size, within)
     if proc.popen.returncode != 0 or doc_count(workspace_dir) != size:
         raise BenchError(f"W6 fixture of {size} documents failed ({proc.popen.returncode}): {proc.tail(800)!r}")
     manifest = {
@@ -604,6 +653,79 @@ async def build_fixture(ctx: RealContext, standin: Standin, cache: Path, base: i
     shutil.rmtree(target, ignore_errors=True)
     os.replace(workspace_dir, target)
     shutil.rmtree(building, ignore_errors=True)
+
+
+async def run_builder(
+    ctx: RealContext,
+    standin: Standin,
+    name: str,
+    root: Path,
+    base: int,
+    size: int,
+    within: float,
+    postgres: dict[str, str] | None = None,
+) -> Proc:
+    """bench/lightrag_inprocess.py inserting documents base .. size-1 into the graph in
+    root/rag_storage (or, given `postgres`, LightRAG's PostgreSQL storages there), to
+    its end; fails when it is still running after `within` seconds."""
+    batch = Batch.make(size - base, "fixture", first=base)
+    argv = [
+        ctx.service_python,
+        str(BENCH / "lightrag_inprocess.py"),
+        "--texts",
+        str(batch.write(root / "texts.json")),
+        "--working-dir",
+        str(root / "rag_storage"),
+        *(["--storage", "postgres"] if postgres is not None else []),
+        *ctx.settings.script_args(standin.base_url),
+    ]
+    proc = spawn(name, argv, ctx.env(**(postgres or {})), ctx.infra.logs, root)
+    try:
+        deadline = time.monotonic() + within
+        while proc.alive():
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name}: {base:,} -> {size:,} documents not built in time (limit per size)")
+            await asyncio.sleep(0.5)
+    finally:
+        proc.stop()
+    return proc
+
+
+async def ensure_pg_fixtures(ctx: RealContext, pg: PgvectorServer, sizes: list[int], within: float) -> dict[str, Any]:
+    """W6 on PostgreSQL: the graph of every size as a database (w6_docs_<n>), built in
+    one database (w6_build) with LightRAG in-process on the PostgreSQL storages, the
+    same documents in the same order as the local fixtures, copied after each size.
+    Built for each benchmark (the container does not outlive it): about a minute per
+    1,000 documents here."""
+    wanted = sorted(s for s in set(sizes) if s > 0)
+    report: dict[str, Any] = {"server": pg.name, "built_s": {}, "databases": {"0": EMPTY}}
+    if not wanted:
+        return report
+    build = "w6_build"
+    await asyncio.to_thread(pg.copy, EMPTY, build)
+    standin = await start_standin(ctx.service_python, ctx.infra.logs, 0, "fixture-pg-standin")
+    try:
+        base = 0
+        for size in wanted:
+            t0 = time.monotonic()
+            log(f"W6 on PostgreSQL: building {size:,} documents (from {base:,}) in {pg.name}")
+            root = ctx.workdir(f"fixture-pg-{size}")
+            postgres = pg.lightrag_env(build, ctx.settings.workspace)
+            proc = await run_builder(ctx, standin, f"fixture-pg-{size}", root, base, size, within, postgres)
+            count = await asyncio.to_thread(pg.doc_count, build, ctx.settings.workspace)
+            if proc.popen.returncode != 0 or count != size:
+                raise BenchError(
+                    f"W6 PostgreSQL fixture of {size} documents failed ({proc.popen.returncode}, "
+                    f"{count} documents): {proc.tail(800)!r}"
+                )
+            database = f"w6_docs_{size}"
+            await asyncio.to_thread(pg.copy, build, database)
+            report["databases"][str(size)] = database
+            report["built_s"][str(size)] = round(time.monotonic() - t0, 1)
+            base = size
+    finally:
+        standin.proc.stop()
+    return report
 
 
 def fixture_dir(report: dict[str, Any], size: int) -> Path | None:

