@@ -52,7 +52,7 @@ from ingest import (
     lightrag_version,
     run_tag,
 )
-from pg_container import PgvectorServer
+from pg_container import EMPTY, PgvectorServer
 from workloads import (
     PEERS,
     W4_STAGES,
@@ -128,6 +128,7 @@ class Config:
     w2_limit_s: float
     w3_limit_s: float
     w6_limit_s: float
+    storage: str  # W2 and W3: LightRAG's local storages, or "postgres" (bench/pg_container.py)
     fixture_limit_s: float
     fixture_step: int
     contestants: tuple[str, ...]
@@ -152,6 +153,9 @@ def parse_args(argv: list[str]) -> Config:
     default_service_python = REPO / ".venv-service" / "bin" / "python"
     default_server_python = REPO / ".venv-bench-lightrag" / "bin" / "python"
     contestants = {c.strip() for c in os.environ.get("BENCH_CONTESTANTS", ",".join(CONTESTANTS)).split(",")}
+    storage = os.environ.get("BENCH_STORAGE", "local")
+    if storage not in ("local", "postgres"):
+        parser.error(f"BENCH_STORAGE must be local or postgres, not {storage!r}")
     return Config(
         smoke=args.smoke,
         rounds=max(rounds, 1),
@@ -167,6 +171,7 @@ def parse_args(argv: list[str]) -> Config:
         w2_limit_s=float(os.environ.get("BENCH_W2_LIMIT_S", "300")),
         w3_limit_s=float(os.environ.get("BENCH_W3_LIMIT_S", "600")),
         w6_limit_s=float(os.environ.get("BENCH_W6_LIMIT_S", "900")),
+        storage=storage,
         fixture_limit_s=float(os.environ.get("BENCH_FIXTURE_LIMIT_S", "14400")),
         fixture_step=max(int(os.environ.get("BENCH_FIXTURE_STEP", "500")), 1),
         contestants=tuple(c for c in CONTESTANTS if c in contestants),
@@ -283,6 +288,8 @@ async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, A
     limit = cfg.w2_limit_s if workload == "w2" else cfg.w3_limit_s
     rounds: list[dict[str, dict[str, float]]] = []
     errors: dict[str, str] = {}
+    pg = await asyncio.to_thread(PgvectorServer.start) if cfg.storage == "postgres" else None
+    graph = {"postgres": PgGraph(pg, EMPTY)} if pg is not None else {}
     standin = await start_standin(cfg.service_python, rctx.infra.logs, chat_ms, f"{workload}-standin", embed_ms)
     try:
         for round_no in range(1, cfg.real_rounds + 1):
@@ -292,7 +299,7 @@ async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, A
                 if name in errors:
                     continue
                 try:
-                    run = await RUNNERS[name](rctx, standin, batch, f"{workload}-{name}", limit)
+                    run = await RUNNERS[name](rctx, standin, batch, f"{workload}-{name}", limit, **graph)
                 except Exception as exc:
                     errors[name] = f"{type(exc).__name__}: {exc}"[:500]
                     log(f"{workload.upper()} round {round_no} {name} FAILED: {errors[name]}")
@@ -306,7 +313,10 @@ async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, A
             rounds.append(figures)
     finally:
         standin.proc.stop()
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)
     out: dict[str, Any] = {
+        "storage": cfg.storage,
         "chunks": n,
         "llm_delay_ms": chat_ms,
         "embedding_delay_ms": embed_ms,
@@ -586,7 +596,8 @@ def build_table(results: dict[str, Any]) -> str:
         rows.append(row("", "ratio to floor + hiredis (info)", w1["ratio_to_floor_hiredis"], "%"))
     if "w2_real_ingestion" in w:
         w2 = w["w2_real_ingestion"]
-        label = f"W2 real ingestion ({w2['chunks']:,} chunks, stand-in at once)"
+        storage = ", PostgreSQL storages" if w2.get("storage") == "postgres" else ""
+        label = f"W2 real ingestion ({w2['chunks']:,} chunks, stand-in at once{storage})"
         rows += real_rows(label, w2)
         ratios = w2["ratios"]
         rows.append(row("", "ratio service / lightrag-server (chunks/s)", ratios["service_to_lightrag_server"], "x"))
@@ -598,7 +609,9 @@ def build_table(results: dict[str, Any]) -> str:
         rows.append(row("", "service peak RSS (VmHWM)", rss, "MB", f"< {target:.0f} MB", met))
     if "w3_llm_bound" in w:
         w3 = w["w3_llm_bound"]
-        label = f"W3 LLM-bound ({w3['chunks']} chunks, chat {w3['llm_delay_ms']} ms, emb {w3['embedding_delay_ms']} ms)"
+        storage = ", PostgreSQL" if w3.get("storage") == "postgres" else ""
+        delays = f"chat {w3['llm_delay_ms']} ms, emb {w3['embedding_delay_ms']} ms"
+        label = f"W3 LLM-bound ({w3['chunks']} chunks, {delays}{storage})"
         target = TARGETS["w3_efficiency"]
         for name, entry in w3["contestants"].items():
             eff = entry.get("efficiency")

@@ -314,6 +314,10 @@ class PgGraph:
         self.server.copy(self.template, database)
         return database
 
+    def fresh_env(self, run_name: str, workspace: str) -> dict[str, str]:
+        """A fresh database for the run, as the environment LightRAG's PostgreSQL storages read."""
+        return self.server.lightrag_env(self.fresh(run_name), workspace)
+
     def documents(self, database: str, workspace: str) -> int:
         return self.server.doc_count(database, workspace)
 
@@ -449,8 +453,7 @@ async def run_server(
     n = len(batch)
     postgres_env = None
     if postgres is not None:
-        database = await asyncio.to_thread(postgres.fresh, name)
-        postgres_env = postgres.server.lightrag_env(database, ctx.settings.workspace)
+        postgres_env = await asyncio.to_thread(postgres.fresh_env, name, ctx.settings.workspace)
     proc, url = await start_server(ctx, name, standin.base_url, fixture, postgres_env)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=120) as http:
@@ -498,10 +501,19 @@ async def run_server(
 
 # --- lightrag-inprocess ---------------------------------------------------------------------
 async def run_inprocess(
-    ctx: RealContext, standin: Standin, batch: Batch, name: str, within: float, fixture: Path | None = None
+    ctx: RealContext,
+    standin: Standin,
+    batch: Batch,
+    name: str,
+    within: float,
+    fixture: Path | None = None,
+    postgres: PgGraph | None = None,
 ) -> RealRun:
     """bench/lightrag_inprocess.py: initialises LightRAG, then (on `go`) ainsert and waits for PROCESSED."""
     n = len(batch)
+    postgres_env: dict[str, str] = {}
+    if postgres is not None:
+        postgres_env = await asyncio.to_thread(postgres.fresh_env, name, ctx.settings.workspace)
     root = ctx.workdir(name)
     control = root / "control"
     control.mkdir()
@@ -516,9 +528,10 @@ async def run_inprocess(
         str(working_dir),
         "--control",
         str(control),
+        *(["--storage", "postgres"] if postgres is not None else []),
         *ctx.settings.script_args(standin.base_url),
     ]
-    proc = spawn(name, argv, ctx.env(), ctx.infra.logs, root)
+    proc = spawn(name, argv, ctx.env(**postgres_env), ctx.infra.logs, root)
     stop_within = 60.0
     try:
         await wait_file(control / "ready", 180, proc, name)
