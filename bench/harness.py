@@ -288,10 +288,11 @@ async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, A
     limit = cfg.w2_limit_s if workload == "w2" else cfg.w3_limit_s
     rounds: list[dict[str, dict[str, float]]] = []
     errors: dict[str, str] = {}
-    pg = await asyncio.to_thread(PgvectorServer.start) if cfg.storage == "postgres" else None
-    graph = {"postgres": PgGraph(pg, EMPTY)} if pg is not None else {}
     standin = await start_standin(cfg.service_python, rctx.infra.logs, chat_ms, f"{workload}-standin", embed_ms)
+    pg: PgvectorServer | None = None
     try:
+        pg = await asyncio.to_thread(PgvectorServer.start) if cfg.storage == "postgres" else None
+        graph = {"postgres": PgGraph(pg, EMPTY)} if pg is not None else {}
         for round_no in range(1, cfg.real_rounds + 1):
             batch = Batch.make(n, run_tag(workload))
             figures: dict[str, dict[str, float]] = {}

@@ -256,15 +256,7 @@ class LightRAGFeeder:
         internal storage error): a document it marked PROCESSED in this round may
         miss data, so it goes back to PENDING and is processed again."""
         fresh = [task.doc_id for task in tasks if results.get(task.doc_id) is None]
-        docs = await self._rag.aget_docs_by_ids(fresh)
-        updates: dict[str, dict[str, Any]] = {}
-        for doc_id in fresh:
-            doc = docs.get(doc_id)
-            content = await self._rag.full_docs.get_by_id(doc_id)
-            if doc_status(doc) != "processed" or not content:
-                continue
-            update, _path, _meta = self._rag._build_pending_reset_update(_status_object(doc), content)
-            updates[doc_id] = update
+        updates = await self._pending_updates(fresh, "processed")
         if updates:
             log.warning("LightRAG aborted a round: %d documents of it are processed again", len(updates))
             await self._rag.doc_status.upsert(updates)
@@ -285,22 +277,28 @@ class LightRAGFeeder:
 
     async def _reset_failed(self, doc_ids: Sequence[str]) -> None:
         """FAILED documents back to PENDING, so the pipeline processes them again."""
+        updates = await self._pending_updates(doc_ids, "failed")  # without content, a document stays FAILED
+        if updates:
+            log.info("retrying %d FAILED LightRAG documents: %s", len(updates), ", ".join(sorted(updates))[:300])
+            await self._rag.doc_status.upsert(updates)
+
+    async def _pending_updates(self, doc_ids: Sequence[str], status: str) -> dict[str, dict[str, Any]]:
+        """The doc-status updates that put each document now in `status` back to PENDING
+        (LightRAG's own reset), for those whose content LightRAG still holds."""
         if not doc_ids:
-            return
+            return {}
         docs = await self._rag.aget_docs_by_ids(list(doc_ids))
         updates: dict[str, dict[str, Any]] = {}
         for doc_id in doc_ids:
             doc = docs.get(doc_id)
-            if doc_status(doc) != "failed":
+            if doc_status(doc) != status:
                 continue
             content = await self._rag.full_docs.get_by_id(doc_id)
             if not content:
-                continue  # nothing to process again: its outcome stays FAILED
+                continue
             update, _path, _meta = self._rag._build_pending_reset_update(_status_object(doc), content)
             updates[doc_id] = update
-        if updates:
-            log.info("retrying %d FAILED LightRAG documents: %s", len(updates), ", ".join(sorted(updates))[:300])
-            await self._rag.doc_status.upsert(updates)
+        return updates
 
     async def _outcomes(self, tasks: Sequence[ChunkTask], plan: RoundPlan) -> dict[str, Outcome]:
         """Every document's outcome after the pipeline ran. A chunk LightRAG took as

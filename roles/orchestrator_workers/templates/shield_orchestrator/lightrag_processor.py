@@ -182,12 +182,12 @@ class LightRAGProcessor:
                     await self._commit.commit()
                 except CommitError as exc:
                     log.warning("LightRAG storages not committed at stop (the round is redone): %s", exc)
-            if self._commit is not None and self._commit.commits:
-                log.info(
-                    "LightRAG storage commits: %d, one per round, instead of %d flushes",
-                    self._commit.commits,
-                    self._commit.deferred,
-                )
+                if self._commit.commits:
+                    log.info(
+                        "LightRAG storage commits: %d, one per round, instead of %d flushes",
+                        self._commit.commits,
+                        self._commit.deferred,
+                    )
             await self.rag.finalize_storages()
             self.rag = None
             log.info("LightRAG storages finalised")
