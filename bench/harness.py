@@ -42,7 +42,6 @@ from ingest import (
     INPROCESS,
     RUNNERS,
     SERVER,
-    SETTINGS,
     Batch,
     PgGraph,
     RealContext,
@@ -51,6 +50,7 @@ from ingest import (
     fixture_dir,
     lightrag_version,
     run_tag,
+    setting,
 )
 from pg_container import EMPTY, PgvectorServer
 from workloads import (
@@ -222,8 +222,8 @@ async def run_w1(ctx: Context, cfg: Config) -> dict[str, Any]:
             cpu = ", ".join(f"{k} {v:.2f}s" for k, v in result.cpu.items())
             log(f"W1 round {round_no} {name}: {result.rate:,.0f} chunks/s (CPU {cpu})")
     table: dict[str, Any] = {}
-    for name, kind, setting, _runner in contestants:
-        entry: dict[str, Any] = {"kind": kind, "setting": setting}
+    for name, kind, how, _runner in contestants:
+        entry: dict[str, Any] = {"kind": kind, "setting": how}
         if name in versions:
             entry["version"] = versions[name]
         if name in errors:
@@ -263,11 +263,11 @@ def per_round_ratio(rounds: list[dict[str, dict[str, float]]], ours: str, theirs
 
 
 def contestant_table(
-    rounds: list[dict[str, dict[str, float]]], names: tuple[str, ...], errors: dict[str, str]
+    rounds: list[dict[str, dict[str, float]]], names: tuple[str, ...], errors: dict[str, str], storage: str
 ) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for name in names:
-        entry: dict[str, Any] = {"setting": SETTINGS[name]}
+        entry: dict[str, Any] = {"setting": setting(name, storage)}
         runs = [r[name] for r in rounds if name in r]
         if name in errors:
             entry.update(status="failed", reason=errors[name])
@@ -325,7 +325,7 @@ async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, A
         "embedding_max_async": s.embedding_max_async,
         "max_parallel_insert": s.max_parallel_insert,
         "limit_s": limit,
-        "contestants": contestant_table(rounds, cfg.contestants, errors),
+        "contestants": contestant_table(rounds, cfg.contestants, errors, cfg.storage),
         "ratios": {
             "service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "chunks_per_s"),
             "service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "chunks_per_s"),
@@ -423,12 +423,15 @@ async def _w6_rounds(
     finally:
         standin.proc.stop()
     first, last = sizes[0], sizes[-1]
+    storage = "postgres" if pg is not None else "local"
     table: dict[str, Any] = {}
     for name in names:
-        entry: dict[str, Any] = {"setting": SETTINGS[name]}
+        entry: dict[str, Any] = {"setting": setting(name, storage)}
         if name in errors:
             entry.update(status="failed", reason=errors[name])
-        entry["by_docs"] = {str(size): contestant_table([r[size] for r in rounds], (name,), {})[name] for size in sizes}
+        entry["by_docs"] = {
+            str(size): contestant_table([r[size] for r in rounds], (name,), {}, storage)[name] for size in sizes
+        }
         pairs = [(r[first][name], r[last][name]) for r in rounds if name in r[first] and name in r[last]]
         rates = [b["chunks_per_s"] / a["chunks_per_s"] for a, b in pairs if a["chunks_per_s"] > 0]
         growth = [b["peak_rss_mb"] - a["peak_rss_mb"] for a, b in pairs]

@@ -575,10 +575,16 @@ async def wait_file(path: Path, within: float, proc: Proc, name: str) -> None:
 
 RUNNERS = {SERVICE: run_service, SERVER: run_server, INPROCESS: run_inprocess}
 SETTINGS = {
-    SERVICE: "python -m shield_orchestrator serve, role defaults, local storages; one job of n chunks",
-    SERVER: "lightrag-server 1.5.7 (.venv-bench-lightrag), local storages; one POST /documents/texts of n texts",
-    INPROCESS: "LightRAG.ainsert in bench/lightrag_inprocess.py on the service's venv (the floor)",
+    SERVICE: "python -m shield_orchestrator serve, role defaults, {storages}; one job of n chunks",
+    SERVER: "lightrag-server 1.5.7 (.venv-bench-lightrag), {storages}; one POST /documents/texts of n texts",
+    INPROCESS: "LightRAG.ainsert in bench/lightrag_inprocess.py on the service's venv, {storages} (the floor)",
 }
+STORAGES = {"local": "local storages", "postgres": "PostgreSQL storages"}
+
+
+def setting(name: str, storage: str) -> str:
+    """How a contestant ran, naming the storages it ran on ("local" or "postgres")."""
+    return SETTINGS[name].format(storages=STORAGES[storage])
 
 
 # --- W6's fixtures ----------------------------------------------------------------------------

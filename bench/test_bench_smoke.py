@@ -106,8 +106,10 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         w6 = workloads[key]
         assert len(w6["fixture_docs"]) >= 2 and w6["fixture_docs"][0] == 0
         assert set(w6["contestants"]) == {"shield-orchestrator", "lightrag-server"}
+        storages = "PostgreSQL storages" if key == "w6pg_growth" else "local storages"
         for name, entry in w6["contestants"].items():
             assert entry["status"] == "ok", (key, name, entry)
+            assert storages in entry["setting"], (key, name, entry["setting"])  # says what it ran on
             assert set(entry["by_docs"]) == {str(docs) for docs in w6["fixture_docs"]}, name
             for docs, figures in entry["by_docs"].items():
                 assert_real_run(f"{key} {name} at {docs}", figures)
