@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +66,23 @@ MARKERS = {
 }
 
 
+def samples(collapsed: Path) -> Iterator[tuple[str, int]]:
+    """py-spy's raw (collapsed) output: each stack (frames joined by ;) and its sample count."""
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():
+            yield stack, int(count)
+
+
 def inclusive(collapsed: Path) -> list[tuple[str, float]]:
     """Share of samples whose stack passes through each marker."""
     hits: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        total += int(count)
+    for stack, count in samples(collapsed):
+        total += count
         for label, marker in MARKERS.items():
             if marker in stack:
-                hits[label] += int(count)
+                hits[label] += count
     return [(label, 100.0 * hits[label] / max(total, 1)) for label in MARKERS]
 
 
@@ -86,17 +92,13 @@ def top_self(collapsed: Path, top: int) -> tuple[list[tuple[str, float]], list[t
     frames_count: collections.Counter[str] = collections.Counter()
     packages: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
+    for stack, count in samples(collapsed):
         inner = stack.split(";")[-1]
-        samples = int(count)
-        total += samples
+        total += count
         name, _, where = inner.partition(" (")
         path = where.rstrip(")").rsplit(":", 1)[0]
-        frames_count[f"{name} ({Path(path).name})"] += samples
-        packages[_package(path)] += samples
+        frames_count[f"{name} ({Path(path).name})"] += count
+        packages[_package(path)] += count
     share = 100.0 / max(total, 1)
     return (
         [(frame, n * share) for frame, n in frames_count.most_common(top)],
@@ -110,20 +112,16 @@ def callers(collapsed: Path, marker: str, top: int) -> list[tuple[str, float]]:
     frame that matches (who asked for that work)."""
     hits: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        total += int(count)
+    for stack, count in samples(collapsed):
+        total += count
         frames = stack.split(";")
         first = next((i for i, frame in enumerate(frames) if marker in frame), None)
         if first is None:
             continue
         outer = [f for f in reversed(frames[:first]) if "/lightrag/" in f and "/lightrag/utils.py" not in f]
         name, _, where = (outer[0] if outer else frames[first]).partition(" (")
-        hits[f"{name} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name}:{where.rstrip(')').rsplit(':', 1)[-1]})"] += (
-            int(count)
-        )
+        path, _, line_no = where.rstrip(")").rpartition(":")
+        hits[f"{name} ({Path(path).name}:{line_no})"] += count
     return [(caller, 100.0 * n / max(total, 1)) for caller, n in hits.most_common(top)]
 
 
