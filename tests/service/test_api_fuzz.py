@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
@@ -43,6 +44,21 @@ def queue_state(redis_server: RedisServer) -> tuple[int, int]:
     """(stream length, job hashes): both unchanged when nothing was enqueued."""
     r = redis_server.client()
     return r.xlen(STREAM), len(r.keys("shield:job:*"))
+
+
+def settled_queue_state(redis_server: RedisServer, within: float = 60.0) -> tuple[int, int]:
+    """queue_state once no job is in flight (the stream empty and the keys unchanged
+    over half a second): a job an earlier test accepted must not move the figures
+    a test compares before and after a refused request."""
+    deadline = time.monotonic() + within
+    last = queue_state(redis_server)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = queue_state(redis_server)
+        if now == last and now[0] == 0:
+            return now
+        last = now
+    raise AssertionError(f"the queue did not settle within {within:.0f}s: {last}")
 
 
 def raw(body: object) -> dict[str, Any]:
@@ -193,6 +209,7 @@ def test_a_chunked_body_over_the_limit_gets_413(client: httpx.Client, redis_serv
     # Under the limit, the same framing is accepted.
     small = client.post(INGEST, content=padded_body(70_000), headers={"Content-Type": "application/json"})
     assert small.status_code == 202, small.text
+    assert wait_job(client, small.json()["job_id"])["status"] == "completed"
 
 
 def test_a_50_mb_chunked_body_is_not_held_in_memory(
@@ -200,7 +217,7 @@ def test_a_50_mb_chunked_body_is_not_held_in_memory(
 ) -> None:
     assert fuzz_service.proc is not None
     pid = fuzz_service.proc.popen.pid
-    before, rss_before = queue_state(redis_server), rss_kib(pid)
+    before, rss_before = settled_queue_state(redis_server), rss_kib(pid)
     response = client.post(INGEST, content=padded_body(50_000_000), headers={"Content-Type": "application/json"})
     growth_kib = rss_kib(pid) - rss_before
     print(f"service RSS {rss_before} KiB before, {growth_kib:+d} KiB after a 50 MB chunked body")
