@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support.helpers import ingest, wait_job
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, wait_until
 from tests.support.service import API_TOKEN, ServiceProcess
 
 STREAM = "shield:ingestion_queue"
@@ -50,15 +49,14 @@ def settled_queue_state(redis_server: RedisServer, within: float = 60.0) -> tupl
     """queue_state once no job is in flight (the stream empty and the keys unchanged
     over half a second): a job an earlier test accepted must not move the figures
     a test compares before and after a refused request."""
-    deadline = time.monotonic() + within
-    last = queue_state(redis_server)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = queue_state(redis_server)
-        if now == last and now[0] == 0:
-            return now
-        last = now
-    raise AssertionError(f"the queue did not settle within {within:.0f}s: {last}")
+    readings: list[tuple[int, int]] = []
+
+    def settled() -> tuple[int, int] | None:
+        readings.append(queue_state(redis_server))
+        last = readings[-2:]
+        return last[-1] if len(last) == 2 and last[0] == last[1] and last[1][0] == 0 else None
+
+    return wait_until(settled, within, "no job in flight", interval=0.5)
 
 
 def raw(body: object) -> dict[str, Any]:
