@@ -38,14 +38,20 @@ images: bootstrap ## systemd base images for the lab and Molecule (built offline
 	scripts/build-base-image.sh trixie
 
 # The service venv for tests and benchmarks: the role's pinned requirements,
-# its constraints file and the test tools. Rebuilt when any of them changes.
-$(SVC_VENV)/.stamp: $(DEFAULTS) $(CONSTRAINTS) requirements-test.txt scripts/service-requirements.py
+# its constraints file and the test tools, and the package itself as an
+# editable install of the template tree (its console script, shield-orchestrator).
+# Rebuilt when any of them changes.
+$(SVC_VENV)/.stamp: $(DEFAULTS) $(CONSTRAINTS) requirements-test.txt scripts/service-requirements.py pyproject.toml
 	$(PYTHON) -m venv $(SVC_VENV)
 	$(SVC_VENV)/bin/pip install -q --upgrade pip
 	$(PYTHON) scripts/service-requirements.py > $(SVC_VENV)/requirements.txt
 	for attempt in 1 2 3; do \
 	  $(SVC_VENV)/bin/pip install -q -r $(SVC_VENV)/requirements.txt -r requirements-test.txt \
 	    -c $(CONSTRAINTS) && break; \
+	  [ $$attempt = 3 ] && exit 1; sleep 5; \
+	done
+	for attempt in 1 2 3; do \
+	  $(SVC_VENV)/bin/pip install -q --no-deps -e . && break; \
 	  [ $$attempt = 3 ] && exit 1; sleep 5; \
 	done
 	touch $@
@@ -69,14 +75,14 @@ constraints: bootstrap ## regenerate the constraints file from a clean install o
 
 # --- lint -------------------------------------------------------------------
 .PHONY: lint
-lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff, mypy --strict on the rendered service
+lint: bootstrap venv-service ## yamllint, ansible-lint (production), ruff, mypy --strict on the service's tree as it is
 	yamllint --strict .
 	ansible-lint --profile production
 	$(SVC_VENV)/bin/python scripts/role-docs.py --check
-	rm -rf .cache/rendered && $(SVC_VENV)/bin/python scripts/render_service.py .cache/rendered >/dev/null
-	ruff check tests scripts bench roles molecule .cache/rendered/shield_orchestrator
-	ruff format --check tests scripts bench roles molecule .cache/rendered/shield_orchestrator
-	cd .cache/rendered && $(CURDIR)/$(SVC_VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p shield_orchestrator
+	$(SVC_VENV)/bin/python scripts/render_service.py --check-deployed
+	ruff check tests scripts bench roles molecule
+	ruff format --check tests scripts bench roles molecule
+	$(SVC_VENV)/bin/mypy --config-file pyproject.toml -p shield_orchestrator
 
 # --- tests ------------------------------------------------------------------
 .PHONY: test-unit

@@ -14,11 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from shield_orchestrator.app import serve
-from shield_orchestrator.breaker import DependencyGate
-from shield_orchestrator.chunks import BatchResult, ChunkTask, DependencyReport
 from shield_orchestrator.cli import configure_logging, load_settings
+from shield_orchestrator.queue.tasks import ChunkTask
+from shield_orchestrator.service import serve
 from shield_orchestrator.settings import Settings, SettingsError
+from shield_orchestrator.workers.breaker import DependencyGate, DependencyReport
+from shield_orchestrator.workers.processor import BatchResult
 
 
 class NoopProcessor:

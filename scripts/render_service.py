@@ -3,12 +3,17 @@
 
 The tests and the benchmark harness run what this produces, so what they test
 is what the role deploys: the same files of
-roles/orchestrator_workers/templates/shield_orchestrator/ (*.py, *.py.j2,
-*.lua, each rendered through Jinja2 and written without ".j2"), the same
+roles/orchestrator_workers/templates/shield_orchestrator/, recursively
+(each rendered through Jinja2 and written without ".j2"), the same
 defaults/main.yml. Ansible's filters used by the templates (to_json, bool)
 are provided with Ansible's semantics.
 
+The tree also imports as it is (lint, mypy and the unit tests use it so): its
+deployed.py is deployed.py.j2 rendered with the defaults, kept in step by
+--check-deployed (make lint) and rewritten by --write-deployed.
+
     scripts/render_service.py OUTPUT_DIR [-e name=value ...]
+    scripts/render_service.py --check-deployed | --write-deployed
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ import yaml
 ROLE = Path(__file__).resolve().parent.parent / "roles" / "orchestrator_workers"
 TEMPLATES = ROLE / "templates" / "shield_orchestrator"
 PACKAGE = "shield_orchestrator"
+DEPLOYED = "deployed.py"
+# What a file of the package may be; the role renders the same set (vars/main.yml).
+SUFFIXES = (".py", ".py.j2", ".lua", ".html", ".js", ".css", "py.typed")
+SKIPPED_DIRS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 
 
 def ansible_bool(value: Any) -> bool:
@@ -78,29 +87,60 @@ def role_variables(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def render(output_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Render the package into output_dir/shield_orchestrator; return that directory."""
+    """Render the package tree into output_dir/shield_orchestrator; return that directory."""
     variables = role_variables(overrides)
     env = environment()
     package = output_dir / PACKAGE
-    package.mkdir(parents=True, exist_ok=True)
-    for source in sources():
-        text = env.from_string(source.read_text()).render(**variables)
-        (package / source.name.removesuffix(".j2")).write_text(text)
+    for source, dest in sources():
+        target = package / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(env.from_string(source.read_text()).render(**variables))
     return package
 
 
-def sources() -> list[Path]:
-    """What the role renders: plain modules, modules with deploy-time values, Redis
-    scripts, the console's static page."""
-    patterns = ("*.py", "*.py.j2", "*.lua", "*.html", "*.js", "*.css")
-    return sorted(path for pattern in patterns for path in TEMPLATES.glob(pattern))
+def sources() -> list[tuple[Path, str]]:
+    """What the role renders, as (source, path in the package): every file of the
+    template tree (plain modules, the module with deploy-time values, Redis scripts,
+    the console's static files, py.typed), recursively, sorted by destination.
+    Caches are left out, and so is deployed.py: the repository's copy of
+    deployed.py.j2 rendered with the defaults (so the tree imports as it is),
+    which the role replaces by the template's rendering."""
+    found = []
+    for path in TEMPLATES.rglob("*"):
+        relative = path.relative_to(TEMPLATES).as_posix()
+        if not path.is_file() or _skipped(relative):
+            continue
+        found.append((path, relative.removesuffix(".j2")))
+    return sorted(found, key=lambda item: item[1])
+
+
+def _skipped(relative: str) -> bool:
+    parts = relative.split("/")
+    return any(part in SKIPPED_DIRS for part in parts) or not relative.endswith(SUFFIXES) or relative == DEPLOYED
+
+
+def deployed_text() -> str:
+    """deployed.py.j2 rendered with the role's defaults: the repository's deployed.py."""
+    return environment().from_string((TEMPLATES / (DEPLOYED + ".j2")).read_text()).render(**role_variables())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("output_dir", type=Path, nargs="?")
     parser.add_argument("-e", "--extra", action="append", default=[], help="name=value (YAML value)")
+    parser.add_argument("--check-deployed", action="store_true", help="exit 1 when deployed.py is out of step")
+    parser.add_argument("--write-deployed", action="store_true", help="rewrite deployed.py from the defaults")
     args = parser.parse_args()
+    if args.check_deployed or args.write_deployed:
+        path = TEMPLATES / DEPLOYED
+        if args.write_deployed:
+            path.write_text(deployed_text())
+        elif not path.exists() or path.read_text() != deployed_text():
+            print(f"{path} is out of step with deployed.py.j2 and the defaults: run {sys.argv[0]} --write-deployed")
+            return 1
+        return 0
+    if args.output_dir is None:
+        parser.error("output_dir is required")
     overrides = {}
     for item in args.extra:
         name, _, value = item.partition("=")

@@ -90,16 +90,16 @@ def test_defaults_and_readme_tables_are_in_step_with_the_specs() -> None:
 def test_service_sources_never_reference_secrets() -> None:
     sources = render_service.sources()
     assert sources
-    for source in sources:
+    for source, dest in sources:
         text = source.read_text()
         for secret in SECRETS:
-            assert secret not in text, f"{source.name} renders {secret}"
+            assert secret not in text, f"{dest} renders {secret}"
 
 
 def test_rendered_code_holds_no_secret_value(tmp_path: Path) -> None:
     sentinel = {name: f"SENTINEL-{index}-do-not-render" for index, name in enumerate(sorted(SECRETS))}
     package = render_service.render(tmp_path, sentinel)
-    for path in package.glob("*.py"):
+    for path in package.rglob("*.py"):
         text = path.read_text()
         assert "SENTINEL-" not in text, path.name
         compile(text, str(path), "exec")

@@ -15,7 +15,7 @@ from tests.support.servers import RedisServer
 
 def test_one_holder_at_a_time_and_a_dead_holder_lapses(redis_server: RedisServer, rendered: Path) -> None:
     sys.path.insert(0, str(rendered))  # the package as the role renders it
-    from shield_orchestrator.locks import RedisLeaseLock
+    from shield_orchestrator.lightrag.locks import RedisLeaseLock
 
     async def scenario() -> dict[str, float]:
         redis = Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)

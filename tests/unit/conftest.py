@@ -1,17 +1,17 @@
 """The unit layer: the service's pure parts, in process, without any server.
 
-The package is rendered from the role's templates and defaults (as the role
-deploys it) into a temporary directory put first on sys.path, so the tests
-import exactly what runs on a host.
+The package is imported straight from the role's template tree
+(roles/orchestrator_workers/templates, on pytest's pythonpath): its deployed.py
+is deployed.py.j2 rendered with the role's defaults, kept in step by
+scripts/render_service.py --check-deployed, so the tests import what a host runs
+with the defaults. test_code_shape.py checks that rendering keeps every file.
 """
 
 from __future__ import annotations
 
-import sys
-import tempfile
 from pathlib import Path
 
-from tests.support.service import render
+import shield_orchestrator
 
-RENDERED = render(Path(tempfile.mkdtemp(prefix="shield-unit-")))
-sys.path.insert(0, str(RENDERED))
+PACKAGE = Path(shield_orchestrator.__file__).resolve().parent
+TEMPLATES = PACKAGE.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shield_orchestrator.breaker import DependencyGate, GateSettings, PauseChange
+from shield_orchestrator.workers.breaker import DependencyGate, GateSettings, PauseChange
 
 
 class Clock:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.unit.conftest import RENDERED
+from tests.support.service import render
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATES = REPO / "roles" / "orchestrator_workers" / "templates" / "shield_orchestrator"
-PACKAGE = RENDERED / "shield_orchestrator"
+TEMPLATES = REPO / "roles" / "orchestrator_workers" / "templates" / "shield_orchestrator" / "api" / "static"
 ASSETS = ("ui.html", "ui.js", "ui.css")
 BROWSER_TEST = REPO / "tests" / "service" / "test_console_ui.py"
 
@@ -20,9 +19,10 @@ def text(name: str) -> str:
     return (TEMPLATES / name).read_text()
 
 
-def test_the_assets_are_rendered_unchanged_into_the_package() -> None:
+def test_the_assets_are_rendered_unchanged_into_the_package(tmp_path: Path) -> None:
+    static = render(tmp_path) / "shield_orchestrator" / "api" / "static"
     for name in ASSETS:
-        assert (PACKAGE / name).read_text() == text(name), name
+        assert (static / name).read_text() == text(name), name
 
 
 def test_no_jinja_delimiters_in_the_assets() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from shield_orchestrator.api import create_app
-from shield_orchestrator.context import AppContext
+from shield_orchestrator.api.app import create_app
+from shield_orchestrator.api.context import AppContext
 from shield_orchestrator.deployed import BOUNDS, DEFAULTS
 from shield_orchestrator.settings import Settings
 

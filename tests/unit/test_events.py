@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from shield_orchestrator.event_bus import coalesce
-from shield_orchestrator.events import EVENT_TYPES, Event, EventType, decode, parse_event_types, stream_id_key
+from shield_orchestrator.events.bus import coalesce
+from shield_orchestrator.events.types import EVENT_TYPES, Event, EventType, decode, parse_event_types
+from shield_orchestrator.queue.redis_text import stream_id_key
 
 
 def test_stream_ids_order_numerically_not_as_text() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from shield_orchestrator.faults import (
+from shield_orchestrator.workers.faults import (
     EMBEDDING,
     LLM,
     STORAGE,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shield_orchestrator.breaker import DependencyGate
-from shield_orchestrator.chunks import ChunkTask
-from shield_orchestrator.faults import FaultKind, chunk_fault
-from shield_orchestrator.feeder import LightRAGFeeder, document_path, outcome_of, plan_round
+from shield_orchestrator.lightrag.feeder import LightRAGFeeder, document_path, outcome_of, plan_round
+from shield_orchestrator.queue.tasks import ChunkTask
+from shield_orchestrator.workers.breaker import DependencyGate
+from shield_orchestrator.workers.faults import FaultKind, chunk_fault
 
 
 def task(index: int, source: str = "") -> ChunkTask:

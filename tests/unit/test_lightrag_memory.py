@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from nano_vectordb import NanoVectorDB
 from nano_vectordb.dbs import array_to_buffer_string, load_storage
-from shield_orchestrator.vector_save import SLICE_BYTES, patch_vector_save, write_storage
+from shield_orchestrator.lightrag.vector_save import SLICE_BYTES, patch_vector_save, write_storage
 
 DIM = 768
 
@@ -97,7 +97,7 @@ def test_the_transient_is_a_slice_not_the_matrix() -> None:
 def test_lightrag_is_imported_without_the_pinyin_phrase_dictionary() -> None:
     """44 MB of resident memory for sorting listings the service never asks for."""
     probe = (
-        "from shield_orchestrator.lightrag_processor import prepare_import\n"
+        "from shield_orchestrator.lightrag.processor import prepare_import\n"
         "prepare_import()\n"
         "import lightrag.utils, pypinyin.constants\n"
         "assert lightrag.utils.pypinyin is not None, 'pypinyin not imported by LightRAG'\n"

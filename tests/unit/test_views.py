@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from shield_orchestrator.intake import QueueFull
-from shield_orchestrator.job_tracker import JobProgress, job_view, percent
-from shield_orchestrator.keys import RedisKeys
-from shield_orchestrator.routes_ingest import retry_after
-from shield_orchestrator.states import FINAL_STATES, JobState
+from shield_orchestrator.api.routes.ingest import retry_after
+from shield_orchestrator.jobs.intake import QueueFull
+from shield_orchestrator.jobs.states import FINAL_STATES, JobState
+from shield_orchestrator.jobs.tracker import JobProgress
+from shield_orchestrator.jobs.views import job_view, percent
+from shield_orchestrator.queue.keys import RedisKeys
 
 REDIS_HASH = {
     "job_id": "0b5c6e36-5f4e-4a56-9f8f-1c1b0c6d3c11",

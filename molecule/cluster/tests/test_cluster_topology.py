@@ -30,6 +30,24 @@ def test_api_answers_on_every_worker(workers):
         assert status == 200, (cluster.name(worker), body)
 
 
+CODE_RECORD = "/opt/hx-citadel-shield/orchestrator/src/shield_orchestrator.sha256"
+
+
+def test_every_worker_runs_the_same_code_the_role_recorded(workers):
+    """Issue 18: each worker host reports the package's version and the hash of its
+    code tree; the hosts agree, and each host's files are those the role rendered."""
+    builds = {}
+    for worker in workers:
+        status, body = helpers.api(worker, TOKEN, "GET", "/health/detailed", timeout=10)
+        assert status == 200, (cluster.name(worker), body)
+        build = body["build"]
+        assert build["intact"] is True, (cluster.name(worker), build)
+        recorded = worker.file(CODE_RECORD).content_string.strip()
+        assert build["tree_sha256"] == build["recorded_sha256"] == recorded, (cluster.name(worker), build)
+        builds[cluster.name(worker)] = (build["version"], build["tree_sha256"])
+    assert len(set(builds.values())) == 1, builds
+
+
 def test_workers_run_no_redis_server(workers):
     """Debian 12's Redis 7.0 cannot replicate the data host's Redis 8.0: the workers hold Sentinels only."""
     for worker in workers:

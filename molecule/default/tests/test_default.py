@@ -9,12 +9,22 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import helpers
 import pytest
 from helpers import BASE, GROUP, PORT, SERVICE, STREAM, USER, main_pid, psql, show
+
+# The package's tree as the repository holds it (build_info needs nothing but the standard library).
+TEMPLATE_ROOT = Path(__file__).resolve().parents[3] / "roles" / "orchestrator_workers" / "templates"
+sys.path.insert(0, str(TEMPLATE_ROOT))
+from shield_orchestrator import __version__ as PACKAGE_VERSION  # noqa: E402
+from shield_orchestrator.build_info import tree_files  # noqa: E402
+
+TEMPLATE_TREE = TEMPLATE_ROOT / "shield_orchestrator"
 
 SCENARIO_VARS = helpers.scenario_vars(__file__)
 UNIT_FILE = f"/etc/systemd/system/{SERVICE}.service"
@@ -260,9 +270,27 @@ def test_service_user_has_no_login(host):
 
 def test_code_is_root_owned_and_read_only(host):
     pkg = "/opt/hx-citadel-shield/orchestrator/src/shield_orchestrator"
-    files = host.check_output(f"find {pkg} -name '*.py' -printf '%u %m %f\\n'").splitlines()
-    assert any(line.endswith(" app.py") for line in files)
+    files = host.check_output(f"find {pkg} -type f -not -path '*/__pycache__/*' -printf '%u %m %P\\n'").splitlines()
+    assert any(line.endswith(" workers/outcome.py") for line in files), files
     assert all(line.startswith("root 644 ") for line in files), files
+    dirs = host.check_output(f"find {pkg} -type d -not -name __pycache__ -printf '%u %m %P\\n'").splitlines()
+    assert all(line.startswith("root 755 ") for line in dirs), dirs
+
+
+def test_the_deployed_tree_is_the_repository_tree(host):
+    """Issue 18: the host holds every file of the template tree at the same path
+    (deployed.py rendered), nothing else, and the service reports its hash."""
+    pkg = "/opt/hx-citadel-shield/orchestrator/src/shield_orchestrator"
+    on_host = sorted(
+        host.check_output(
+            f"find {pkg} -type f -not -path '*/__pycache__/*' -not -name '*.pyc' -printf '%P\\n'"
+        ).splitlines()
+    )
+    assert on_host == tree_files(TEMPLATE_TREE)
+    recorded = host.file(f"{pkg}.sha256").content_string.strip()
+    body = json.loads(host.check_output(f"curl -sS -m 10 {BASE}/health"))
+    assert body["tree_sha256"] == recorded
+    assert body["version"] == PACKAGE_VERSION
 
 
 # --- least privilege: the service's own credentials ---------------------------------

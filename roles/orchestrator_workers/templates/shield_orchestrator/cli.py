@@ -23,10 +23,10 @@ import os
 import sys
 from collections.abc import Mapping
 
-from . import commands
-from .app import serve
+from . import __version__, commands
 from .deployed import BOUNDS, DEFAULTS
-from .migrations import HEAD
+from .jobs.migrations import HEAD
+from .service import serve
 from .settings import Settings, SettingsError
 
 NOISY_LOGGERS = ("httpx", "httpx2", "openai", "nano-vectordb", "lightrag")
@@ -86,6 +86,7 @@ def configure_logging(level: str) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="shield_orchestrator", description=(__doc__ or "").splitlines()[0])
     top.add_argument("--env-file", help="environment file to read (the unit's EnvironmentFile=)")
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the API and the worker pool")
     migrate = sub.add_parser("migrate", help="bring the PostgreSQL schema to the head revision (idempotent)")
@@ -120,8 +121,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings({**environ, **os.environ})
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """The entry point (`python -m shield_orchestrator`, the `shield-orchestrator` console script)."""
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = settings_from(args)
     except SettingsError as exc:

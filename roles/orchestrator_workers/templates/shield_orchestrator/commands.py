@@ -9,17 +9,17 @@ from contextlib import asynccontextmanager
 import httpx
 from redis.asyncio import Redis
 
-from .app import make_redis
-from .breaker import DependencyGate
-from .database import JobHistory, create_engine
-from .dead_letters import DeadLetters
-from .job_tracker import JobTracker
-from .keys import RedisKeys
-from .lightrag_processor import Endpoints, open_lightrag
-from .migrations import HEAD, migrate
+from .jobs.dead_letters import DeadLetters
+from .jobs.history import JobHistory, create_engine
+from .jobs.migrations import HEAD, migrate
+from .jobs.tracker import JobTracker
+from .lightrag.processor import Endpoints, open_lightrag
+from .lightrag.verify import verify_job
+from .queue.keys import RedisKeys
+from .queue.stream import IngestionStream
+from .service import make_redis
 from .settings import Settings
-from .stream import IngestionStream
-from .verify import verify_job
+from .workers.breaker import DependencyGate
 
 Result = tuple[dict[str, object], int]
 

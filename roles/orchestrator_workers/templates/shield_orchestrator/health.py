@@ -11,16 +11,17 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .chunks import ChunkProcessor, DependencyReport
-from .database import JobHistory
+from .build_info import BuildInfo
+from .jobs.history import JobHistory
+from .jobs.projection import JobProjection
 from .metrics import Metrics
-from .projection import JobProjection
+from .queue.stream import IngestionStream
 from .settings import Settings
-from .stream import IngestionStream
-from .worker_pool import WorkerPool
+from .workers.breaker import DependencyReport
+from .workers.pool import WorkerPool
+from .workers.processor import ChunkProcessor
 
 CHECK_TIMEOUT = 3.0
-REFRESH_SECONDS = 10.0
 
 
 class HealthService:
@@ -35,8 +36,10 @@ class HealthService:
         pool: WorkerPool,
         projection: JobProjection,
         metrics: Metrics,
+        build: BuildInfo,
     ) -> None:
         self._s = settings
+        self._build = build
         self._redis = redis
         self._history = history
         self._stream = stream
@@ -45,13 +48,13 @@ class HealthService:
         self._projection = projection
         self._metrics = metrics
         self._started = time.monotonic()
-        self._refreshed = 0.0
 
     def basic(self) -> dict[str, Any]:
         return {
             "status": "healthy",
             "timestamp": datetime.now(UTC).isoformat(),
-            "version": self._s.version,
+            "version": self._build.version,
+            "tree_sha256": self._build.tree_sha256,
             "uptime_seconds": round(time.monotonic() - self._started, 1),
         }
 
@@ -78,6 +81,7 @@ class HealthService:
         body = {
             **self.basic(),
             "status": "unhealthy" if down_required else ("degraded" if degraded else "healthy"),
+            "build": self._build.as_dict(),
             "dependencies": {report.name: report.as_dict() for report in reports},
             "worker_pool": pool,
             "postgres_sync": {
@@ -88,14 +92,6 @@ class HealthService:
         if down_required:
             body["down"] = down_required
         return (503 if down_required else 200), body
-
-    async def refresh(self) -> None:
-        """Run the dependency checks (which set the gauges) unless they ran recently."""
-        now = time.monotonic()
-        if now - self._refreshed < REFRESH_SECONDS:
-            return
-        self._refreshed = now
-        await self.detailed()
 
     async def _processor_reports(self) -> list[DependencyReport]:
         try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .stream import QueueStats
+from .queue.stream import QueueStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -70,6 +73,12 @@ class Metrics:
             registry=r,
         )
         self.sse_clients = Gauge("shield_sse_clients", "Connected Server-Sent Events clients", registry=r)
+        self.build_info = Gauge(
+            "shield_build_info",
+            "1, labelled with the version and the SHA-256 of the package's file tree this process runs",
+            ["version", "tree_sha256"],
+            registry=r,
+        )
 
     def render(self, stats: QueueStats, sse_clients: int) -> bytes:
         """The text format, with the queue gauges set from `stats`."""
@@ -79,3 +88,22 @@ class Metrics:
         self.high_priority_depth.set(stats.high_priority_depth)
         self.sse_clients.set(sse_clients)
         return generate_latest(self.registry)
+
+
+class RateMeter:
+    """Chunks finished per second over a sliding window."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self._window = window
+        self._marks: deque[tuple[float, int]] = deque()
+        self._started = time.monotonic()
+
+    def add(self, count: int) -> None:
+        self._marks.append((time.monotonic(), count))
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        while self._marks and self._marks[0][0] < now - self._window:
+            self._marks.popleft()
+        span = min(self._window, max(now - self._started, 1.0))
+        return round(sum(count for _, count in self._marks) / span, 3)

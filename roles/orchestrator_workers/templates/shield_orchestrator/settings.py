@@ -42,7 +42,6 @@ def describe(name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    version: str
     service_name: str
     state_dir: str
     log_level: str

@@ -1,0 +1,120 @@
+"""Health and metrics: /health (no token), /health/detailed, /metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+from redis.exceptions import RedisError
+
+from ..context import Context
+from ..errors import error_responses
+from ..schemas import ApiError, QueueView, WorkerList, WorkerView
+
+public = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"])
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
+RETRY = {"Retry-After": "5"}
+
+
+class Health(BaseModel):
+    status: Literal["healthy"]
+    timestamp: str
+    version: str
+    uptime_seconds: float
+
+
+class HealthReport(BaseModel):
+    """The dependency report; `down` lists the required ones that are down (then 503)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    dependencies: dict[str, dict[str, Any]]
+    worker_pool: dict[str, Any]
+    postgres_sync: dict[str, Any]
+    down: list[str] = []
+
+
+class MetricsResponse(Response):
+    # Starlette adds "; charset=utf-8": the header is metrics.CONTENT_TYPE.
+    media_type = METRICS_MEDIA_TYPE
+
+
+@public.get("/health")
+async def get_health(context: Context) -> Health:
+    return Health.model_validate(context.health.basic())
+
+
+@router.get(
+    "/health/detailed",
+    response_model=HealthReport,
+    responses={503: {"model": HealthReport, "description": "A required dependency is down: the same report"}},
+)
+async def get_health_detailed(context: Context) -> JSONResponse:
+    status, body = await context.health.detailed()
+    return JSONResponse(body, status_code=status)
+
+
+@router.get(
+    "/metrics",
+    response_class=MetricsResponse,
+    responses={
+        200: {"description": "Prometheus text exposition format 0.0.4"},
+        **error_responses(503),
+    },
+)
+async def get_metrics(context: Context) -> Response:
+    try:
+        stats = await context.stream.stats()
+    except RedisError as exc:
+        raise ApiError(503, f"redis: unavailable ({exc})", RETRY) from None
+    return MetricsResponse(context.metrics.render(stats, context.hub.client_count))
+
+
+@router.get("/queue", responses=error_responses(503))
+async def get_queue(context: Context) -> QueueView:
+    """The queue at a glance (the console's header)."""
+    try:
+        stats = await context.stream.stats()
+    except RedisError as exc:
+        raise ApiError(503, f"redis: unavailable ({exc})", RETRY) from None
+    return QueueView(
+        queue_depth=stats.queue_depth,
+        high_priority_depth=stats.high_priority_depth,
+        pending=stats.pending,
+        waiting=stats.waiting,
+        dead_letters=stats.dead_letters,
+        processing_rate=context.rate.rate(),
+    )
+
+
+@router.get("/workers", responses=error_responses(503))
+async def get_workers(context: Context) -> WorkerList:
+    """Every consumer of the group, on every host, with its heartbeat."""
+    try:
+        consumers = await context.stream.consumers()
+        beats = await context.heartbeats.read([info.name for info in consumers])
+    except RedisError as exc:
+        raise ApiError(503, f"redis: unavailable ({exc})", RETRY) from None
+    now = time.time()
+    workers = []
+    for info in consumers:
+        beat = beats.get(info.name, {})
+        at = beat.get("at")
+        done = beat.get("tasks_done")
+        workers.append(
+            WorkerView(
+                consumer=info.name,
+                host=str(beat["host"]) if beat.get("host") is not None else None,
+                state=str(beat.get("state", "silent")),
+                tasks_done=int(str(done)) if done is not None else None,
+                heartbeat_age_seconds=round(now - float(str(at)), 1) if at is not None else None,
+                alive=info.name in beats,
+                pending=info.pending,
+            )
+        )
+    return WorkerList(workers=workers, count=len(workers))

@@ -1,0 +1,191 @@
+"""Request and response bodies of the API, and the checks that depend on the deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from .. import bounds
+from ..jobs.requests import ChunkIn, IngestRequest, Metadata
+from ..settings import Settings
+
+__all__ = ["ChunkIn", "IngestRequest", "Metadata"]
+
+
+class ApiError(Exception):
+    """An answer other than success: status, a message naming the field, headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class IngestAccepted(BaseModel):
+    job_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    status: str
+    chunks_total: int
+    status_url: str
+
+
+class CancelResult(BaseModel):
+    job_id: str
+    status: str
+    chunks_in_lightrag: int = Field(description="chunks processed before the cancel; they stay in the graph")
+    already_cancelled: bool
+
+
+JobIdField = Annotated[
+    str, Field(pattern=bounds.UUID_PATTERN, json_schema_extra={"format": "uuid"}, description="a job id (a UUID)")
+]
+EntryId = Annotated[str, Field(pattern=bounds.STREAM_ID_PATTERN, description="a dead letter's id (<ms>-<seq>)")]
+
+
+class ReplayIds(BaseModel):
+    """Replay these dead letters."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: Annotated[list[EntryId], Field(min_length=1, max_length=1000)]
+
+
+class ReplayJob(BaseModel):
+    """Replay every dead letter of this job."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: JobIdField
+
+
+class ReplayAll(BaseModel):
+    """Replay every dead letter."""
+
+    model_config = ConfigDict(extra="forbid")
+    all: Literal[True]
+
+
+SHAPE = "shape:"  # a union member's tag: in an error's location, not a field
+
+
+def replay_shape(value: Any) -> str | None:
+    """Which of the three shapes a body is, by its first known key (None: none of them)."""
+    if isinstance(value, dict):
+        for key in ("ids", "job_id", "all"):
+            if key in value:
+                return SHAPE + key
+    return None
+
+
+# Exactly one of the three shapes (each forbids the others' fields): oneOf in the spec.
+ReplayRequest = Annotated[
+    Annotated[ReplayIds, Tag(SHAPE + "ids")]
+    | Annotated[ReplayJob, Tag(SHAPE + "job_id")]
+    | Annotated[ReplayAll, Tag(SHAPE + "all")],
+    Discriminator(
+        replay_shape,
+        custom_error_type="replay_shape",
+        custom_error_message="give exactly one of ids, job_id or all=true",
+    ),
+]
+
+
+class ReplayResult(BaseModel):
+    replayed: int
+    jobs: list[str]
+    skipped_jobs: list[str]
+
+
+class FieldError(BaseModel):
+    field: Annotated[str, Field(description='The field, as a path: "chunks[3].text", "metadata", "job_id"')]
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal and failure the API answers (4xx/5xx) has this body."""
+
+    detail: Annotated[str, Field(description="What is wrong, starting with the field it concerns")]
+    errors: Annotated[list[FieldError], Field(description="One entry per invalid field")] = []
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """("body", "chunks", 3, "text") -> "chunks[3].text"."""
+    path = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header") or (isinstance(part, str) and part.startswith(SHAPE)):
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def validate_ingest(body: IngestRequest, settings: Settings) -> None:
+    """Limits that depend on the deployment; raise ApiError naming the field."""
+    if len(body.chunks) > settings.max_chunks_per_job:
+        raise ApiError(
+            413,
+            f"chunks: {len(body.chunks)} chunks exceed max_chunks_per_job ({settings.max_chunks_per_job}); "
+            "split the job",
+        )
+    for index, chunk in enumerate(body.chunks):
+        size = len(chunk.text.encode("utf-8"))
+        if size > settings.max_chunk_bytes:
+            raise ApiError(
+                413, f"chunks[{index}].text: {size} bytes exceed max_chunk_bytes ({settings.max_chunk_bytes})"
+            )
+
+
+def request_body_limit(settings: Settings) -> int:
+    """The largest ingest body a valid job can need: every chunk at its size limit,
+    JSON-escaped at worst twice as long, plus room for its metadata."""
+    return settings.max_chunks_per_job * (settings.max_chunk_bytes * 2 + 4096) + 65536
+
+
+class QueueView(BaseModel):
+    """GET /queue: the queue at a glance (the console's header)."""
+
+    queue_depth: int
+    high_priority_depth: int
+    pending: int
+    waiting: int
+    dead_letters: int
+    processing_rate: Annotated[float, Field(description="chunks per second over the last minute, this host")]
+
+
+class WorkerView(BaseModel):
+    consumer: str
+    host: str | None
+    state: str
+    tasks_done: int | None
+    heartbeat_age_seconds: float | None
+    alive: bool
+    pending: int
+
+
+class WorkerList(BaseModel):
+    """GET /workers: every consumer of the group, on every host, with its heartbeat."""
+
+    workers: list[WorkerView]
+    count: int
+
+
+class DeadLetterView(BaseModel):
+    id: str
+    job_id: str
+    chunk_index: int
+    source_uri: str
+    text_preview: str
+    error: str
+    attempts: int
+    dead_lettered_at: str
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetterView]
+    count: int
+
+
+class Discarded(BaseModel):
+    discarded: str

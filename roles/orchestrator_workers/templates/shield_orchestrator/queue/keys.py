@@ -1,0 +1,71 @@
+"""Every Redis key and stream name of the service, built in one place.
+
+The Lua scripts never build a key themselves: they get theirs as KEYS from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..settings import Settings
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    stream: str
+    group: str
+    events: str
+    prefix: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisKeys:
+        return cls(
+            stream=settings.stream_name,
+            group=settings.consumer_group,
+            events=settings.events_stream,
+            prefix=settings.key_prefix,
+        )
+
+    @property
+    def high(self) -> str:
+        """The stream of high-priority chunks, read before the normal one."""
+        return f"{self.stream}:high"
+
+    @property
+    def streams(self) -> tuple[str, str]:
+        """Both ingestion streams, high priority first."""
+        return (self.high, self.stream)
+
+    def stream_for(self, priority: str) -> str:
+        return self.high if priority == "high" else self.stream
+
+    @property
+    def dlq(self) -> str:
+        """Dead letters: entries that failed for good, with their error."""
+        return f"{self.stream}:dlq"
+
+    def job(self, job_id: str) -> str:
+        """A job's hash: status, counters, timestamps."""
+        return f"{self.prefix}job:{job_id}"
+
+    def job_done(self, job_id: str) -> str:
+        """The set of a job's chunk indexes already counted (a redelivery counts once)."""
+        return f"{self.job(job_id)}:done"
+
+    @property
+    def jobs_dirty(self) -> str:
+        """Hash job id -> version of the jobs PostgreSQL has not caught up with."""
+        return f"{self.prefix}jobs:dirty"
+
+    def heartbeat(self, consumer: str) -> str:
+        """A consumer's heartbeat: present (with a short TTL) while its process lives."""
+        return f"{self.prefix}heartbeat:{consumer}"
+
+    def workspace_lock(self, workspace: str) -> str:
+        """The lease that lets one host at a time run LightRAG's pipeline on `workspace`."""
+        return f"{self.prefix}lightrag:lock:{workspace}"
+
+    @property
+    def jobs_recent(self) -> str:
+        """Sorted set of job ids by creation time (GET /jobs while PostgreSQL is down)."""
+        return f"{self.prefix}jobs:recent"

@@ -1,0 +1,286 @@
+"""The service: wires the components together and runs them under uvicorn.
+
+Everything is built here, once, and handed to whoever needs it; no module
+holds global state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import __version__
+from .api.app import create_app
+from .api.context import AppContext
+from .build_info import read_build_info
+from .events.bus import EventHub, EventPublisher
+from .health import HealthService
+from .jobs.dead_letters import DeadLetters
+from .jobs.history import JobHistory, create_engine
+from .jobs.intake import JobIntake
+from .jobs.projection import JobProjection
+from .jobs.tracker import JobTracker
+from .lightrag.locks import RedisLeaseLock
+from .lightrag.processor import LightRAGProcessor
+from .lightrag.verify import JobVerifier
+from .metrics import Metrics
+from .queue.keys import RedisKeys
+from .queue.liveness import Heartbeats
+from .queue.stream import IngestionStream
+from .settings import Settings
+from .workers.breaker import DependencyGate
+from .workers.pool import PauseReporter, WorkerPool
+from .workers.processor import ChunkProcessor
+
+log = logging.getLogger("shield_orchestrator")
+
+WorkspaceLock = AbstractAsyncContextManager[object]
+ProcessorFactory = Callable[[Settings, DependencyGate, WorkspaceLock], ChunkProcessor]
+SYNC_STOP_SECONDS = 10
+HTTP_GRACEFUL_SECONDS = 10
+
+
+def make_redis(settings: Settings) -> Redis:
+    """The Redis client: straight to redis_host, or to whichever server the
+    sentinels name master (a failover is followed by the client itself)."""
+    # The service's own ACL user (role redis_server: redis_server_app_user),
+    # or the default user when redis_username is empty.
+    auth: dict[str, Any] = {"username": settings.redis_username or None, "password": settings.redis_password or None}
+    options: dict[str, Any] = {
+        "db": settings.redis_db,
+        **auth,
+        "decode_responses": True,
+        "socket_connect_timeout": 5,
+        # Above every blocking read (XREADGROUP / XREAD BLOCK is at most a few s).
+        "socket_timeout": max(30.0, settings.block_ms / 1000 + 10),
+        "health_check_interval": 30,
+        "max_connections": max(64, settings.pool_size * 4 + settings.sse_max_clients // 10),
+    }
+    if settings.sentinels:
+        # redis-py's Sentinel.__init__ carries no annotations.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            settings.sentinels,
+            sentinel_kwargs={**auth, "socket_connect_timeout": 5},
+        )
+        client: Redis = sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis, **options)
+        return client
+    return Redis(host=settings.redis_host, port=settings.redis_port, **options)
+
+
+def workspace_lock(settings: Settings, redis: Redis, keys: RedisKeys) -> WorkspaceLock:
+    """One LightRAG pipeline at a time per workspace: in this process for the local
+    storages (one host), across hosts (a lease in Redis) for PostgreSQL's."""
+    if settings.lightrag_storage == "postgres":
+        key = keys.workspace_lock(settings.lightrag_workspace)
+        return RedisLeaseLock(redis, key, ttl_seconds=settings.lightrag_lock_ttl_seconds)
+    return asyncio.Lock()
+
+
+@dataclass
+class Service:
+    settings: Settings
+    redis: Redis
+    engine: AsyncEngine
+    processor: ChunkProcessor
+    projection: JobProjection
+    publisher: EventPublisher
+    hub: EventHub
+    pool: WorkerPool
+    context: AppContext
+    sync_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    sync_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, processor_factory: ProcessorFactory = LightRAGProcessor) -> Service:
+        redis = make_redis(settings)
+        engine = create_engine(settings)
+        keys = RedisKeys.from_settings(settings)
+        metrics = Metrics()
+        build = read_build_info()
+        metrics.build_info.labels(build.version, build.tree_sha256).set(1)
+        stream = IngestionStream(redis, keys)
+        tracker = JobTracker(redis, keys, ttl_seconds=settings.job_status_ttl)
+        history = JobHistory(engine)
+        projection = JobProjection(tracker, history, metrics, interval=settings.pg_sync_interval)
+        publisher = EventPublisher(redis, keys.events, settings.events_stream_maxlen)
+        hub = EventHub(
+            redis,
+            keys.events,
+            max_clients=settings.sse_max_clients,
+            replay_events=settings.sse_replay_events,
+            keepalive_seconds=settings.sse_keepalive_seconds,
+        )
+        gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
+        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys))
+        heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
+        pool = WorkerPool(
+            redis=redis,
+            settings=settings,
+            stream=stream,
+            processor=processor,
+            tracker=tracker,
+            events=publisher,
+            metrics=metrics,
+            gate=gate,
+            heartbeats=heartbeats,
+            on_job_finished=projection.request_sync,
+        )
+        intake = JobIntake(
+            redis=redis,
+            stream=stream,
+            tracker=tracker,
+            publisher=publisher,
+            max_queue_depth=settings.max_queue_depth,
+            on_enqueued=projection.request_sync,
+        )
+        health = HealthService(
+            settings=settings,
+            redis=redis,
+            history=history,
+            stream=stream,
+            processor=processor,
+            pool=pool,
+            projection=projection,
+            metrics=metrics,
+            build=build,
+        )
+        verifier = processor if isinstance(processor, JobVerifier) else None
+        metrics.configured_workers.set(settings.pool_size)
+        context = AppContext(
+            settings=settings,
+            intake=intake,
+            tracker=tracker,
+            history=history,
+            stream=stream,
+            hub=hub,
+            health=health,
+            metrics=metrics,
+            rate=pool.rate,
+            verifier=verifier,
+            publisher=publisher,
+            dead_letters=DeadLetters(redis, keys, tracker, history),
+            heartbeats=heartbeats,
+            on_job_change=projection.request_sync,
+        )
+        return cls(settings, redis, engine, processor, projection, publisher, hub, pool, context)
+
+    def begin_shutdown(self) -> None:
+        """First step on SIGTERM/SIGINT: stop reading new chunks, end SSE streams."""
+        self.pool.begin_shutdown()
+        self.hub.begin_close()
+
+    async def start(self) -> None:
+        s = self.settings
+        log.info(
+            "starting %s %s host=%s redis=%s:%d postgres=%s:%d/%s sslmode=%s",
+            s.service_name,
+            __version__,
+            s.hostname,
+            s.redis_host,
+            s.redis_port,
+            s.postgres_host,
+            s.postgres_port,
+            s.postgres_db,
+            s.postgres_sslmode,
+        )
+        await self.redis.ping()
+        self.publisher.start()
+        await self.processor.start()
+        self.sync_task = asyncio.create_task(self.projection.run(self.sync_stop), name="job-sync")
+        await self.hub.start()
+        await self.pool.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        await self.pool.stop()
+        self.sync_stop.set()
+        self.projection.request_sync()
+        if self.sync_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sync_task, SYNC_STOP_SECONDS)
+        await self.publisher.stop()
+        await self.hub.close()
+        await self.processor.stop()
+        await self.engine.dispose()
+        await self.redis.aclose()
+        log.info("%s stopped cleanly", self.settings.service_name)
+
+    def app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        return create_app(self.context, lifespan)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1 (`systemctl kill -s USR1 shield-orchestrator`): every asyncio task's
+    stack to the journal, to see what a stuck service waits on."""
+    tasks = asyncio.all_tasks()
+    log.warning("SIGUSR1: %d asyncio tasks", len(tasks))
+    for task in sorted(tasks, key=lambda item: item.get_name()):
+        stack = io.StringIO()
+        task.print_stack(limit=25, file=stack)
+        log.warning("task %s:\n%s", task.get_name(), stack.getvalue())
+
+
+class Server(uvicorn.Server):
+    """uvicorn keeps its own signal handling; on the first signal we also tell the
+    service to stop reading and to end SSE streams, so that uvicorn's wait for open
+    connections ends and the lifespan shutdown drains the worker pool."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("received signal %d: shutting down gracefully", sig)
+            asyncio.get_event_loop().call_soon_threadsafe(self.service.begin_shutdown)
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the captured signal after its shutdown, so the
+        # process would die "killed by SIGTERM". A drained, graceful stop is a
+        # success: exit 0.
+        self._captured_signals.clear()
+
+
+def serve(settings: Settings, processor_factory: ProcessorFactory = LightRAGProcessor) -> int:
+    async def run() -> None:
+        service = Service.build(settings, processor_factory)
+        config = uvicorn.Config(
+            service.app(),
+            host=settings.listen_host,
+            port=settings.listen_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            # HTTP requests are short and SSE streams end at the signal; the
+            # worker pool's own grace period runs in the lifespan shutdown.
+            timeout_graceful_shutdown=HTTP_GRACEFUL_SECONDS,
+        )
+        server = Server(config, service)
+        await server.serve()
+        if not server.started:
+            raise SystemExit(1)
+
+    asyncio.run(run())
+    return 0

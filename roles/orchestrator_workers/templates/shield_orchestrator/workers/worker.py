@@ -1,0 +1,219 @@
+"""One worker: a consumer of the group that reads, processes, records and acks.
+
+- It takes no new entry while the pool is paused on a dependency.
+- A chunk's own failure spends one of its attempts (backoff between them) and
+  after the last one the chunk goes to the dead-letter stream; a transient
+  failure (a dependency's) spends none: the chunk stays with the worker,
+  pending, until the dependency answers again.
+- An entry delivered more than max_deliveries times without finishing (each
+  time to a process that then died) is dead-lettered without another try.
+
+A worker decides what happens next; what happened is written by the outcome
+settler (outcome.py). It is given its collaborators (WorkerDeps) and never
+reaches back into the pool that runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ..metrics import Metrics
+from ..queue.redis_text import StreamEntry
+from ..queue.stream import IngestionStream
+from ..queue.tasks import ChunkTask, MalformedEntry
+from ..settings import Settings
+from .breaker import DependencyGate
+from .faults import Failure, chunk_fault, classify_exception
+from .outcome import OutcomeSettler
+from .processor import BatchResult, ChunkProcessor
+
+log = logging.getLogger("shield_orchestrator.workers")
+
+MAX_TRANSIENT_BACKOFF = 30.0
+
+
+class WorkerExit(StrEnum):
+    """Why a worker's loop returned: the pool stops, or its task budget is spent."""
+
+    STOPPED = "stopped"
+    RECYCLE = "recycle"
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    """What every worker of a pool shares: its settings, the stream it reads, the
+    processor, the outcome settler, the dependency gate, the pool's stop signal."""
+
+    settings: Settings
+    stream: IngestionStream
+    processor: ChunkProcessor
+    outcomes: OutcomeSettler
+    gate: DependencyGate
+    metrics: Metrics
+    stopping: asyncio.Event
+
+
+class Worker:
+    """One consumer of the group. Owns its batch from read to outcome: it reads
+    (its own pending entries first, then those taken over for it, then new ones),
+    processes with retries, and hands every chunk's outcome to the settler. It
+    holds no entry past a stop: what it has not settled stays pending."""
+
+    def __init__(self, deps: WorkerDeps, number: int, inbox: asyncio.Queue[list[StreamEntry]]) -> None:
+        self.s = deps.settings
+        self.stream = deps.stream
+        self.processor = deps.processor
+        self.outcomes = deps.outcomes
+        self.gate = deps.gate
+        self.metrics = deps.metrics
+        self.stopping = deps.stopping
+        self.consumer = self.s.consumer_name(number)
+        self.inbox = inbox
+        self.tasks_done = 0
+        self.state = "starting"
+
+    async def run(self) -> WorkerExit:
+        """Consume until the pool stops, or until the task budget is spent (recycle)."""
+        await self._drain_own_pending()
+        while not self.stopping.is_set():
+            self.state = "paused" if self.gate.paused else "idle"
+            if not await self.gate.wait_closed(self.stopping):
+                break
+            while not self.inbox.empty():
+                await self.handle(self.inbox.get_nowait(), delivered_before=True)
+            self.state = "idle"
+            entries = await self.stream.read_new(self.consumer, self.s.batch_size, self.s.block_ms)
+            if entries:
+                await self.handle(entries, delivered_before=False)
+            if self.tasks_done >= self.s.recycle_after_tasks:
+                return WorkerExit.RECYCLE
+        return WorkerExit.STOPPED
+
+    async def _drain_own_pending(self) -> None:
+        """Finish the entries this consumer was given but never acked (a crash or kill)."""
+        while not self.stopping.is_set():
+            entries = await self.stream.read_own_pending(self.consumer, self.s.batch_size)
+            if not entries:
+                return
+            log.info("consumer=%s resuming %d own pending entries", self.consumer, len(entries))
+            await self.handle(entries, delivered_before=True)
+
+    async def handle(self, entries: Sequence[StreamEntry], *, delivered_before: bool) -> None:
+        tasks = await self._tasks_of(entries)
+        if tasks and delivered_before:
+            tasks = await self._drop_exhausted(tasks)
+        if not tasks:
+            return
+        self.state = "processing"
+        tasks = await self.outcomes.start_jobs(tasks, self.consumer)
+        if not tasks:
+            return
+        await self.process_with_retries(tasks)
+        self.tasks_done += len(tasks)
+
+    async def _tasks_of(self, entries: Sequence[StreamEntry]) -> list[ChunkTask]:
+        """The chunk tasks among the entries; acks deleted ones, dead-letters malformed ones."""
+        tasks: list[ChunkTask] = []
+        gone: list[tuple[str, str]] = []
+        for stream, entry_id, fields in entries:
+            if fields is None:  # deleted after its owner acked it: nothing left to do
+                gone.append((stream, entry_id))
+                continue
+            try:
+                tasks.append(ChunkTask.from_entry(entry_id, fields, stream))
+            except MalformedEntry as exc:
+                await self.outcomes.malformed(stream, entry_id, fields, str(exc), self.consumer)
+        await self.outcomes.vanished(gone)
+        return tasks
+
+    async def _drop_exhausted(self, tasks: list[ChunkTask]) -> list[ChunkTask]:
+        """Dead-letter the entries delivered more often than max_deliveries."""
+        counts = await self.stream.delivery_counts(self.consumer, [(task.stream, task.entry_id) for task in tasks])
+        limit = self.s.max_deliveries
+        exhausted = [task for task in tasks if counts.get(task.entry_id, 1) > limit]
+        if exhausted:
+            error = f"delivered more than {limit} times without finishing (its process died processing it)"
+            await self.outcomes.dead_letter(exhausted, {task.doc_id: error for task in exhausted}, {}, self.consumer)
+        return [task for task in tasks if task not in exhausted]
+
+    async def _attempt(self, tasks: list[ChunkTask]) -> dict[str, Failure | None]:
+        started = time.monotonic()
+        try:
+            result: BatchResult = await self.processor.process_batch(tasks, self.s.task_timeout_seconds)
+        except Exception as exc:  # noqa: BLE001 - any processor failure takes the retry path, classified
+            failure = classify_exception(exc, "processor")
+            result = {task.doc_id: failure for task in tasks}
+        self.metrics.processing_seconds.observe((time.monotonic() - started) / len(tasks))
+        missing = chunk_fault("the processor returned no outcome for the chunk")
+        return {task.doc_id: result[task.doc_id] if task.doc_id in result else missing for task in tasks}
+
+    async def process_with_retries(self, tasks: list[ChunkTask]) -> None:
+        """Until every task is done, dead-lettered, or left pending by a stop."""
+        attempts: dict[str, int] = defaultdict(int)
+        pending, transient_rounds = tasks, 0
+        while pending:
+            outcome = await self._attempt(pending)
+            done = [task for task in pending if outcome[task.doc_id] is None]
+            if done:
+                await self.outcomes.processed(done, self.consumer)
+            failed = {task.doc_id: failure for task in pending if (failure := outcome[task.doc_id]) is not None}
+            retry = await self._settle_failures([task for task in pending if task.doc_id in failed], failed, attempts)
+            if not retry:
+                return
+            transient = any(failed[task.doc_id].transient for task in retry)
+            transient_rounds = transient_rounds + 1 if transient else 0
+            if not await self._wait_before_retry(retry, failed, attempts, transient_rounds):
+                log.info(
+                    "consumer=%s leaving %d chunks pending for the next run (shutting down)", self.consumer, len(retry)
+                )
+                return
+            pending = retry
+
+    async def _settle_failures(
+        self, failed: list[ChunkTask], failures: dict[str, Failure], attempts: dict[str, int]
+    ) -> list[ChunkTask]:
+        """Spend an attempt for the chunks' own faults (dead-letter the exhausted ones),
+        pause on the dependencies' ones. Returns the tasks to try again."""
+        retry: list[ChunkTask] = []
+        exhausted: list[ChunkTask] = []
+        for task in failed:
+            failure = failures[task.doc_id]
+            if failure.transient:
+                if failure.dependency in self.gate.dependencies:
+                    self.gate.trip(failure.dependency or "", failure.message, failure.retry_after)
+                self.outcomes.deferred()
+                retry.append(task)
+                continue
+            attempts[task.doc_id] += 1
+            self.outcomes.attempt_failed(
+                task, failure.message, attempts[task.doc_id], self.s.retry_attempts, self.consumer
+            )
+            (exhausted if attempts[task.doc_id] >= self.s.retry_attempts else retry).append(task)
+        if exhausted:
+            errors = {task.doc_id: failures[task.doc_id].message for task in exhausted}
+            await self.outcomes.dead_letter(exhausted, errors, attempts, self.consumer)
+        self.outcomes.retried(sum(1 for task in retry if not failures[task.doc_id].transient))
+        return retry
+
+    async def _wait_before_retry(
+        self, retry: list[ChunkTask], failures: dict[str, Failure], attempts: dict[str, int], transient_rounds: int
+    ) -> bool:
+        """Backoff before the next attempt; while the pool is paused, until it resumes.
+        False when the pool stops meanwhile (the tasks stay pending)."""
+        if self.gate.paused:
+            self.state = "paused"
+            return await self.gate.wait_closed(self.stopping)
+        own = [attempts[task.doc_id] for task in retry if not failures[task.doc_id].transient]
+        delay = self.s.retry_backoff_seconds * 2 ** (max(own) - 1) if own else 0.0
+        if transient_rounds:
+            delay = max(delay, min(0.5 * 2 ** (transient_rounds - 1), MAX_TRANSIENT_BACKOFF))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay)
+        return not self.stopping.is_set()
