@@ -16,7 +16,7 @@ from shield_orchestrator.api.context import AppContext
 from shield_orchestrator.deployed import BOUNDS, DEFAULTS
 from shield_orchestrator.settings import Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 TOKEN = "unit-token"
 
