@@ -214,7 +214,7 @@ class LightRAGProcessor:
         await self._http.aclose()
         await self._endpoints.close()
 
-    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
+    async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
         if self._feeder is None:
             raise RuntimeError("LightRAG storages are not initialised")
         return await self._feeder.process(tasks)
