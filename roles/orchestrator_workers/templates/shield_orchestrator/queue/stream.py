@@ -1,8 +1,8 @@
-"""The ingestion stream: one owner for the Redis Stream the workers consume.
+"""The ingestion streams: one owner for the Redis Streams the workers consume.
 
-Keys, the consumer group, enqueue, reads (new entries, a consumer's own
-pending ones, other consumers' idle ones), delivery counts, ack, dead letters
-and statistics all live here.
+The consumer group, enqueue, reads (new entries, a consumer's own pending
+ones, those of a consumer whose heartbeat has lapsed), delivery counts, ack,
+dead letters and statistics all live here; the key names come from keys.py.
 
 Queue depth, everywhere (the 429 check, /metrics, /health/detailed): the
 streams' length, i.e. every accepted chunk not finished yet, whether it waits

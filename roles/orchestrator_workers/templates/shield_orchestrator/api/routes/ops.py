@@ -1,4 +1,4 @@
-"""Health and metrics: /health (no token), /health/detailed, /metrics."""
+"""Health, metrics and the console's views: /health (no token), /health/detailed, /metrics, /queue, /workers."""
 
 from __future__ import annotations
 
