@@ -14,7 +14,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class JobStatus(Base):
+class JobStatusRow(Base):
     __tablename__ = "job_status"
 
     job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
