@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from ..context import Context
@@ -24,6 +24,7 @@ class Health(BaseModel):
     status: Literal["healthy"]
     timestamp: str
     version: str
+    tree_sha256: Annotated[str, Field(description="SHA-256 of the package's file tree this process runs")]
     uptime_seconds: float
 
 
