@@ -12,6 +12,9 @@ from .schemas import ApiError
 
 
 class BodyTooLarge(HTTPException):
+    """The 413 of a body over the request limit, naming the limit and what was received.
+    An HTTPException, so that FastAPI's body parsing lets it through to the ErrorBody handler."""
+
     def __init__(self, limit: int, received: int | None = None) -> None:
         size = f"{received} bytes" if received is not None else "more bytes"
         super().__init__(413, f"body: {size} exceed the {limit}-byte request limit")

@@ -31,6 +31,9 @@ TABLE = "job_status"
 
 @dataclass(frozen=True)
 class Revision:
+    """One schema step: its id, the revision it follows, and how to apply and undo it
+    (plain functions of Alembic's Operations)."""
+
     id: str
     down: str | None
     message: str
@@ -95,6 +98,9 @@ HEAD = REVISIONS[-1].id
 
 @dataclass(frozen=True)
 class MigrationReport:
+    """What a migration did: the revision before, the one it brought the schema to, and
+    the revisions run, in order."""
+
     before: str | None
     after: str | None
     applied: list[str]

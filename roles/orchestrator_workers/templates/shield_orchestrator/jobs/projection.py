@@ -71,6 +71,10 @@ class Rejection:
 
 
 class JobProjection:
+    """Writes the jobs Redis marks dirty to job_status, then settles them in Redis (only
+    a written row starts a finished job's TTL). Keeps whether PostgreSQL answered
+    (`pg_available`) and the rows it refuses (`rejected`, each retried alone)."""
+
     def __init__(self, tracker: JobTracker, history: JobHistory, metrics: Metrics, *, interval: float) -> None:
         self._tracker = tracker
         self._history = history

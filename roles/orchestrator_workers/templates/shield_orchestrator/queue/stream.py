@@ -28,6 +28,9 @@ from .redis_text import StreamEntry, entry_fields, stream_entries, stream_id_key
 
 @dataclass(frozen=True)
 class QueueStats:
+    """One reading of both streams: entries not finished (queue_depth, the high-priority
+    ones among them), those delivered and not acked (pending), and the dead letters."""
+
     queue_depth: int
     pending: int
     dead_letters: int
@@ -41,6 +44,9 @@ class QueueStats:
 
 @dataclass(frozen=True)
 class QueueInspection:
+    """The CLI's inspect-queue: the normal stream, whether its group exists, the group's
+    consumers and the statistics of both streams."""
+
     stream: str
     group: str
     group_exists: bool
@@ -68,6 +74,9 @@ def is_group_missing(exc: ResponseError) -> bool:
 
 @dataclass(frozen=True)
 class ConsumerInfo:
+    """A consumer of the group, summed over both streams: the entries it holds unacked
+    and its idle time (the shorter of the two)."""
+
     name: str
     pending: int
     idle_ms: int

@@ -47,6 +47,9 @@ JobId = Annotated[
 
 
 class JobList(BaseModel):
+    """The newest jobs, from PostgreSQL; while it is unreachable, from Redis alone
+    (`source` redis, `degraded`, a `warning`: finished jobs expire from Redis)."""
+
     jobs: list[JobView]
     count: int
     source: Literal["postgresql", "redis"]

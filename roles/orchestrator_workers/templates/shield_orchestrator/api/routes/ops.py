@@ -21,6 +21,9 @@ RETRY = {"Retry-After": "5"}
 
 
 class Health(BaseModel):
+    """The process is up: its version, the hash of the code it runs, its uptime. No
+    dependency is asked (GET /health/detailed asks them)."""
+
     status: Literal["healthy"]
     timestamp: str
     version: str
@@ -41,6 +44,8 @@ class HealthReport(BaseModel):
 
 
 class MetricsResponse(Response):
+    """The Prometheus text exposition (format 0.0.4), under the media type the spec declares."""
+
     # Starlette adds "; charset=utf-8": the header is metrics.CONTENT_TYPE.
     media_type = METRICS_MEDIA_TYPE
 
