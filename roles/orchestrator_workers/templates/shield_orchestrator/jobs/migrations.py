@@ -2,8 +2,9 @@
 
 Alembic's runtime (MigrationContext, Operations, its alembic_version table)
 runs the revisions below, written as plain functions in this module rather
-than in a script directory, so that the package stays one flat directory the
-role renders. `python -m shield_orchestrator migrate` upgrades to the head,
+than in an Alembic script directory (alembic.ini, env.py, versions/): the
+migrations need no configuration of their own and ship as one module of the
+package. `python -m shield_orchestrator migrate` upgrades to the head,
 idempotently, under a PostgreSQL advisory lock (two hosts deploying at once
 take turns); `--to REVISION` goes down as well.
 

@@ -1,6 +1,6 @@
 """The PostgreSQL projection: dirty jobs in Redis become rows of job_status.
 
-The upsert is monotonic (database.JobHistory), so replays and concurrent syncs
+The upsert is monotonic (history.py, JobHistory), so replays and concurrent syncs
 from several hosts are harmless; when PostgreSQL was down the rows simply
 catch up. Only once a job's row is written is the job settled in Redis (which
 starts a finished job's TTL).
