@@ -38,7 +38,7 @@ class NoopProcessor:
     async def check(self) -> list[DependencyReport]:
         return [DependencyReport("processor", True, required=True, detail={"kind": "no-op (benchmark)"})]
 
-    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
+    async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
         if self.seconds_per_chunk:
             await asyncio.sleep(self.seconds_per_chunk * len(tasks))
         return {task.doc_id: None for task in tasks}

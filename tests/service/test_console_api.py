@@ -249,7 +249,7 @@ def test_workers_and_queue_shapes(service_factory: ServiceFactory) -> None:
 # --- migrations -----------------------------------------------------------------------
 
 # The schema main's `init-db` made before migrations existed: SQLAlchemy's
-# create_all of models.JobStatus (commit 4c92a25), as PostgreSQL received it.
+# create_all of models.JobStatus (commit 4c92a25; now JobStatusRow), as PostgreSQL received it.
 MAIN_SCHEMA = """
 CREATE TABLE job_status (
     job_id VARCHAR(36) NOT NULL, job_type VARCHAR(64) NOT NULL, status VARCHAR(16) NOT NULL,

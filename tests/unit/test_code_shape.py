@@ -190,3 +190,40 @@ def test_the_tree_hash_covers_every_file_and_only_those(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["queue", "events", "jobs", "workers", "lightrag", "api", "api.routes"])
 def test_every_wing_says_what_it_owns(name: str) -> None:
     assert ast.get_docstring(ast.parse(modules()[name].read_text())), name
+
+
+# lightrag/ is being reworked on another branch; its classes get their docstrings
+# there. An entry leaves this set when its class has one (the test below says so).
+UNDOCUMENTED_IN_LIGHTRAG = frozenset(
+    {
+        "lightrag.commit.RoundCommit",
+        "lightrag.feeder.LightRAGFeeder",
+        "lightrag.group_flush.GroupFlush",
+        "lightrag.locks.RedisLeaseLock",
+        "lightrag.processor.LightRAGProcessor",
+        "lightrag.token_memo.MemoEncoding",
+        "lightrag.verify.ChunkProblem",
+        "lightrag.verify.JobVerification",
+    }
+)
+
+
+def undocumented_public_classes() -> set[str]:
+    """module.Class for every class whose name does not start with "_" and that has no docstring."""
+    return {
+        f"{name}.{node.name}"
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and not ast.get_docstring(node)
+    }
+
+
+def test_every_public_class_says_what_it_owns() -> None:
+    """A public class has a docstring: what it holds and what it guarantees."""
+    missing = sorted(undocumented_public_classes() - UNDOCUMENTED_IN_LIGHTRAG)
+    assert not missing, missing
+
+
+def test_the_lightrag_exceptions_only_shrink() -> None:
+    documented = UNDOCUMENTED_IN_LIGHTRAG - undocumented_public_classes()
+    assert not documented, f"documented now, drop them from UNDOCUMENTED_IN_LIGHTRAG: {sorted(documented)}"

@@ -5,7 +5,7 @@ types, the docs behind the token; and the README's API table in step with it."""
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from shield_orchestrator.api.app import create_app
 from shield_orchestrator.api.context import AppContext
+from shield_orchestrator.build_info import BuildInfo
 from shield_orchestrator.deployed import BOUNDS, DEFAULTS
+from shield_orchestrator.health import HealthService
 from shield_orchestrator.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "docs" / "api.md"
@@ -117,3 +119,26 @@ def test_refusals_before_any_store_is_touched() -> None:
     assert chunked.json()["detail"] == "body: more bytes exceed the 88016-byte request limit"
     undecodable = client.post("/lightrag/ingest-async", content=b'{"\xff"}', headers=auth)
     assert undecodable.status_code == 422 and undecodable.json()["errors"][0]["field"] == "body"
+
+
+def test_health_answers_what_the_health_service_reports() -> None:
+    """/health passes on every field of HealthService.basic(), the tree hash included
+    (the deploy compares it with the hash the role recorded)."""
+    settings = Settings.load({"ORCHESTRATOR_API_TOKEN": TOKEN}, DEFAULTS, BOUNDS)
+    absent: Any = None
+    build = BuildInfo("9.9.9", "ab" * 32, None)
+    health = HealthService(
+        settings=settings,
+        redis=absent,
+        history=absent,
+        stream=absent,
+        processor=absent,
+        pool=absent,
+        projection=absent,
+        metrics=absent,
+        build=build,
+    )
+    context = replace(AppContext(settings, *([absent] * (len(fields(AppContext)) - 1))), health=health)
+    body = TestClient(create_app(context)).get("/health").json()
+    assert set(body) == set(health.basic())
+    assert (body["version"], body["tree_sha256"]) == ("9.9.9", "ab" * 32)

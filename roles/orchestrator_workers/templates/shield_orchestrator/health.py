@@ -25,6 +25,10 @@ CHECK_TIMEOUT = 3.0
 
 
 class HealthService:
+    """Answers /health from the process alone and /health/detailed by asking every
+    dependency (CHECK_TIMEOUT each), setting the dependency_up gauges as it goes.
+    Holds nothing but the components it asks and its start time."""
+
     def __init__(
         self,
         *,

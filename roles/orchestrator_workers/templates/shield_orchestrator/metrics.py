@@ -14,6 +14,9 @@ PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 
 
 class Metrics:
+    """The service's Prometheus series, in a registry of its own (two instances never
+    share one). The queue gauges are set from the stream's statistics at each scrape."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry

@@ -92,6 +92,10 @@ def workspace_lock(settings: Settings, redis: Redis, keys: RedisKeys) -> Workspa
 
 @dataclass
 class Service:
+    """The whole service in one process: every component built once (build), started in
+    dependency order, and stopped draining the worker pool first, then letting the
+    projection write its last rows before the stores close."""
+
     settings: Settings
     redis: Redis
     engine: AsyncEngine

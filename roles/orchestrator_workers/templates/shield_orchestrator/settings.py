@@ -42,6 +42,10 @@ def describe(name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the service, frozen: the deployed defaults (deployed.py)
+    overridden by ORCHESTRATOR_* variables. load() refuses values out of bounds, out of
+    their choices or inconsistent with each other, naming every one."""
+
     service_name: str
     state_dir: str
     log_level: str

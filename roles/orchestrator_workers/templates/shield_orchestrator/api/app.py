@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from .. import __version__, bounds
 from ..settings import Settings
-from . import errors
+from . import auth, errors, limits
 from .context import AppContext
 from .routes import dead_letters as routes_dead_letters
 from .routes import events as routes_events
@@ -44,11 +44,12 @@ def create_app(context: AppContext, lifespan: Lifespan | None = None) -> FastAPI
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        dependencies=[Depends(errors.reject_repeated_query)],
+        dependencies=[Depends(limits.reject_repeated_query)],
     )
     context.attach(app)
-    errors.install(app, request_body_limit(settings))
-    secured = [Depends(errors.require_token)]
+    errors.install(app)
+    app.add_middleware(limits.BodyLimit, limit=request_body_limit(settings))
+    secured = [Depends(auth.require_token)]
     unauthorized = errors.error_responses(401) if settings.api_token else {}
     app.include_router(routes_ops.public)
     for router in (

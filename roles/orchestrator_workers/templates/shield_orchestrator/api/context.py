@@ -23,6 +23,10 @@ from ..settings import Settings
 
 @dataclass(frozen=True)
 class AppContext:
+    """Everything the routers use, built once by Service.build and attached to the
+    app (routes read it back through `Context`). Frozen: no request swaps a component;
+    `verifier` is None when the processor cannot read the graph back."""
+
     settings: Settings
     intake: JobIntake
     tracker: JobTracker

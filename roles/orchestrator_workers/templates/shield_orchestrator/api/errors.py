@@ -8,18 +8,15 @@ it is sent).
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .context import Context
 from .schemas import ApiError, ErrorBody, field_path
 
 MAX_ERRORS_LISTED = 50
@@ -90,76 +87,8 @@ async def validation_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(detail, errors), status_code=422)
 
 
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int, received: int | None = None) -> None:
-        size = f"{received} bytes" if received is not None else "more bytes"
-        super().__init__(413, f"body: {size} exceed the {limit}-byte request limit")
-
-
-class BodyLimit:
-    """The request body limit on the bytes actually received, whatever the framing:
-    a declared Content-Length over the limit is refused before a byte is read;
-    otherwise every body message is counted as it arrives and the request fails
-    with 413 as soon as the count passes the limit, so at most `limit` bytes of a
-    body are ever held (chunked bodies included)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            response = JSONResponse(error_body(str(BodyTooLarge(self.limit, declared).detail)), 413)
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    # An HTTPException: FastAPI lets it through its body parsing to http_error.
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
-
-
-def install(app: FastAPI, body_limit: int) -> None:
+def install(app: FastAPI) -> None:
+    """Answer ApiError, a request FastAPI cannot validate and Starlette's own refusals as ErrorBody."""
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_middleware(BodyLimit, limit=body_limit)
-
-
-async def require_token(context: Context, request: Request) -> None:
-    """Every route but /health needs `Authorization: Bearer <api_token>` when a token is set."""
-    token = context.settings.api_token
-    if not token:
-        return
-    scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.encode(), token.encode()):
-        raise ApiError(401, "authorization: a valid Bearer token is required", {"WWW-Authenticate": "Bearer"})
-
-
-async def reject_repeated_query(request: Request) -> None:
-    """A query parameter of the route given twice (`?limit=1&limit=99`) is refused
-    rather than one of the values silently chosen."""
-    route = request.scope.get("route")
-    declared = {param.alias for param in getattr(getattr(route, "dependant", None), "query_params", [])}
-    names = [name for name, _ in request.query_params.multi_items() if name in declared]
-    for name in sorted({name for name in names if names.count(name) > 1}):
-        raise ApiError(422, f"{name}: given {names.count(name)} times; give it once")

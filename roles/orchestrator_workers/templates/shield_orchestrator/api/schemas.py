@@ -25,6 +25,8 @@ class ApiError(Exception):
 
 
 class IngestAccepted(BaseModel):
+    """A job accepted whole (202): every chunk is in the stream; `status_url` follows it."""
+
     job_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
     status: str
     chunks_total: int
@@ -32,6 +34,9 @@ class IngestAccepted(BaseModel):
 
 
 class CancelResult(BaseModel):
+    """The job is cancelled (by this call, or `already_cancelled` before): its chunks
+    still in the stream are acked unprocessed, those already in LightRAG stay."""
+
     job_id: str
     status: str
     chunks_in_lightrag: int = Field(description="chunks processed before the cancel; they stay in the graph")
@@ -91,12 +96,17 @@ ReplayRequest = Annotated[
 
 
 class ReplayResult(BaseModel):
+    """How many dead letters went back into their jobs and streams, the jobs that took
+    them back, and the jobs skipped (unknown, or cancelled)."""
+
     replayed: int
     jobs: list[str]
     skipped_jobs: list[str]
 
 
 class FieldError(BaseModel):
+    """One invalid field of a refused request, and what is wrong with it."""
+
     field: Annotated[str, Field(description='The field, as a path: "chunks[3].text", "metadata", "job_id"')]
     message: str
 
@@ -155,6 +165,9 @@ class QueueView(BaseModel):
 
 
 class WorkerView(BaseModel):
+    """One consumer of the group, as its heartbeat says: `alive` while the heartbeat lives;
+    once it has lapsed, state `silent` and host and counters null. `pending`: what it holds unacked."""
+
     consumer: str
     host: str | None
     state: str
@@ -172,6 +185,9 @@ class WorkerList(BaseModel):
 
 
 class DeadLetterView(BaseModel):
+    """A chunk that failed for good: its job and index, the start of its text, the error
+    it was dead-lettered with and the attempts it spent."""
+
     id: str
     job_id: str
     chunk_index: int
@@ -183,9 +199,13 @@ class DeadLetterView(BaseModel):
 
 
 class DeadLetterList(BaseModel):
+    """Dead letters, newest first: at most `limit`, of one job if asked."""
+
     dead_letters: list[DeadLetterView]
     count: int
 
 
 class Discarded(BaseModel):
+    """The id of the dead letter deleted for good (never replayed)."""
+
     discarded: str

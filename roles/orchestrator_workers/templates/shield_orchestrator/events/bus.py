@@ -83,6 +83,9 @@ class EventPublisher:
 
 
 class RefusalReason(StrEnum):
+    """Why an event-stream client is refused: every slot taken (429) or the service
+    shutting down (503)."""
+
     FULL = "full"
     CLOSING = "closing"
 
@@ -96,6 +99,10 @@ class SubscriptionRefused(Exception):
 
 
 class Subscription:
+    """One SSE client: a bounded queue of the events it asked for (`types`, None: all).
+    A client that falls `buffer` events behind is cut off (its stream ends) instead of
+    slowing the others; it resumes with Last-Event-ID."""
+
     def __init__(self, types: frozenset[str] | None, buffer: int) -> None:
         self.types = types
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)

@@ -12,6 +12,9 @@ JsonObject = dict[str, Any]
 
 
 class EventType(StrEnum):
+    """Every event the service publishes; the value is the SSE `event:` name and the
+    `type` field in the events stream."""
+
     INGESTION_QUEUED = "ingestion.queued"
     INGESTION_STARTED = "ingestion.started"
     INGESTION_PROGRESS = "ingestion.progress"
@@ -32,6 +35,9 @@ EVENT_TYPES = frozenset(item.value for item in EventType)
 
 @dataclass(frozen=True)
 class Event:
+    """One entry of the events stream: its stream id (the SSE id a client resumes
+    after), its type and its JSON object."""
+
     id: str
     type: str
     data: JsonObject

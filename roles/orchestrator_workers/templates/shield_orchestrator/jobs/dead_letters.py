@@ -33,6 +33,10 @@ SCAN_PAGE = 500
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """An entry of the dead-letter stream: the chunk's fields as they were in its stream,
+    why and when it failed for good. `fields` keeps them all, so chunk_fields()
+    rebuilds the chunk's entry."""
+
     id: str
     job_id: str
     index: int
@@ -78,12 +82,19 @@ class DeadLetter:
 
 @dataclass
 class ReplayReport:
+    """What a replay did: the chunks put back, the jobs that took them, the jobs skipped
+    (unknown, or cancelled)."""
+
     replayed: int = 0
     jobs: list[str] | None = None
     skipped: list[str] | None = None
 
 
 class DeadLetters:
+    """The dead-letter stream: find, get, discard, and replay a letter into its own job
+    (taken back first; a job gone from Redis is restored from PostgreSQL) and its
+    own stream, the entry moved in one transaction."""
+
     def __init__(self, redis: Redis, keys: RedisKeys, tracker: JobTracker, history: JobHistory) -> None:
         self._redis = redis
         self._keys = keys

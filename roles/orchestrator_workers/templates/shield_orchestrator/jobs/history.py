@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..settings import Settings
-from .models import JobStatus
+from .models import JobStatusRow
 from .states import JobState
 from .views import JobCounts, JobView, job_view
 
@@ -89,8 +89,8 @@ class JobHistory:
         (GREATEST), a status never moves back, the first start and end times stay.
         A newer generation (a dead letter replayed into the job) is the one
         exception: its row replaces state, failures, error and end time as they are."""
-        stmt = insert(JobStatus).values(list(rows))
-        new, table = stmt.excluded, JobStatus.__table__.c
+        stmt = insert(JobStatusRow).values(list(rows))
+        new, table = stmt.excluded, JobStatusRow.__table__.c
         newer = new.generation > table.generation
 
         def unless_newer(monotonic: ColumnElement[Any], column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -117,14 +117,15 @@ class JobHistory:
             await conn.execute(stmt)
 
     async def get(self, job_id: str) -> JobView | None:
+        query = select(JobStatusRow.__table__).where(JobStatusRow.job_id == job_id)
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(JobStatus.__table__).where(JobStatus.job_id == job_id))).mappings().first()
+            row = (await conn.execute(query)).mappings().first()
         return job_view(dict(row)) if row else None
 
     async def list_recent(self, status: JobState | None, limit: int) -> list[JobView]:
-        query = select(JobStatus.__table__).order_by(JobStatus.created_at.desc()).limit(limit)
+        query = select(JobStatusRow.__table__).order_by(JobStatusRow.created_at.desc()).limit(limit)
         if status is not None:
-            query = query.where(JobStatus.status == status.value)
+            query = query.where(JobStatusRow.status == status.value)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [job_view(dict(row)) for row in rows]

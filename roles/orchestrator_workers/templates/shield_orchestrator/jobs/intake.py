@@ -23,6 +23,9 @@ from .tracker import JobTracker, NewJob
 
 
 class QueueFull(Exception):
+    """Accepting the job would take the backlog over max_queue_depth: the depth, the
+    incoming chunks and the limit (the API's 429 derives Retry-After from them)."""
+
     def __init__(self, depth: int, incoming: int, limit: int) -> None:
         super().__init__(f"queue depth {depth} + {incoming} would exceed max_queue_depth {limit}")
         self.depth = depth
@@ -32,11 +35,17 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class Accepted:
+    """A job enqueued whole: its new id and its number of chunks."""
+
     job_id: str
     chunks_total: int
 
 
 class JobIntake:
+    """Turns a validated request into a job: its hash, its `queued` event and every chunk
+    in one MULTI/EXEC, so a job is in the stream whole or not at all. The depth check
+    before it is not part of the transaction (concurrent jobs may pass it together)."""
+
     def __init__(
         self,
         *,

@@ -2,8 +2,9 @@
 
 Alembic's runtime (MigrationContext, Operations, its alembic_version table)
 runs the revisions below, written as plain functions in this module rather
-than in a script directory, so that the package stays one flat directory the
-role renders. `python -m shield_orchestrator migrate` upgrades to the head,
+than in an Alembic script directory (alembic.ini, env.py, versions/): the
+migrations need no configuration of their own and ship as one module of the
+package. `python -m shield_orchestrator migrate` upgrades to the head,
 idempotently, under a PostgreSQL advisory lock (two hosts deploying at once
 take turns); `--to REVISION` goes down as well.
 
@@ -31,6 +32,9 @@ TABLE = "job_status"
 
 @dataclass(frozen=True)
 class Revision:
+    """One schema step: its id, the revision it follows, and how to apply and undo it
+    (plain functions of Alembic's Operations)."""
+
     id: str
     down: str | None
     message: str
@@ -95,6 +99,9 @@ HEAD = REVISIONS[-1].id
 
 @dataclass(frozen=True)
 class MigrationReport:
+    """What a migration did: the revision before, the one it brought the schema to, and
+    the revisions run, in order."""
+
     before: str | None
     after: str | None
     applied: list[str]

@@ -11,10 +11,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
-    pass
+    """The declarative base of the job history's mapping (one table, job_status)."""
 
 
-class JobStatus(Base):
+class JobStatusRow(Base):
+    """A job's durable row (table job_status): what the history's queries read and the
+    projection upserts. migrations.py makes the schema; this mapping matches its head."""
+
     __tablename__ = "job_status"
 
     job_id: Mapped[str] = mapped_column(String(36), primary_key=True)

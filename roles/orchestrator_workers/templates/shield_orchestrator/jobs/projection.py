@@ -1,6 +1,6 @@
 """The PostgreSQL projection: dirty jobs in Redis become rows of job_status.
 
-The upsert is monotonic (database.JobHistory), so replays and concurrent syncs
+The upsert is monotonic (history.py, JobHistory), so replays and concurrent syncs
 from several hosts are harmless; when PostgreSQL was down the rows simply
 catch up. Only once a job's row is written is the job settled in Redis (which
 starts a finished job's TTL).
@@ -71,6 +71,10 @@ class Rejection:
 
 
 class JobProjection:
+    """Writes the jobs Redis marks dirty to job_status, then settles them in Redis (only
+    a written row starts a finished job's TTL). Keeps whether PostgreSQL answered
+    (`pg_available`) and the rows it refuses (`rejected`, each retried alone)."""
+
     def __init__(self, tracker: JobTracker, history: JobHistory, metrics: Metrics, *, interval: float) -> None:
         self._tracker = tracker
         self._history = history

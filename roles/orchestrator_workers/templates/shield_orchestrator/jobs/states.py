@@ -6,6 +6,10 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
+    """A job's state. It only moves forward (queued, processing, then completed, failed
+    or cancelled), except that replaying a failed job's dead letters takes it back to
+    processing."""
+
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"

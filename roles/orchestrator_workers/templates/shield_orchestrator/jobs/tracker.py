@@ -28,6 +28,9 @@ from .views import JobView, job_view, percent
 
 @dataclass(frozen=True)
 class ChunkOutcome:
+    """One chunk's outcome to count: its index in the job, processed or not, and the
+    error (stored cut to 2000 characters)."""
+
     index: int
     ok: bool
     error: str = ""
@@ -71,6 +74,9 @@ class JobProgress:
 
 @dataclass(frozen=True)
 class NewJob:
+    """A job about to be created in Redis (stage_create): id, type, chunk count,
+    metadata, creation time and priority."""
+
     job_id: str
     job_type: str
     chunks_total: int
@@ -103,6 +109,10 @@ class DirtyJob:
 
 
 class JobTracker:
+    """The jobs' Redis hashes: created in the intake's transaction, moved by Lua scripts
+    that count a chunk once however often it is delivered, marked dirty on every change
+    for the projection; a finished job's TTL starts only once its row is settled."""
+
     def __init__(self, redis: Redis, keys: RedisKeys, *, ttl_seconds: int, recent_jobs_kept: int = 10000) -> None:
         self._redis = redis
         self._keys = keys

@@ -214,7 +214,7 @@ class LightRAGProcessor:
         await self._http.aclose()
         await self._endpoints.close()
 
-    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
+    async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
         if self._feeder is None:
             raise RuntimeError("LightRAG storages are not initialised")
         return await self._feeder.process(tasks)
@@ -245,16 +245,20 @@ class LightRAGProcessor:
     async def _check_endpoint(self, name: str, base_url: str, key: str) -> DependencyReport:
         required = self._s.llm_required
         try:
-            response = await self._http.get(base_url.rstrip("/") + "/models", headers=_auth(key))
+            up, status = await self._models_answer(base_url, key)
         except httpx.HTTPError as exc:
             return DependencyReport(name, False, required, {"error": type(exc).__name__})
-        up = response.status_code < 500 and response.status_code != 429
-        return DependencyReport(name, up, required, {"http_status": response.status_code})
+        return DependencyReport(name, up, required, {"http_status": status})
 
     async def _endpoint_answers(self, base_url: str, key: str) -> bool:
-        """The breaker's probe of an endpoint: its model list answers (not 429, not 5xx)."""
+        """The breaker's probe of an endpoint: the health check's request, answered or not."""
+        up, _status = await self._models_answer(base_url, key)
+        return up
+
+    async def _models_answer(self, base_url: str, key: str) -> tuple[bool, int]:
+        """Whether the endpoint's model list answers (not 429, not 5xx), and its HTTP status."""
         response = await self._http.get(base_url.rstrip("/") + "/models", headers=_auth(key))
-        return response.status_code < 500 and response.status_code != 429
+        return response.status_code < 500 and response.status_code != 429, response.status_code
 
     async def _storage_answers(self) -> bool:
         """The breaker's probe of LightRAG's storages: PostgreSQL answers, or the state

@@ -12,6 +12,9 @@ from ..settings import Settings
 
 @dataclass(frozen=True)
 class RedisKeys:
+    """Every Redis key name, derived from the stream name, the group, the events stream
+    and the key prefix of the settings: the one place a key is spelt."""
+
     stream: str
     group: str
     events: str

@@ -42,6 +42,10 @@ class WorkerState:
 
 
 class Heartbeats:
+    """This process's consumers' heartbeats: a key per consumer with a TTL of
+    heartbeat_ttl_seconds, rewritten every third of it. A lapsed key means its consumer
+    is gone, and what it holds may be taken over."""
+
     def __init__(self, redis: Redis, keys: RedisKeys, *, host: str, ttl_seconds: float) -> None:
         self._redis = redis
         self._keys = keys

@@ -1,8 +1,8 @@
-"""The ingestion stream: one owner for the Redis Stream the workers consume.
+"""The ingestion streams: one owner for the Redis Streams the workers consume.
 
-Keys, the consumer group, enqueue, reads (new entries, a consumer's own
-pending ones, other consumers' idle ones), delivery counts, ack, dead letters
-and statistics all live here.
+The consumer group, enqueue, reads (new entries, a consumer's own pending
+ones, those of a consumer whose heartbeat has lapsed), delivery counts, ack,
+dead letters and statistics all live here; the key names come from keys.py.
 
 Queue depth, everywhere (the 429 check, /metrics, /health/detailed): the
 streams' length, i.e. every accepted chunk not finished yet, whether it waits
@@ -28,6 +28,9 @@ from .redis_text import StreamEntry, entry_fields, stream_entries, stream_id_key
 
 @dataclass(frozen=True)
 class QueueStats:
+    """One reading of both streams: entries not finished (queue_depth, the high-priority
+    ones among them), those delivered and not acked (pending), and the dead letters."""
+
     queue_depth: int
     pending: int
     dead_letters: int
@@ -41,6 +44,9 @@ class QueueStats:
 
 @dataclass(frozen=True)
 class QueueInspection:
+    """The CLI's inspect-queue: the normal stream, whether its group exists, the group's
+    consumers and the statistics of both streams."""
+
     stream: str
     group: str
     group_exists: bool
@@ -68,6 +74,9 @@ def is_group_missing(exc: ResponseError) -> bool:
 
 @dataclass(frozen=True)
 class ConsumerInfo:
+    """A consumer of the group, summed over both streams: the entries it holds unacked
+    and its idle time (the shorter of the two)."""
+
     name: str
     pending: int
     idle_ms: int

@@ -15,6 +15,10 @@ class MalformedEntry(ValueError):
 
 @dataclass(frozen=True)
 class ChunkTask:
+    """One chunk as a worker handles it: the stream entry it came in (id and stream), its
+    job, index, text and metadata. Its doc_id depends on job and index only, so every
+    delivery of a chunk is the same LightRAG document."""
+
     entry_id: str
     job_id: str
     index: int

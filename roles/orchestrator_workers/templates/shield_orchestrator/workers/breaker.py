@@ -28,6 +28,10 @@ PROBE_TIMEOUT_SECONDS = 5.0
 
 @dataclass
 class Breaker:
+    """One dependency's breaker: closed while `opened_at` is None. Open, it keeps why and
+    since when, and when its probe may ask next (backoff doubling up to the gate's
+    maximum, never before a Retry-After it was given)."""
+
     name: str
     probe: Probe
     opened_at: float | None = None  # monotonic; None while closed
@@ -55,6 +59,9 @@ class PauseChange:
 
 @dataclass
 class GateSettings:
+    """The probes' timing: the first backoff and its maximum, and the clock and jitter
+    (tests inject their own)."""
+
     initial_backoff: float = 0.5
     max_backoff: float = 5.0
     clock: Callable[[], float] = time.monotonic

@@ -21,6 +21,9 @@ TRANSIENT_HTTP = frozenset({408, 429, 502, 503, 504})
 
 
 class FaultKind(StrEnum):
+    """Whose fault a failure is: a dependency's (transient: no attempt spent, the pool
+    pauses) or the chunk's own (spends one of its attempts)."""
+
     TRANSIENT = "transient"
     CHUNK = "chunk"
 

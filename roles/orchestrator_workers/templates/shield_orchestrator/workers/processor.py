@@ -21,8 +21,10 @@ class ChunkProcessor(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
-        """Process the batch within time_budget seconds."""
+    async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
+        """Every task's outcome. The processor keeps its own deadline: a chunk it
+        gives up on is answered with a failure, not left waiting (the LightRAG
+        one answers a chunk fault once a round outlasts task_timeout_seconds)."""
         ...
 
     async def check(self) -> list[DependencyReport]:

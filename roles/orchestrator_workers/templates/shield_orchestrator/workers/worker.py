@@ -146,7 +146,7 @@ class Worker:
     async def _attempt(self, tasks: list[ChunkTask]) -> dict[str, Failure | None]:
         started = time.monotonic()
         try:
-            result: BatchResult = await self.processor.process_batch(tasks, self.s.task_timeout_seconds)
+            result: BatchResult = await self.processor.process_batch(tasks)
         except Exception as exc:  # noqa: BLE001 - any processor failure takes the retry path, classified
             failure = classify_exception(exc, "processor")
             result = {task.doc_id: failure for task in tasks}

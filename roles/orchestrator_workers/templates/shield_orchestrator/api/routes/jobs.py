@@ -38,14 +38,6 @@ def canonical_job_id(job_id: str) -> str:
     return str(uuid.UUID(job_id))
 
 
-def parse_job_id(job_id: str) -> str:
-    """For a job id read from elsewhere than the path (JobId checks the path's)."""
-    try:
-        return canonical_job_id(job_id)
-    except ValueError:
-        raise ApiError(422, f"job_id: {job_id[:64]!r} is not a valid job id (a UUID)") from None
-
-
 # A route's `job_id` path parameter: declared `format: uuid`, refused with 422 naming it.
 JobId = Annotated[
     str,
@@ -55,6 +47,9 @@ JobId = Annotated[
 
 
 class JobList(BaseModel):
+    """The newest jobs, from PostgreSQL; while it is unreachable, from Redis alone
+    (`source` redis, `degraded`, a `warning`: finished jobs expire from Redis)."""
+
     jobs: list[JobView]
     count: int
     source: Literal["postgresql", "redis"]

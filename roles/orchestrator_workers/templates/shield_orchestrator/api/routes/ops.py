@@ -1,13 +1,13 @@
-"""Health and metrics: /health (no token), /health/detailed, /metrics."""
+"""Health, metrics and the console's views: /health (no token), /health/detailed, /metrics, /queue, /workers."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from ..context import Context
@@ -21,9 +21,13 @@ RETRY = {"Retry-After": "5"}
 
 
 class Health(BaseModel):
+    """The process is up: its version, the hash of the code it runs, its uptime. No
+    dependency is asked (GET /health/detailed asks them)."""
+
     status: Literal["healthy"]
     timestamp: str
     version: str
+    tree_sha256: Annotated[str, Field(description="SHA-256 of the package's file tree this process runs")]
     uptime_seconds: float
 
 
@@ -40,6 +44,8 @@ class HealthReport(BaseModel):
 
 
 class MetricsResponse(Response):
+    """The Prometheus text exposition (format 0.0.4), under the media type the spec declares."""
+
     # Starlette adds "; charset=utf-8": the header is metrics.CONTENT_TYPE.
     media_type = METRICS_MEDIA_TYPE
 
