@@ -39,10 +39,6 @@ POLL_SECONDS = 0.1
 YIELD_SECONDS = 0.3
 
 
-class LeaseLost(RuntimeError):
-    """The lease lapsed while held (the holder stalled, or Redis lost it)."""
-
-
 class RedisLeaseLock:
     def __init__(self, redis: Redis, key: str, *, ttl_seconds: float) -> None:
         self._redis = redis
@@ -52,7 +48,6 @@ class RedisLeaseLock:
         self._renewer: asyncio.Task[None] | None = None
         self._release_script = lua.register(redis, "lease", __file__)
         self.fence = 0
-        self.lost = False
         self._released_contended_at = 0.0
 
     @property
@@ -68,7 +63,7 @@ class RedisLeaseLock:
             await self._redis.set(f"{self._key}:contended", "1", px=self._ttl_ms)
             await asyncio.sleep(POLL_SECONDS)
             waited += POLL_SECONDS
-        self._token, self.lost = token, False
+        self._token = token
         self.fence = int(await self._redis.incr(f"{self._key}:fence"))
         if waited >= 1:
             log.info("workspace lock taken after waiting %.1fs (fence %d)", waited, self.fence)
@@ -101,7 +96,6 @@ class RedisLeaseLock:
                 log.warning("workspace lock not renewed (%s); retrying", exc)
                 continue
             if not kept:
-                self.lost = True
                 log.error(
                     "workspace lock lost (fence %d): its lease lapsed while this host held it; "
                     "no new round starts until it is taken again",
