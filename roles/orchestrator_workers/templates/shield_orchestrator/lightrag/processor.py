@@ -25,6 +25,7 @@ from ..settings import Settings
 from ..workers.breaker import DependencyGate, DependencyReport
 from ..workers.faults import EMBEDDING, LLM, STORAGE
 from ..workers.processor import BatchResult
+from .boundary import require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
 from .commit import CommitError, RoundCommit, commit_per_round
 from .feeder import LightRAGFeeder
@@ -302,7 +303,9 @@ class Endpoints:
 
 
 async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints) -> Any:
-    """A LightRAG instance on the deployment's storages, initialised."""
+    """A LightRAG instance on the deployment's storages, initialised; LightRAGVersionError
+    (before anything is patched) when the installed LightRAG is not the pinned one."""
+    require_pinned_lightrag()
     # Imported here: `import lightrag` takes ~2 s, which the CLI's other
     # commands need not pay.
     from lightrag import LightRAG
