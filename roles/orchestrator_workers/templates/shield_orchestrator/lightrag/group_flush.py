@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+
+from .boundary import LightRAGInstance
 
 
 class GroupFlush:
@@ -25,7 +26,7 @@ class GroupFlush:
         self.requests = 0
         self.flushes = 0
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> None:
+    async def __call__(self, *args: object, **kwargs: object) -> None:
         self.requests += 1
         needed = self._started + 1  # any flush numbered from here on began after this call
         async with self._lock:
@@ -38,7 +39,7 @@ class GroupFlush:
             self.flushes += 1
 
 
-def share_flushes(rag: Any) -> GroupFlush:
+def share_flushes(rag: LightRAGInstance) -> GroupFlush:
     """Route the LightRAG instance's per-document flush through one GroupFlush."""
     group = GroupFlush(rag._insert_done)
     rag._insert_done = group

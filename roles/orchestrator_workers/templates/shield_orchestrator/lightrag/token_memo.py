@@ -23,6 +23,8 @@ from array import array
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from functools import _CacheInfo
+
     from tiktoken import Encoding
 
 MEMO_SIZE = 8192
@@ -36,7 +38,7 @@ class MemoEncoding:
     def _pack(self, text: str) -> array[int]:
         return array("I", self._encoding.encode(text))
 
-    def encode(self, text: str, **kwargs: Any) -> list[int]:
+    def encode(self, text: str, **kwargs: Any) -> list[int]:  # tiktoken's keywords, passed on
         if kwargs:
             return self._encoding.encode(text, **kwargs)
         return self._packed(text).tolist()
@@ -44,6 +46,6 @@ class MemoEncoding:
     def decode(self, tokens: list[int]) -> str:
         return self._encoding.decode(tokens)
 
-    def memo_info(self) -> Any:
+    def memo_info(self) -> _CacheInfo:
         """functools' cache_info(): hits, misses, maxsize, currsize."""
         return self._packed.cache_info()
