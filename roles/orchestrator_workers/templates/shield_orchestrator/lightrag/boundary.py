@@ -9,8 +9,10 @@ through a patched `NanoVectorDB.save` (vector_save.py), and PostgreSQL's retry
 hook `_before_sleep` is patched against a deadlock (processor.py). Another
 version may move any of these, and a patch that no longer bites loses its
 guarantee silently; so LIGHTRAG_VERSION is the one version the service starts
-on (`require_pinned_lightrag`, before LightRAG is built and patched), and the
-role pins the same (a unit test compares them).
+on (`require_pinned_lightrag`, before LightRAG is built and patched), the
+role pins the same (a unit test compares them), and
+tests/unit/test_lightrag_contract.py runs each patch against the real LightRAG
+code it relies on: an upgrade that moves it fails a test.
 
 LightRAG ships no type information (mypy: ignore_missing_imports). The
 Protocols below are the members of it the service calls, as 1.5.7 has them: a

@@ -100,6 +100,7 @@ def patch_postgres_reconnect() -> None:
         await original(self, retry_state)
 
     before_sleep.__shield_patched__ = True  # type: ignore[attr-defined]
+    before_sleep.__wrapped__ = original  # type: ignore[attr-defined]  # LightRAG's own, for the contract test
     PostgreSQLDB._before_sleep = before_sleep
 
 

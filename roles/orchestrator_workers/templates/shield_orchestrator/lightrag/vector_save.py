@@ -64,4 +64,5 @@ def patch_vector_save() -> None:
             write_storage(self._NanoVectorDB__storage, out)
 
     save.__shield_patched__ = True  # type: ignore[attr-defined]
+    save.__wrapped__ = NanoVectorDB.save  # type: ignore[attr-defined]  # nano-vectordb's own, for the contract test
     NanoVectorDB.save = save
