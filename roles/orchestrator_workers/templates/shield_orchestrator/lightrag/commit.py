@@ -62,6 +62,17 @@ def _blame(exc: BaseException) -> str:
 
 
 class RoundCommit:
+    """The commit of LightRAG's file storages, one per round.
+
+    Owns each storage's flush (`index_done_callback`, replaced on the instance
+    by one that can be deferred) and wraps its abort (`drop_pending_index_ops`).
+    Guarantees: while `round()` runs no storage writes; when the round ends
+    normally every data storage is flushed, then the doc statuses, last, so no
+    PROCESSED reaches the disk before its data; a commit that failed
+    (CommitError) is tried again first, and no round runs until it succeeds;
+    `dropped` tells whether LightRAG dropped its buffers during the round.
+    Outside a round a flush is done at once."""
+
     def __init__(self, storages: Sequence[IndexedStorage], doc_status: IndexedStorage) -> None:
         self._status = doc_status
         self._storages = list(storages)

@@ -7,7 +7,7 @@ read every document's status afresh, put a FAILED document back to PENDING
 insert the new ones, let LightRAG's pipeline run to completion, and read the
 statuses again. A document counts as done only once LightRAG wrote it
 PROCESSED, which it does after every storage flushed (durable before acked);
-on the file storages the round commits once, at its end (round_commit.py),
+on the file storages the round commits once, at its end (commit.py),
 before any of its documents is answered.
 
 A chunk whose text LightRAG already holds under another document (a content
@@ -103,6 +103,18 @@ class _Queued:
 
 
 class LightRAGFeeder:
+    """The one writer of the LightRAG workspace in this process.
+
+    Owns the queue of submitted chunks and the rounds that take them, one at a
+    time, each under the workspace lock and, on the file storages, inside one
+    RoundCommit. Guarantees: every submitted task gets one outcome, None only
+    when its document (or the document that holds its text) is PROCESSED, and
+    committed on the file storages; a chunk submitted again while its document
+    is in a round shares that round's outcome; a round that outlasts
+    round_timeout answers its documents with a timeout (and runs on); a round
+    that fails, a commit that fails and a lock that fails answer failures,
+    never done."""
+
     def __init__(
         self,
         rag: LightRAGInstance,

@@ -18,6 +18,14 @@ from .boundary import LightRAGInstance
 
 
 class GroupFlush:
+    """LightRAG's per-document flush (`_insert_done`), shared by the documents in flight.
+
+    Owns the flush it wraps, run one at a time. Guarantees: a call returns only
+    after a flush that began after the call has completed, so its document's
+    data is on disk as with a flush of its own; a failed flush raises to the
+    caller that ran it and serves nobody (the others run the next one);
+    `requests` and `flushes` count calls and flushes."""
+
     def __init__(self, flush: Callable[..., Awaitable[None]]) -> None:
         self._flush = flush
         self._lock = asyncio.Lock()

@@ -40,6 +40,17 @@ YIELD_SECONDS = 0.3
 
 
 class RedisLeaseLock:
+    """The workspace lock across hosts: a lease in Redis.
+
+    Owns the lease key (its token while held), the task that renews it, the
+    fencing counter and the contended mark. Guarantees: one holder at a time
+    while Redis keeps the key; the lease is renewed every third of its TTL while
+    held and released by compare-and-delete on exit, and lapses within its TTL
+    when the holder dies; every take increments `fence`; a holder that lets a
+    contended lock go waits before it takes it again. It cannot stop a holder
+    that stalls past its lease mid-round (LightRAG's storages check no fence):
+    that lapse is logged with the fence."""
+
     def __init__(self, redis: Redis, key: str, *, ttl_seconds: float) -> None:
         self._redis = redis
         self._key = key

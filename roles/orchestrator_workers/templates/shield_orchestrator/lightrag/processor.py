@@ -137,6 +137,17 @@ COSINE_THRESHOLD = 0.2  # LightRAG's own default; PGVectorStorage insists on bei
 
 
 class LightRAGProcessor:
+    """The product's ChunkProcessor: one LightRAG instance per process.
+
+    Owns the LightRAG instance (built, patched and initialised at start, finalised
+    at stop), its feeder and, on the file storages, its round commit; the LLM and
+    embedding clients; the breaker probes of the LLM, the embedding endpoint and
+    the storages. Guarantees: it starts only on the pinned LightRAG
+    (LightRAGVersionError otherwise, before anything is patched); a chunk is
+    answered done only when its document is PROCESSED, and committed on the file
+    storages; stop commits what a round cut short left in memory, then
+    finalises the storages."""
+
     def __init__(self, settings: Settings, gate: DependencyGate, lock: AbstractAsyncContextManager[object]) -> None:
         self._s = settings
         self._gate = gate
@@ -288,7 +299,7 @@ class LightRAGProcessor:
 
 
 class Endpoints:
-    """The LLM and embedding endpoints' long-lived clients (llm_client.py)."""
+    """The LLM and embedding endpoints' long-lived clients (clients.py)."""
 
     def __init__(self, s: Settings) -> None:
         self.llm = Endpoint(

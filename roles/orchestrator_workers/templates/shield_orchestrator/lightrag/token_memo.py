@@ -31,6 +31,13 @@ MEMO_SIZE = 8192
 
 
 class MemoEncoding:
+    """tiktoken's encoding, remembering the last `size` strings it encoded.
+
+    Owns the encoding and the memo (tokens packed 4 bytes each). Guarantees: the
+    tokens tiktoken gives, as a new list on every call; a call with keyword
+    arguments and a failed encode go to tiktoken and are not remembered; safe
+    to call from several threads."""
+
     def __init__(self, encoding: Encoding, size: int = MEMO_SIZE) -> None:
         self._encoding = encoding
         self._packed = functools.lru_cache(maxsize=size)(self._pack)

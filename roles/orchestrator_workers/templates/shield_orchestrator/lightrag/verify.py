@@ -19,12 +19,18 @@ from .feeder import doc_status, field_of
 
 
 class ChunkProblem(TypedDict):
+    """Why one chunk of a job does not verify: its index (-1: the job as a whole),
+    the document that should hold it, and what is wrong."""
+
     index: int
     document: str
     problem: str
 
 
 class JobVerification(TypedDict):
+    """What verify-job and GET /jobs/{id}/verify answer, read back from LightRAG's
+    own storages: `verified` only when no problem was found (at most 100 listed)."""
+
     job_id: str
     chunks_total: int
     documents_processed: int
