@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from . import __version__, commands
 from .deployed import BOUNDS, DEFAULTS
 from .jobs.migrations import HEAD
+from .lightrag.boundary import LightRAGVersionError, require_pinned_lightrag
 from .service import serve
 from .settings import Settings, SettingsError
 
 NOISY_LOGGERS = ("httpx", "httpx2", "openai", "nano-vectordb", "lightrag")
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # the service cannot run as configured or as installed
 
 
 def read_env_file(text: str) -> dict[str, str]:
@@ -134,8 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level)
-    if args.command == "serve":
-        return serve(settings)
-    result, code = asyncio.run(commands.run(settings, args))
+    try:
+        if args.command == "serve":
+            # Here, before anything binds or connects: under uvicorn's lifespan the
+            # refusal would come out as a traceback.
+            require_pinned_lightrag()
+            return serve(settings)
+        result, code = asyncio.run(commands.run(settings, args))
+    except LightRAGVersionError as exc:
+        print(f"installation error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print(json.dumps(result))
     return code

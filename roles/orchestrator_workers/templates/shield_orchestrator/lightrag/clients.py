@@ -63,12 +63,11 @@ class Endpoint:
 
 LLMFunction = Callable[..., Awaitable[str]]
 EmbedFunction = Callable[..., Awaitable[np.ndarray]]
+Message = dict[str, object]  # a chat message as LightRAG builds it (role, content)
 
 
-def chat_messages(
-    prompt: str, system_prompt: str | None, history_messages: Sequence[dict[str, Any]] | None
-) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+def chat_messages(prompt: str, system_prompt: str | None, history_messages: Sequence[Message] | None) -> list[Message]:
+    messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [*messages, *(history_messages or []), {"role": "user", "content": prompt}]
 
 
@@ -82,7 +81,8 @@ def chat_parameters(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def answer_text(response: Any) -> str:
     """The answer's content; flagged when the token limit cut it (LightRAG's cache
-    then does not keep it)."""
+    then does not keep it). `response` is a ChatCompletion (stream=False), which the
+    SDK's overloads cannot tell with parameters passed through."""
     from lightrag.utils import TruncatedResponse, safe_unicode_decode
 
     choice = response.choices[0] if response and response.choices else None
@@ -105,8 +105,8 @@ def llm_function(endpoint: Endpoint, model: str, gate: DependencyGate) -> LLMFun
     async def complete(
         prompt: str,
         system_prompt: str | None = None,
-        history_messages: list[dict[str, Any]] | None = None,
-        **kwargs: Any,
+        history_messages: list[Message] | None = None,
+        **kwargs: Any,  # LightRAG's keywords: chat_parameters() picks what is sent
     ) -> str:
         try:
             response = await endpoint.client.chat.completions.create(
@@ -126,7 +126,7 @@ def llm_function(endpoint: Endpoint, model: str, gate: DependencyGate) -> LLMFun
 def embed_function(endpoint: Endpoint, model: str, gate: DependencyGate) -> EmbedFunction:
     """LightRAG's embedding function: float32 vectors, fetched base64-encoded."""
 
-    async def embed(texts: list[str], **_kwargs: Any) -> np.ndarray:
+    async def embed(texts: list[str], **_kwargs: object) -> np.ndarray:
         try:
             response = await endpoint.client.embeddings.create(model=model, input=texts, encoding_format="base64")
         except Exception as exc:

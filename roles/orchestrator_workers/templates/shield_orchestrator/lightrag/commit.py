@@ -31,14 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
 
 from ..workers.faults import EMBEDDING, STORAGE
+from .boundary import Flush, IndexedStorage, LightRAGInstance
 
 log = logging.getLogger("shield_orchestrator.lightrag")
-
-Flush = Callable[[], Awaitable[Any]]
 
 
 class CommitError(Exception):
@@ -50,8 +48,8 @@ class CommitError(Exception):
         self.dependency = dependency
 
 
-def _name(storage: Any) -> str:
-    namespace = getattr(storage, "final_namespace", None) or getattr(storage, "namespace", "")
+def _name(storage: IndexedStorage) -> str:
+    namespace = getattr(storage, "final_namespace", None) or storage.namespace
     return f"{type(storage).__name__}[{namespace}]"
 
 
@@ -64,7 +62,18 @@ def _blame(exc: BaseException) -> str:
 
 
 class RoundCommit:
-    def __init__(self, storages: Sequence[Any], doc_status: Any) -> None:
+    """The commit of LightRAG's file storages, one per round.
+
+    Owns each storage's flush (`index_done_callback`, replaced on the instance
+    by one that can be deferred) and wraps its abort (`drop_pending_index_ops`).
+    Guarantees: while `round()` runs no storage writes; when the round ends
+    normally every data storage is flushed, then the doc statuses, last, so no
+    PROCESSED reaches the disk before its data; a commit that failed
+    (CommitError) is tried again first, and no round runs until it succeeds;
+    `dropped` tells whether LightRAG dropped its buffers during the round.
+    Outside a round a flush is done at once."""
+
+    def __init__(self, storages: Sequence[IndexedStorage], doc_status: IndexedStorage) -> None:
         self._status = doc_status
         self._storages = list(storages)
         self._flushes: dict[int, Flush] = {}
@@ -78,7 +87,7 @@ class RoundCommit:
             storage.index_done_callback = self._deferrable(storage)
             storage.drop_pending_index_ops = self._noting_drop(storage.drop_pending_index_ops)
 
-    def _deferrable(self, storage: Any) -> Flush:
+    def _deferrable(self, storage: IndexedStorage) -> Flush:
         flush = self._flushes[id(storage)]
 
         async def index_done_callback() -> None:
@@ -130,6 +139,6 @@ class RoundCommit:
         self.commits += 1
 
 
-def commit_per_round(rag: Any) -> RoundCommit:
+def commit_per_round(rag: LightRAGInstance) -> RoundCommit:
     """Route every storage of the LightRAG instance through one RoundCommit."""
     return RoundCommit(rag._index_storages(), rag.doc_status)

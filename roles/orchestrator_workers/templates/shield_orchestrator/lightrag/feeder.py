@@ -7,7 +7,7 @@ read every document's status afresh, put a FAILED document back to PENDING
 insert the new ones, let LightRAG's pipeline run to completion, and read the
 statuses again. A document counts as done only once LightRAG wrote it
 PROCESSED, which it does after every storage flushed (durable before acked);
-on the file storages the round commits once, at its end (round_commit.py),
+on the file storages the round commits once, at its end (commit.py),
 before any of its documents is answered.
 
 A chunk whose text LightRAG already holds under another document (a content
@@ -23,19 +23,17 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import quote
 from uuid import uuid4
 
 from ..queue.tasks import ChunkTask
 from ..workers.breaker import DependencyGate
 from ..workers.faults import STORAGE, Failure, chunk_fault, classify_exception, classify_message, transient
+from .boundary import DocRecord, LightRAGInstance, Row, StatusObject
 from .commit import CommitError, RoundCommit
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
-# A doc-status record: a dict or a DocProcessingStatus object, by storage.
-DocRecord = Any
 Outcome = Failure | None
 IN_PROGRESS = frozenset({"pending", "parsing", "analyzing", "processing", "preprocessed"})
 # Documents per round: large enough to keep LightRAG's parallel inserts busy,
@@ -44,14 +42,13 @@ MAX_ROUND = 200
 WATCH_SECONDS = 3.0
 
 
-def field_of(doc: DocRecord, name: str) -> Any:
-    return doc.get(name) if isinstance(doc, dict) else getattr(doc, name, None)
+def field_of(doc: DocRecord | None, name: str) -> object:
+    """A field of a doc-status record, dict or object (None when absent)."""
+    return doc.get(name) if isinstance(doc, Mapping) else getattr(doc, name, None)
 
 
 def doc_status(doc: DocRecord | None) -> str:
     """A doc-status record's status in lower case ("" for no record)."""
-    if doc is None:
-        return ""
     value = field_of(doc, "status")
     return str(getattr(value, "value", value) or "").lower()
 
@@ -106,12 +103,24 @@ class _Queued:
 
 
 class LightRAGFeeder:
+    """The one writer of the LightRAG workspace in this process.
+
+    Owns the queue of submitted chunks and the rounds that take them, one at a
+    time, each under the workspace lock and, on the file storages, inside one
+    RoundCommit. Guarantees: every submitted task gets one outcome, None only
+    when its document (or the document that holds its text) is PROCESSED, and
+    committed on the file storages; a chunk submitted again while its document
+    is in a round shares that round's outcome; a round that outlasts
+    round_timeout answers its documents with a timeout (and runs on); a round
+    that fails, a commit that fails and a lock that fails answer failures,
+    never done."""
+
     def __init__(
         self,
-        rag: Any,
+        rag: LightRAGInstance,
         lock: AbstractAsyncContextManager[object],
         gate: DependencyGate,
-        content_hash: Any,
+        content_hash: Callable[[str], str],
         storage_probe: Callable[[], Awaitable[bool]],
         *,
         round_timeout: float,
@@ -282,16 +291,16 @@ class LightRAGFeeder:
             log.info("retrying %d FAILED LightRAG documents: %s", len(updates), ", ".join(sorted(updates))[:300])
             await self._rag.doc_status.upsert(updates)
 
-    async def _pending_updates(self, doc_ids: Sequence[str], status: str) -> dict[str, dict[str, Any]]:
+    async def _pending_updates(self, doc_ids: Sequence[str], status: str) -> dict[str, Row]:
         """The doc-status updates that put each document now in `status` back to PENDING
         (LightRAG's own reset), for those whose content LightRAG still holds."""
         if not doc_ids:
             return {}
         docs = await self._rag.aget_docs_by_ids(list(doc_ids))
-        updates: dict[str, dict[str, Any]] = {}
+        updates: dict[str, Row] = {}
         for doc_id in doc_ids:
             doc = docs.get(doc_id)
-            if doc_status(doc) != status:
+            if doc is None or doc_status(doc) != status:
                 continue
             content = await self._rag.full_docs.get_by_id(doc_id)
             if not content:
@@ -322,10 +331,10 @@ class LightRAGFeeder:
                 results[task.doc_id] = outcome_of(docs.get(task.doc_id), f"document {task.doc_id}")
         return results
 
-    async def _holder_docs(self, holder_ids: list[str]) -> dict[str, DocRecord]:
+    async def _holder_docs(self, holder_ids: list[str]) -> Mapping[str, DocRecord]:
         """The holders' records; a holder an earlier attempt left FAILED is
         processed again first (its own chunk may be long gone)."""
-        docs: dict[str, DocRecord] = await self._rag.aget_docs_by_ids(holder_ids)
+        docs = await self._rag.aget_docs_by_ids(holder_ids)
         failed = [doc_id for doc_id in holder_ids if doc_status(docs.get(doc_id)) == "failed"]
         if failed:
             await self._reset_failed(failed)
@@ -334,11 +343,12 @@ class LightRAGFeeder:
         return docs
 
 
-def _status_object(doc: DocRecord) -> Any:
+def _status_object(doc: DocRecord) -> StatusObject:
     """LightRAG's reset helper wants a DocProcessingStatus; JSON storages answer dicts."""
-    if not isinstance(doc, dict):
+    if not isinstance(doc, Mapping):
         return doc
     from lightrag.base import DocProcessingStatus
 
     fields = DocProcessingStatus.__dataclass_fields__
-    return DocProcessingStatus(**{key: value for key, value in doc.items() if key in fields})
+    status: StatusObject = DocProcessingStatus(**{key: value for key, value in doc.items() if key in fields})
+    return status

@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+
+from .boundary import LightRAGInstance
 
 
 class GroupFlush:
+    """LightRAG's per-document flush (`_insert_done`), shared by the documents in flight.
+
+    Owns the flush it wraps, run one at a time. Guarantees: a call returns only
+    after a flush that began after the call has completed, so its document's
+    data is on disk as with a flush of its own; a failed flush raises to the
+    caller that ran it and serves nobody (the others run the next one);
+    `requests` and `flushes` count calls and flushes."""
+
     def __init__(self, flush: Callable[..., Awaitable[None]]) -> None:
         self._flush = flush
         self._lock = asyncio.Lock()
@@ -25,7 +34,7 @@ class GroupFlush:
         self.requests = 0
         self.flushes = 0
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> None:
+    async def __call__(self, *args: object, **kwargs: object) -> None:
         self.requests += 1
         needed = self._started + 1  # any flush numbered from here on began after this call
         async with self._lock:
@@ -38,7 +47,7 @@ class GroupFlush:
             self.flushes += 1
 
 
-def share_flushes(rag: Any) -> GroupFlush:
+def share_flushes(rag: LightRAGInstance) -> GroupFlush:
     """Route the LightRAG instance's per-document flush through one GroupFlush."""
     group = GroupFlush(rag._insert_done)
     rag._insert_done = group

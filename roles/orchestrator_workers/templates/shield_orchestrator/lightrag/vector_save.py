@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import IO
+
+from .boundary import NanoVectorClient
 
 SLICE_BYTES = 3 * 1024 * 1024  # a multiple of 3: no padding inside the string
 
 
-def write_storage(storage: dict[str, Any], out: IO[str]) -> None:
+def write_storage(storage: Mapping[str, object], out: IO[str]) -> None:
     """What `json.dump({**storage, "matrix": base64(matrix)}, out, ensure_ascii=False)` writes."""
     import numpy as np
 
@@ -56,10 +59,10 @@ def patch_vector_save() -> None:
     if getattr(NanoVectorDB.save, "__shield_patched__", False):
         return
 
-    def save(self: Any) -> None:
-        storage: dict[str, Any] = self._NanoVectorDB__storage
+    def save(self: NanoVectorClient) -> None:
         with open(self.storage_file, "w", encoding="utf-8") as out:
-            write_storage(storage, out)
+            write_storage(self._NanoVectorDB__storage, out)
 
     save.__shield_patched__ = True  # type: ignore[attr-defined]
+    save.__wrapped__ = NanoVectorDB.save  # type: ignore[attr-defined]  # nano-vectordb's own, for the contract test
     NanoVectorDB.save = save

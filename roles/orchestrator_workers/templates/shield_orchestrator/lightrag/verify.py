@@ -10,20 +10,27 @@ counted. The same answer from any host sharing the graph (the CLI's
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from typing_extensions import TypedDict
 
-from .feeder import DocRecord, doc_status, field_of
+from .boundary import DocRecord, LightRAGInstance
+from .feeder import doc_status, field_of
 
 
 class ChunkProblem(TypedDict):
+    """Why one chunk of a job does not verify: its index (-1: the job as a whole),
+    the document that should hold it, and what is wrong."""
+
     index: int
     document: str
     problem: str
 
 
 class JobVerification(TypedDict):
+    """What verify-job and GET /jobs/{id}/verify answer, read back from LightRAG's
+    own storages: `verified` only when no problem was found (at most 100 listed)."""
+
     job_id: str
     chunks_total: int
     documents_processed: int
@@ -46,10 +53,10 @@ def chunk_doc_id(job_id: str, index: int) -> str:
     return f"chunk-{job_id}-{index}"
 
 
-async def verify_job(rag: Any, job_id: str, chunks_total: int) -> JobVerification:
+async def verify_job(rag: LightRAGInstance, job_id: str, chunks_total: int) -> JobVerification:
     """Check every chunk of the job in LightRAG's storages (`rag`: an initialised LightRAG)."""
     ids = [chunk_doc_id(job_id, index) for index in range(chunks_total)]
-    docs: Mapping[str, DocRecord] = await rag.aget_docs_by_ids(ids)
+    docs = await rag.aget_docs_by_ids(ids)
     holders = await _duplicate_holders(rag, job_id, [doc_id for doc_id in ids if doc_id not in docs])
     if holders:
         docs = {**docs, **(await rag.aget_docs_by_ids(sorted(set(holders.values()))))}
@@ -78,21 +85,21 @@ async def verify_job(rag: Any, job_id: str, chunks_total: int) -> JobVerificatio
     }
 
 
-async def _duplicate_holders(rag: Any, job_id: str, absent: list[str]) -> dict[str, str]:
+async def _duplicate_holders(rag: LightRAGInstance, job_id: str, absent: list[str]) -> dict[str, str]:
     """For chunks with no document of their own: the document their duplicate record
     points at, followed to one that exists."""
     if not absent:
         return {}
     from lightrag.base import DocStatus
 
-    records: Mapping[str, DocRecord] = await rag.doc_status.get_docs_by_statuses([DocStatus.FAILED])
+    records = await rag.doc_status.get_docs_by_statuses([DocStatus.FAILED])
     wanted = set(absent)
     pointers: dict[str, str] = {}
     for record in records.values():
-        metadata = field_of(record, "metadata") or {}
+        metadata = field_of(record, "metadata")
         path = str(field_of(record, "file_path") or "")
         doc_id = path.split("__", 1)[0]
-        if metadata.get("is_duplicate") and doc_id in wanted:
+        if isinstance(metadata, Mapping) and metadata.get("is_duplicate") and doc_id in wanted:
             pointers[doc_id] = str(metadata.get("original_doc_id") or "")
     holders: dict[str, str] = {}
     for doc_id, original in pointers.items():
@@ -104,18 +111,23 @@ async def _duplicate_holders(rag: Any, job_id: str, absent: list[str]) -> dict[s
     return holders
 
 
-async def _chunk_vectors(rag: Any, docs: list[DocRecord]) -> tuple[int, int]:
+async def _chunk_vectors(rag: LightRAGInstance, docs: list[DocRecord]) -> tuple[int, int]:
     """(chunk vectors the documents should have, how many the vector store holds)."""
-    chunk_ids = [str(chunk) for doc in docs for chunk in (field_of(doc, "chunks_list") or [])]
+    chunk_ids = [str(chunk) for doc in docs for chunk in _listed(field_of(doc, "chunks_list"))]
     if not chunk_ids:
         return 0, 0
     found = await rag.chunks_vdb.get_by_ids(chunk_ids)
     return len(chunk_ids), sum(1 for item in found if item)
 
 
-async def _entity_count(rag: Any, doc_ids: list[str]) -> int:
+async def _entity_count(rag: LightRAGInstance, doc_ids: list[str]) -> int:
     entities: set[str] = set()
     for doc_id in doc_ids:
         record = await rag.full_entities.get_by_id(doc_id)
-        entities.update(str(name) for name in (record or {}).get("entity_names", []))
+        entities.update(str(name) for name in _listed((record or {}).get("entity_names")))
     return len(entities)
+
+
+def _listed(value: object) -> list[object]:
+    """A list field of a LightRAG record (absent or null: empty)."""
+    return list(value) if isinstance(value, list | tuple) else []

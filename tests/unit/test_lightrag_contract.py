@@ -1,0 +1,422 @@
+"""Contracts with the real LightRAG (the pinned version, boundary.LIGHTRAG_VERSION).
+
+The service patches LightRAG's internals: the round commit (commit.py), the
+group flush that replaces `_insert_done` (group_flush.py), the feeder's resets
+through `_build_pending_reset_update` (feeder.py), the streaming vector save
+(vector_save.py) and the PostgreSQL reconnect hook (processor.py). Each test
+here runs LightRAG's own code on the path the patch relies on (a real
+instance: its file storages in a temporary directory, the service's offline
+tokenizer, the stand-in's deterministic LLM and hashing embedding in process,
+tests/support/offline_lightrag.py) and checks the guarantee the patch gives,
+so that an upgrade that moves those internals fails here instead of silently
+losing it. Each test says which change of LightRAG would make it fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nano_vectordb import NanoVectorDB
+from shield_orchestrator.lightrag import boundary
+from shield_orchestrator.lightrag.commit import commit_per_round
+from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
+from shield_orchestrator.lightrag.group_flush import share_flushes
+from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
+from shield_orchestrator.lightrag.vector_save import patch_vector_save
+from shield_orchestrator.queue.tasks import ChunkTask
+from shield_orchestrator.workers.breaker import DependencyGate
+from shield_orchestrator.workers.faults import FaultKind
+from typing_extensions import get_protocol_members
+
+from tests.support.offline_lightrag import TEXTS, OfflineModels, offline_rag, statuses_on_disk, workspace_files
+
+REFUSE = "REFUSED-BY-THE-LLM"
+IDS = list(TEXTS)
+
+
+@pytest.fixture(autouse=True)
+def quiet_lightrag() -> Iterator[None]:
+    """LightRAG logs a line per pipeline step at INFO."""
+    logger = logging.getLogger("lightrag")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def models() -> OfflineModels:
+    return OfflineModels()
+
+
+@pytest.fixture
+async def rag(tmp_path: Path, models: OfflineModels) -> AsyncIterator[Any]:
+    instance = offline_rag(tmp_path, models)
+    await instance.initialize_storages()
+    yield instance
+    await instance.finalize_storages()
+
+
+def chunk(index: int, text: str) -> ChunkTask:
+    """The task whose document is chunk-c-<index> (TEXTS' ids)."""
+    return ChunkTask(entry_id=f"1-{index}", job_id="c", index=index, text=text, source_uri="")
+
+
+async def insert(rag: Any, doc_ids: list[str]) -> None:
+    await rag.ainsert(
+        [TEXTS[doc_id] for doc_id in doc_ids],
+        ids=doc_ids,
+        file_paths=[f"{doc_id}__inline" for doc_id in doc_ids],
+        track_id="contract",
+    )
+
+
+def feeder_of(rag: Any, *, commit: bool = True) -> LightRAGFeeder:
+    async def storage_answers() -> bool:
+        return True
+
+    return LightRAGFeeder(
+        rag,
+        asyncio.Lock(),
+        DependencyGate(lambda _change: None),
+        str,
+        storage_answers,
+        round_timeout=120,
+        commit=commit_per_round(rag) if commit else None,
+    )
+
+
+def status_value(row: Any) -> str:
+    status = row.get("status") if isinstance(row, dict) else getattr(row, "status", None)
+    return str(getattr(status, "value", status))
+
+
+# --------------------------------------------------------------------------
+# The typed face: every member the Protocols name is LightRAG's, callable as named
+# --------------------------------------------------------------------------
+
+
+def assert_conforms(real: object, protocol: type) -> None:
+    """`real` has every member of `protocol`; a method is async when the
+    Protocol's is, and takes the Protocol's parameters under the same names."""
+    for name in sorted(get_protocol_members(protocol)):
+        assert hasattr(real, name), f"{type(real).__name__} has no {name} ({protocol.__name__})"
+        declared = getattr(protocol, name, None)
+        if not inspect.isfunction(declared):
+            continue
+        member = getattr(real, name)
+        assert inspect.iscoroutinefunction(member) == inspect.iscoroutinefunction(declared), name
+        args: list[object] = []
+        kwargs: dict[str, object] = {}
+        for parameter in list(inspect.signature(declared).parameters.values())[1:]:
+            if parameter.kind is parameter.KEYWORD_ONLY:
+                kwargs[parameter.name] = None
+            else:
+                args.append(None)
+        inspect.signature(member).bind(*args, **kwargs)  # TypeError when LightRAG's signature moved
+
+
+async def test_the_protocols_are_lightrags_members(rag: Any) -> None:
+    """Fails when LightRAG renames or drops a member the service uses, turns an
+    async method sync (or back), or renames a keyword the service passes
+    (ainsert's ids/file_paths/track_id, get_doc_by_content_hash's exclude_doc_id)."""
+    from lightrag.kg.postgres_impl import PostgreSQLDB
+
+    assert_conforms(rag, boundary.LightRAGInstance)
+    assert_conforms(rag.doc_status, boundary.DocStatusStore)
+    for kv in (rag.full_docs, rag.full_entities):
+        assert_conforms(kv, boundary.KVStore)
+    assert_conforms(rag.chunks_vdb, boundary.VectorStore)
+    for storage in rag._index_storages():
+        assert_conforms(storage, boundary.IndexedStorage)
+    assert_conforms(rag.chunks_vdb._client, boundary.NanoVectorClient)
+    assert_conforms(_offline_tokenizer(), boundary.TextTokenizer)
+    assert_conforms(PostgreSQLDB(postgres_config(1)), boundary.PostgresDB)
+    await insert(rag, IDS[:1])
+    (record,) = (await rag.aget_docs_by_ids(IDS[:1])).values()
+    assert_conforms(_status_object(record), boundary.StatusObject)
+
+
+# --------------------------------------------------------------------------
+# The round commit: LightRAG's writes wait for the end of the round
+# --------------------------------------------------------------------------
+
+
+async def test_a_round_writes_nothing_until_its_one_commit(rag: Any) -> None:
+    """RoundCommit relies on LightRAG writing every file through the
+    `index_done_callback` of a storage `_index_storages()` lists, looked up on
+    the instance (the per-document `_insert_done` and doc-status upserts
+    included). Fails when LightRAG writes a file any other way (a storage that
+    list misses, a doc-status upsert that writes its file itself, a flush
+    renamed): the files would change during the round."""
+    commit = commit_per_round(rag)
+    async with commit.round():
+        await insert(rag, IDS[:2])
+    first = workspace_files(rag)
+    assert commit.commits == 1
+    assert statuses_on_disk(rag) == dict.fromkeys(IDS[:2], "processed")
+
+    async with commit.round():
+        await insert(rag, IDS[2:])
+        processed = {doc_id: status_value(row) for doc_id, row in (await rag.aget_docs_by_ids(IDS)).items()}
+        assert processed == dict.fromkeys(IDS, "processed")  # in memory, PROCESSED...
+        assert workspace_files(rag) == first  # ...and not a byte of it on disk
+    assert commit.commits == 2
+    # Every document flushed every storage (its `_insert_done`), each flush deferred.
+    assert commit.deferred >= len(IDS) * len(rag._index_storages())
+    assert statuses_on_disk(rag) == dict.fromkeys(IDS, "processed")
+    chunks = json.loads((Path(rag.working_dir) / rag.workspace / "vdb_chunks.json").read_text())
+    assert len(chunks["data"]) == len(IDS)
+
+
+async def test_lightrags_abort_is_noticed_and_its_documents_processed_again(rag: Any, models: OfflineModels) -> None:
+    """When LightRAG aborts a batch on an internal storage error it drops its
+    pending buffers through each storage's `drop_pending_index_ops`, which
+    RoundCommit notes; the feeder then puts what the round marked PROCESSED
+    back to PENDING with `_build_pending_reset_update`. Fails when the abort no
+    longer goes through `drop_pending_index_ops` (renamed, or buffers dropped
+    another way): documents of the aborted round would reach the disk
+    PROCESSED and be answered done; or when the reset helper moved."""
+    rag.max_parallel_insert = 1  # in order: the first two are PROCESSED before the third aborts the batch
+    upsert = rag.doc_status.upsert
+    models.fail_on.add(REFUSE)
+    storage_down = True
+
+    async def doc_status_down_for_failures(data: dict[str, Any]) -> None:
+        if storage_down and any(status_value(row) == "failed" for row in data.values()):
+            raise OSError("doc-status storage down")  # LightRAG cannot record the failure: it aborts
+        await upsert(data)
+
+    rag.doc_status.upsert = doc_status_down_for_failures
+    feeder = feeder_of(rag)
+    feeder.start()
+    tasks = [chunk(0, TEXTS[IDS[0]]), chunk(1, TEXTS[IDS[1]]), chunk(2, f"{TEXTS[IDS[2]]} {REFUSE}")]
+    try:
+        first = await feeder.process(tasks)
+        for doc_id in IDS[:2]:  # PROCESSED in memory before the abort, but not answered done...
+            outcome = first[doc_id]
+            assert outcome is not None and outcome.transient and "processed again" in outcome.message
+        assert "processed" not in statuses_on_disk(rag).values()  # ...nor committed as such
+        assert feeder._commit is not None and feeder._commit.dropped
+
+        storage_down = False
+        models.fail_on.clear()
+        assert await feeder.process(tasks) == dict.fromkeys(IDS)
+    finally:
+        await feeder.stop()
+    assert statuses_on_disk(rag) == dict.fromkeys(IDS, "processed")
+
+
+async def test_a_failed_document_is_reset_and_processed_again(rag: Any, models: OfflineModels) -> None:
+    """The feeder's retry of a FAILED document: `_build_pending_reset_update`
+    (called with a DocProcessingStatus built from the stored dict) gives the
+    update that puts it back to PENDING, and the pipeline processes it again.
+    Fails when the helper is renamed, takes other arguments or answers another
+    shape, when DocProcessingStatus' fields change, or when the update it
+    builds no longer makes the pipeline take the document."""
+    models.fail_on.add(REFUSE)
+    feeder = feeder_of(rag)
+    feeder.start()
+    tasks = [chunk(0, TEXTS[IDS[0]]), chunk(1, f"{TEXTS[IDS[1]]} {REFUSE}")]
+    resets: list[str] = []
+    build = rag._build_pending_reset_update
+
+    def noting_build(status_doc: Any, content: Any) -> Any:
+        resets.append(status_doc.file_path)
+        return build(status_doc, content)
+
+    rag._build_pending_reset_update = noting_build
+    try:
+        first = await feeder.process(tasks)
+        refused = first[IDS[1]]
+        assert first[IDS[0]] is None
+        assert refused is not None and refused.kind is FaultKind.CHUNK and "refuses" in refused.message
+        assert statuses_on_disk(rag) == {IDS[0]: "processed", IDS[1]: "failed"}
+        (failed,) = (await rag.aget_docs_by_ids(IDS[1:2])).values()
+
+        models.fail_on.clear()
+        assert await feeder.process(tasks) == dict.fromkeys(IDS[:2])
+    finally:
+        await feeder.stop()
+    assert resets == [f"{IDS[1]}__inline"]
+    (done,) = (await rag.aget_docs_by_ids(IDS[1:2])).values()
+    assert status_value(done) == "processed" and not done.get("error_msg")
+    assert done["created_at"] == failed["created_at"]
+    assert statuses_on_disk(rag) == dict.fromkeys(IDS[:2], "processed")
+
+
+# --------------------------------------------------------------------------
+# The group flush: LightRAG's per-document `_insert_done`, replaced
+# --------------------------------------------------------------------------
+
+
+async def test_every_document_waits_for_the_shared_flush_before_processed(rag: Any) -> None:
+    """share_flushes replaces the instance's `_insert_done`, which LightRAG's
+    pipeline must call once per document and await before it writes the
+    document PROCESSED. Fails when LightRAG flushes a document some other way
+    (GroupFlush would see no request, and the PostgreSQL path would lose its
+    shared flush), or writes PROCESSED before that flush returns."""
+    rag.max_parallel_insert = len(IDS)
+    events: list[str] = []
+    group = share_flushes(rag)
+    shared, upsert = rag._insert_done, rag.doc_status.upsert
+
+    async def served(*args: object, **kwargs: object) -> None:
+        await shared(*args, **kwargs)
+        events.append("served")
+
+    async def noting(data: dict[str, Any]) -> None:
+        await upsert(data)
+        events.extend(f"processed {doc_id}" for doc_id, row in data.items() if status_value(row) == "processed")
+
+    rag._insert_done, rag.doc_status.upsert = served, noting
+    await insert(rag, IDS)
+    assert group.requests == len(IDS)
+    assert 1 <= group.flushes <= group.requests
+    processed = [index for index, event in enumerate(events) if event.startswith("processed")]
+    assert len(processed) == len(IDS)
+    for count, index in enumerate(processed, start=1):
+        assert events[:index].count("served") >= count, events  # its own flush returned first
+    assert statuses_on_disk(rag) == dict.fromkeys(IDS, "processed")
+
+
+# --------------------------------------------------------------------------
+# The vector save: the file LightRAG writes is nano-vectordb's own
+# --------------------------------------------------------------------------
+
+
+async def test_lightrags_vector_files_are_nano_vectordbs_own_bytes(
+    rag: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """patch_vector_save replaces `NanoVectorDB.save`, which LightRAG's file
+    vector storages must call to write their files (through `_client`, its
+    `storage_file` pointed at a temporary sibling). Fails when LightRAG saves
+    them some other way (the patch no longer bites: no call), or when
+    nano-vectordb's own save writes other bytes than the patch (a new key, a
+    new encoding)."""
+    patch_vector_save()
+    patched = NanoVectorDB.save
+    saves: list[str] = []
+
+    def counted(client: Any) -> None:
+        saves.append(Path(client.storage_file).name)
+        patched(client)
+
+    monkeypatch.setattr(NanoVectorDB, "save", counted)
+    commit = commit_per_round(rag)
+    async with commit.round():
+        await insert(rag, IDS)
+    storages = [rag.entities_vdb, rag.relationships_vdb, rag.chunks_vdb]
+    assert len(saves) >= len(storages)
+    written = workspace_files(rag)
+    own = patched.__wrapped__  # type: ignore[attr-defined]
+    for storage in storages:
+        name = Path(storage._client_file_name).name
+        assert written[name] == saved_with(own, storage._client, tmp_path / f"reference-{name}"), name
+        assert len(json.loads(written[name])["data"]) > 0
+
+
+def saved_with(save: Any, client: Any, path: Path) -> bytes:
+    """What `save` writes for the NanoVectorDB `client`, written to `path` instead."""
+    kept, client.storage_file = client.storage_file, str(path)
+    try:
+        save(client)
+    finally:
+        client.storage_file = kept
+    return path.read_bytes()
+
+
+# --------------------------------------------------------------------------
+# The PostgreSQL reconnect: no deadlock while PostgreSQL stays down
+# --------------------------------------------------------------------------
+
+
+def postgres_config(port: int) -> dict[str, Any]:
+    """A PostgreSQLDB configuration as LightRAG's ClientManager builds it, with the
+    service's quick retries (processor.postgres_environment) and no backoff."""
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "user": "orchestrator",
+        "password": "unused",
+        "database": "shield",
+        "workspace": "contract",
+        "max_connections": 2,
+        "connection_retry_attempts": 3,
+        "connection_retry_backoff": 0.0,
+        "connection_retry_backoff_max": 0.0,
+        "pool_close_timeout": 1.0,
+    }
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LostPool:
+    """A pool whose connection was lost: acquiring raises a transient error."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def acquire(self) -> LostPool:
+        return self
+
+    async def __aenter__(self) -> None:
+        raise ConnectionResetError("connection lost")
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def select_one(connection: Any) -> object:
+    return await connection.fetchval("SELECT 1")
+
+
+async def test_lightrags_own_reconnect_still_deadlocks_while_postgres_stays_down() -> None:
+    """The premise of patch_postgres_reconnect: LightRAG's `_ensure_pool` holds
+    `_pool_reconnect_lock` while `initdb` retries, and its retry hook
+    `_before_sleep` resets the pool under the same lock. Fails when LightRAG no
+    longer deadlocks there (the patch may then go), or moves these members."""
+    from lightrag.kg.postgres_impl import PostgreSQLDB
+
+    patch_postgres_reconnect()
+
+    class Unpatched(PostgreSQLDB):  # type: ignore[misc]
+        _before_sleep = PostgreSQLDB._before_sleep.__wrapped__
+
+    db = Unpatched(postgres_config(closed_port()))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(db._run_with_retry(select_one), 2)
+
+
+async def test_a_lost_connection_resets_the_pool_and_the_reconnect_gives_up_promptly() -> None:
+    """With the patch: a lost connection resets the pool (LightRAG's own hook,
+    outside a reconnect), the reconnect's retries run out while PostgreSQL stays
+    down, the caller gets the connection error in well under a second, and the
+    lock is free for the next try. Fails when the retry path no longer calls
+    `_before_sleep`, or calls it under another lock than `_pool_reconnect_lock`
+    (the deadlock would be back: a timeout here)."""
+    from lightrag.kg.postgres_impl import PostgreSQLDB
+
+    patch_postgres_reconnect()
+    db = PostgreSQLDB(postgres_config(closed_port()))
+    lost = db.pool = LostPool()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.wait_for(db._run_with_retry(select_one), 2)
+    assert lost.closed and db.pool is None
+    assert not db._pool_reconnect_lock.locked()
