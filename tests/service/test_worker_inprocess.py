@@ -244,6 +244,26 @@ async def test_a_malformed_entry_is_dead_lettered_at_once(rig: Rig) -> None:
     assert rig.counters() == outcome_counters(failed=1, dead_lettered=1)
 
 
+async def test_an_entry_deleted_while_pending_is_acked_and_the_rest_processed(rig: Rig) -> None:
+    job = await rig.submit(2)
+    processor = ScriptedProcessor()
+    worker = rig.worker(processor)
+    me = worker.consumer
+    gone, kept = rig.ids(await rig.deliver(me))
+    rig.r.xdel(rig.keys.stream, gone)
+
+    again = await rig.stream.read_own_pending(me, 10)
+    assert [(entry_id, fields is None) for _stream, entry_id, fields in again] == [(gone, True), (kept, False)]
+    await worker.handle(again, delivered_before=True)
+
+    assert processor.seen == [[1]]
+    assert rig.pending() == {}
+    assert rig.depth() == 0
+    assert rig.dead_letters() == []
+    assert rig.job(job) == ("processing", 1, 0, 2)
+    assert rig.counters() == outcome_counters(processed=1)
+
+
 # --- cancel -----------------------------------------------------------------------------------
 async def test_chunks_of_a_cancelled_job_are_acked_without_being_processed(rig: Rig) -> None:
     cancelled = await rig.submit(2)
