@@ -12,11 +12,12 @@ metrics and the events published.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shield_orchestrator.jobs.tracker import ChunkOutcome
-from shield_orchestrator.queue.liveness import Heartbeats, WorkerState
+from shield_orchestrator.queue.liveness import Heartbeats, Reclaimer, WorkerState
 from shield_orchestrator.workers.faults import LLM, chunk_fault, transient
 from shield_orchestrator.workers.worker import WorkerExit
 
@@ -466,4 +467,30 @@ async def test_a_pool_takes_over_a_silent_consumers_entries_and_leaves_a_live_on
         "to": me,
         "entries": 2,
     }
+    assert rig.counters() == outcome_counters(processed=2)
+
+
+async def test_entries_taken_over_before_the_new_owner_drains_its_own_are_processed_once(rig: Rig) -> None:
+    job = await rig.submit(2)
+    ids = rig.ids(await rig.deliver("gone-host-worker-1"))
+    processor = ScriptedProcessor()
+    worker = rig.worker(processor)
+    me = worker.consumer
+    reclaimer = Reclaimer(rig.stream, rig.heartbeats, interval=1)
+    # The pool's reclaimer runs beside its workers: its claim can land before a
+    # worker's first read of its own pending entries, which then include the
+    # entries also queued in its inbox.
+    assert await reclaimer.scan({me: worker.inbox}, itertools.cycle([me])) == 2
+    assert rig.pending() == {me: ids}
+    assert worker.inbox.qsize() == 1
+
+    running = rig.spawn(worker.run())
+    await until(lambda: worker.inbox.empty() and rig.job(job)[0] == "completed", "the inbox handled")
+    assert await stopped(running, rig.stopping) == WorkerExit.STOPPED
+
+    assert processor.seen == [[0, 1]]
+    assert worker.tasks_done == 2
+    assert rig.job(job) == ("completed", 2, 0, 2)
+    assert rig.pending() == {}
+    assert rig.depth() == 0
     assert rig.counters() == outcome_counters(processed=2)
