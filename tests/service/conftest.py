@@ -1,4 +1,5 @@
-"""Fixtures: real Redis, real PostgreSQL, the LLM stand-in, and the rendered service.
+"""Fixtures: real Redis, real PostgreSQL, the LLM stand-in, and the rendered service;
+and the worker pool's parts in process against that Redis (tests/support/inprocess.py).
 
 Everything runs on loopback ports chosen at random. Redis and PostgreSQL are
 Debian's servers started in temporary directories (the test command installs
@@ -12,11 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.inprocess import Rig
 from tests.support.servers import PostgresServer, RedisServer, Standin, free_port
 from tests.support.service import EMBEDDING_DIM, PG_PASSWORD, ServiceProcess, build_env, render, run_init_db
 
@@ -118,3 +120,23 @@ def module_service_factory(
     yield make
     for svc in started:
         svc.stop()
+
+
+@pytest.fixture
+async def make_rig(redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
+    """make(**settings): the queue, tracker and settler in process on keys of their own;
+    closed (their tasks stopped, their keys deleted) after the test."""
+    rigs: list[Rig] = []
+
+    async def make(**overrides: object) -> Rig:
+        rigs.append(Rig(redis_server.port, overrides))
+        return await rigs[-1].open()
+
+    yield make
+    for rig in rigs:
+        await rig.close()
+
+
+@pytest.fixture
+async def rig(make_rig: Callable[..., Awaitable[Rig]]) -> Rig:
+    return await make_rig()

@@ -36,7 +36,9 @@ StreamEntry = tuple[str, str, dict[str, str] | None]
 
 def stream_entries(reply: object) -> list[StreamEntry]:
     """XREAD / XREADGROUP's reply ([[stream, [(id, fields), ...]], ...], or a dict
-    under RESP3) as one flat list of entries, each with its stream."""
+    under RESP3) as one flat list of entries, each with its stream. A pending
+    entry deleted since its delivery comes back with nil fields, which redis-py
+    turns into {}: no entry has no field (XADD wants one), so {} is None here."""
     if not reply:
         return []
     streams = list(reply.items()) if isinstance(reply, dict) else reply
@@ -45,7 +47,7 @@ def stream_entries(reply: object) -> list[StreamEntry]:
     found: list[StreamEntry] = []
     for stream, entries in streams:
         for entry_id, fields in entries:
-            found.append((text(stream), text(entry_id), None if fields is None else text_fields(fields)))
+            found.append((text(stream), text(entry_id), text_fields(fields) if fields else None))
     return found
 
 

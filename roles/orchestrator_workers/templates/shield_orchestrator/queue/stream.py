@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from . import lua
 from .keys import RedisKeys
-from .redis_text import StreamEntry, entry_fields, stream_entries, stream_id_key, text, utcnow
+from .redis_text import StreamEntry, entry_fields, stream_entries, text, utcnow
 
 
 @dataclass(frozen=True)
@@ -170,20 +170,15 @@ class IngestionStream:
 
     async def delivery_counts(self, consumer: str, entries: Sequence[tuple[str, str]]) -> dict[str, int]:
         """How often each (stream, entry id) was delivered (XPENDING), for entries
-        `consumer` holds; keyed by entry id."""
-        counts: dict[str, int] = {}
-        for stream in {stream for stream, _ in entries}:
-            ordered = sorted((entry_id for owner, entry_id in entries if owner == stream), key=stream_id_key)
-            rows = await self._redis.xpending_range(
-                stream,
-                self.keys.group,
-                min=ordered[0],
-                max=ordered[-1],
-                count=len(ordered) * 4 + 10,
-                consumername=consumer,
-            )
-            counts.update({str(row["message_id"]): int(row["times_delivered"]) for row in rows})
-        return counts
+        `consumer` holds; keyed by entry id. An entry it does not hold (acked, or
+        taken over by another consumer) is absent. One XPENDING per entry, in one
+        round trip: a range would be cut by its count wherever the consumer holds
+        other entries between those asked about."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, entry_id in entries:
+                pipe.xpending_range(stream, self.keys.group, min=entry_id, max=entry_id, count=1, consumername=consumer)
+            replies = await pipe.execute()
+        return {str(row["message_id"]): int(row["times_delivered"]) for rows in replies for row in rows}
 
     # --- finishing ----------------------------------------------------------------
     def stage_ack(self, pipe: Pipeline, entries: Sequence[tuple[str, str]]) -> None:

@@ -134,14 +134,19 @@ class Worker:
         return tasks
 
     async def _drop_exhausted(self, tasks: list[ChunkTask]) -> list[ChunkTask]:
-        """Dead-letter the entries delivered more often than max_deliveries."""
+        """Dead-letter the entries delivered more often than max_deliveries; drop those
+        this consumer no longer holds (finished meanwhile: an entry taken over for it
+        is in its inbox and among its own pending ones, whichever it read first)."""
         counts = await self.stream.delivery_counts(self.consumer, [(task.stream, task.entry_id) for task in tasks])
+        held = [task for task in tasks if task.entry_id in counts]
+        if len(held) < len(tasks):
+            log.info("consumer=%s skipping %d entries it no longer holds", self.consumer, len(tasks) - len(held))
         limit = self.s.max_deliveries
-        exhausted = [task for task in tasks if counts.get(task.entry_id, 1) > limit]
+        exhausted = [task for task in held if counts[task.entry_id] > limit]
         if exhausted:
             error = f"delivered more than {limit} times without finishing (its process died processing it)"
             await self.outcomes.dead_letter(exhausted, {task.doc_id: error for task in exhausted}, {}, self.consumer)
-        return [task for task in tasks if task not in exhausted]
+        return [task for task in held if task not in exhausted]
 
     async def _attempt(self, tasks: list[ChunkTask]) -> dict[str, Failure | None]:
         started = time.monotonic()
