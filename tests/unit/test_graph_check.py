@@ -1,20 +1,31 @@
 """verify-graph's checker on a real LightRAG (offline, file storages): a graph as
 LightRAG leaves it is consistent, with exact counts; each way of breaking it is
 named by its kind and id, and by nothing else; the canonical dump of a corpus
-does not depend on how it was ingested."""
+does not depend on how it was ingested; GET /graph/verify and the CLI command
+answer from it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from shield_orchestrator import commands
+from shield_orchestrator.api.app import create_app
+from shield_orchestrator.api.context import AppContext
+from shield_orchestrator.cli import parser
+from shield_orchestrator.deployed import BOUNDS, DEFAULTS
 from shield_orchestrator.lightrag.graph_check import (
     KINDS,
     GraphSnapshot,
     GraphUnreadable,
     GraphVerification,
+    GraphVerifier,
     check_graph,
     dump_json,
     entity_vector_id,
@@ -22,6 +33,8 @@ from shield_orchestrator.lightrag.graph_check import (
     relation_vector_ids,
     stored_ids,
 )
+from shield_orchestrator.lightrag.processor import LightRAGProcessor
+from shield_orchestrator.settings import Settings
 
 from tests.support.offline_rag import open_offline_rag
 
@@ -260,3 +273,75 @@ async def test_unreadable_storages_raise_graph_unreadable(rag: Rag) -> None:
     rag.chunk_entity_relation_graph.get_all_nodes = broken
     with pytest.raises(GraphUnreadable, match="storage down"):
         await check_graph(rag)
+
+
+def test_the_lightrag_processor_is_a_graph_verifier() -> None:
+    assert issubclass(LightRAGProcessor, GraphVerifier)
+
+
+class Verifier:
+    def __init__(self, answer: GraphVerification | Exception) -> None:
+        self.answer = answer
+        self.dumps: list[bool] = []
+
+    async def verify_graph(self, dump: bool = False) -> GraphVerification:
+        self.dumps.append(dump)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    async def verify(self, job_id: str, chunks_total: int) -> Any:
+        raise AssertionError("not this one")
+
+
+def client_with(verifier: Any) -> TestClient:
+    settings = Settings.load({"ORCHESTRATOR_API_TOKEN": "unit-token"}, DEFAULTS, BOUNDS)
+    context = AppContext(settings, *([None] * (len(fields(AppContext)) - 1)))  # type: ignore[arg-type]
+    app = create_app(dataclasses.replace(context, verifier=verifier))
+    return TestClient(app, headers={"Authorization": "Bearer unit-token"})
+
+
+async def test_get_graph_verify_answers_the_report_needs_the_token_and_503s(rag: Rag) -> None:
+    report = await check_graph(rag, dump=True)
+    verifier = Verifier(report)
+    client = client_with(verifier)
+    answer = client.get("/graph/verify", params={"dump": "true"})
+    assert answer.status_code == 200 and answer.json() == json.loads(json.dumps(report))
+    assert client.get("/graph/verify").status_code == 200 and verifier.dumps == [True, False]
+    assert client.get("/graph/verify", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/graph/verify", params={"dump": "maybe"}).status_code == 422
+    down = client_with(Verifier(GraphUnreadable("ConnectionRefusedError: storage down"))).get("/graph/verify")
+    assert down.status_code == 503 and "storage down" in down.json()["detail"] and down.headers["Retry-After"]
+    assert client_with(None).get("/graph/verify").status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        ({"consistent": True, "problems": [], "dump": {"entities": []}}, 0),
+        ({"consistent": False, "problems": [{"kind": "entity_orphan"}], "dump": {"entities": []}}, 3),
+        ({"consistent": False, "error": "HTTP 503: storages down"}, 1),
+    ],
+)
+async def test_verify_graph_exit_codes_and_the_dump_file(
+    answer: dict[str, object], code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def through_service(_settings: Settings, dump: bool) -> dict[str, object]:
+        assert dump
+        return dict(answer)
+
+    monkeypatch.setattr(commands, "_graph_through_service", through_service)
+    settings = Settings.load({}, DEFAULTS, BOUNDS)
+    args = parser().parse_args(["verify-graph", "--dump", str(tmp_path / "graph.json")])
+    result, exit_code = await commands.run(settings, args)
+    assert exit_code == code and "dump" not in result
+    if code == 1:
+        assert not (tmp_path / "graph.json").exists()
+    else:
+        assert result["dump_path"] == str(tmp_path / "graph.json")
+        assert json.loads((tmp_path / "graph.json").read_text()) == {"entities": []}
+
+
+def test_verify_graph_parses_without_a_dump() -> None:
+    args = parser().parse_args(["verify-graph"])
+    assert (args.command, args.dump) == ("verify-graph", None)
