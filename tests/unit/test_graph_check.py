@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import fields
 from pathlib import Path
@@ -273,6 +274,12 @@ async def test_unreadable_storages_raise_graph_unreadable(rag: Rag) -> None:
     rag.chunk_entity_relation_graph.get_all_nodes = broken
     with pytest.raises(GraphUnreadable, match="storage down"):
         await check_graph(rag)
+
+
+def test_operations_md_names_every_kind() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = text.split("## verify-job and verify-graph", 1)[1]
+    assert re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE) == list(KINDS)
 
 
 def test_the_lightrag_processor_is_a_graph_verifier() -> None:
