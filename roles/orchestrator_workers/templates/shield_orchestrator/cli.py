@@ -6,6 +6,11 @@ migrate [--to R]   bring the PostgreSQL schema to the head revision (Alembic; id
 inspect-queue      print the streams, the consumer group, consumers and statistics as JSON
 verify-job ID      did the job land in the graph? every chunk's document PROCESSED, its
                    chunk vectors present, its entities counted (exit 1 when not verified)
+verify-graph [--dump PATH]
+                   is the workspace's graph whole? documents, chunks, entities, relations
+                   and vectors cross-checked, every inconsistency named (exit 3 when there
+                   is one, 1 when the graph could not be read); --dump writes the canonical
+                   dump (JSON) that compares two graphs by equality
 dlq list [--job ID] [--limit N] | replay --ids ID... | --job ID | --all | discard ID...
                    the dead letters (a replayed chunk goes back to its own job)
 
@@ -96,6 +101,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("inspect-queue", help="the streams, the consumer group, consumers, statistics (JSON)")
     verify = sub.add_parser("verify-job", help="did the job land in the graph? (JSON; exit 1 when not)")
     verify.add_argument("job_id")
+    graph = sub.add_parser("verify-graph", help="cross-check the whole graph (JSON; exit 3 when inconsistent)")
+    graph.add_argument("--dump", metavar="PATH", help="write the canonical dump of the graph (JSON) to PATH")
     dlq = sub.add_parser("dlq", help="dead letters: list, replay, discard").add_subparsers(dest="action", required=True)
     listing = dlq.add_parser("list")
     listing.add_argument("--job")

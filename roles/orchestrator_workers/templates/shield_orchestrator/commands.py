@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,15 +14,19 @@ from .jobs.dead_letters import DeadLetters
 from .jobs.history import JobHistory, create_engine
 from .jobs.migrations import HEAD, migrate
 from .jobs.tracker import JobTracker
+from .lightrag.graph_check import check_graph, write_dump
 from .lightrag.processor import Endpoints, open_lightrag
 from .lightrag.verify import verify_job
 from .queue.keys import RedisKeys
 from .queue.stream import IngestionStream
-from .service import make_redis
+from .service import make_redis, workspace_lock
 from .settings import Settings
 from .workers.breaker import DependencyGate
 
 Result = tuple[dict[str, object], int]
+EXIT_UNVERIFIED = 1  # verify-graph: the graph could not be read (the service or the storages down)
+EXIT_INCONSISTENT = 3  # verify-graph: read, and inconsistent
+GRAPH_TIMEOUT = 600.0
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> Result:
@@ -34,6 +39,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> Result:
     if args.command == "verify-job":
         report = await verify_job_command(settings, args.job_id)
         return report, 0 if report.get("verified") else 1
+    if args.command == "verify-graph":
+        return await verify_graph_command(settings, args.dump)
     return await dlq_command(settings, args)
 
 
@@ -73,15 +80,67 @@ async def verify_job_command(settings: Settings, job_id: str) -> dict[str, objec
         await endpoints.close()
 
 
-async def _verify_through_service(settings: Settings, job_id: str) -> dict[str, object]:
+def _service_url(settings: Settings, path: str) -> tuple[str, dict[str, str]]:
+    """This host's running service: the URL of `path` and the token's header."""
     host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "", "::") else settings.listen_host
     headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
-    url = f"http://{host}:{settings.listen_port}/jobs/{job_id}/verify"
+    return f"http://{host}:{settings.listen_port}{path}", headers
+
+
+async def _verify_through_service(settings: Settings, job_id: str) -> dict[str, object]:
+    url, headers = _service_url(settings, f"/jobs/{job_id}/verify")
     async with httpx.AsyncClient(timeout=120) as client:
         response = await client.get(url, headers=headers)
     body: dict[str, object] = response.json()
     if response.status_code != 200:
         return {"job_id": job_id, "verified": False, "error": f"HTTP {response.status_code}: {body.get('detail')}"}
+    return body
+
+
+async def verify_graph_command(settings: Settings, dump_path: str | None) -> Result:
+    """verify-graph: like verify-job, from the graph itself when it is in PostgreSQL
+    (under the workspace lock, between two rounds of the hosts), else from this
+    host's running service. Exit 0 consistent, 3 inconsistent, 1 not read."""
+    if settings.lightrag_storage != "postgres":
+        report = await _graph_through_service(settings, dump_path is not None)
+    else:
+        report = await _graph_from_postgres(settings, dump_path is not None)
+    dump = report.pop("dump", None)
+    if "error" in report:
+        return report, EXIT_UNVERIFIED
+    if dump_path is not None and isinstance(dump, dict):
+        await asyncio.to_thread(write_dump, dump_path, dump)
+        report["dump_path"] = dump_path
+    return report, 0 if report.get("consistent") else EXIT_INCONSISTENT
+
+
+async def _graph_from_postgres(settings: Settings, dump: bool) -> dict[str, object]:
+    redis = make_redis(settings)
+    endpoints = Endpoints(settings)
+    try:
+        rag = await open_lightrag(settings, DependencyGate(lambda _change: None), endpoints)
+        try:
+            async with workspace_lock(settings, redis, RedisKeys.from_settings(settings)):
+                return dict(await check_graph(rag, dump))
+        finally:
+            await rag.finalize_storages()
+    except Exception as exc:  # noqa: BLE001 - the answer says why the graph could not be read
+        return {"consistent": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    finally:
+        await redis.aclose()
+        await endpoints.close()
+
+
+async def _graph_through_service(settings: Settings, dump: bool) -> dict[str, object]:
+    url, headers = _service_url(settings, "/graph/verify")
+    try:
+        async with httpx.AsyncClient(timeout=GRAPH_TIMEOUT) as client:
+            response = await client.get(url, headers=headers, params={"dump": "true"} if dump else None)
+        body: dict[str, object] = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"consistent": False, "error": f"the service at {url}: {type(exc).__name__}: {exc}"[:500]}
+    if response.status_code != 200:
+        return {"consistent": False, "error": f"HTTP {response.status_code}: {body.get('detail')}"}
     return body
 
 

@@ -29,6 +29,7 @@ from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinne
 from .clients import Endpoint, embed_function, llm_function
 from .commit import CommitError, RoundCommit, commit_per_round
 from .feeder import LightRAGFeeder
+from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .group_flush import GroupFlush, share_flushes
 from .token_memo import MemoEncoding
 from .vector_save import patch_vector_save
@@ -240,6 +241,14 @@ class LightRAGProcessor:
         if self.rag is None:
             raise RuntimeError("LightRAG storages are not initialised")
         return await verify_job(self.rag, job_id, chunks_total)
+
+    async def verify_graph(self, dump: bool = False) -> GraphVerification:
+        """Cross-check the whole workspace (graph_check.py) between two rounds: under
+        the workspace lock, so no document is in flight meanwhile."""
+        if self.rag is None:
+            raise GraphUnreadable("LightRAG storages are not initialised")
+        async with self._lock:
+            return await check_graph(self.rag, dump)
 
     async def check(self) -> list[DependencyReport]:
         """Health of LightRAG's storages and of the LLM / embedding endpoints."""

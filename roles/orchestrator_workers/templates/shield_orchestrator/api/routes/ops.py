@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from ...lightrag.graph_check import GraphUnreadable, GraphVerification, GraphVerifier
 from ..context import Context
 from ..errors import error_responses
 from ..schemas import ApiError, QueueView, WorkerList, WorkerView
@@ -124,3 +125,20 @@ async def get_workers(context: Context) -> WorkerList:
             )
         )
     return WorkerList(workers=workers, count=len(workers))
+
+
+@router.get("/graph/verify", tags=["graph"], responses=error_responses(422, 503))
+async def verify_graph(
+    context: Context,
+    dump: Annotated[bool, Query(description="add the canonical dump of the graph (`dump`)")] = False,
+) -> GraphVerification:
+    """Cross-check the workspace's whole graph: documents, chunks, entities, relations
+    and vectors; every inconsistency named (lightrag/graph_check.py). Ingestion waits
+    while it runs (it holds the workspace lock)."""
+    verifier: object = context.verifier  # the processor: a JobVerifier, and a GraphVerifier when it is LightRAG's
+    if not isinstance(verifier, GraphVerifier):
+        raise ApiError(503, "verify: this host's processor cannot read the graph back", RETRY)
+    try:
+        return await verifier.verify_graph(dump)
+    except GraphUnreadable as exc:
+        raise ApiError(503, f"graph: LightRAG's storages cannot be read ({exc})", RETRY) from None
