@@ -5,6 +5,7 @@ the LLM stand-in's deterministic answers and hashing embedding called in process
 (roles/lab_llm_standin/files/lab_llm_standin.py: answer_chat, hash_embedding),
 so that the pipeline runs LightRAG's own code end to end without a server.
 
+Shared by the contract tests of the patches and the tests of graph_check.
 `OfflineModels.fail_on` makes the LLM raise for texts that contain a marker, to
 make a document FAILED on purpose.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +54,7 @@ class OfflineModels:
     calls: int = 0
 
 
-def offline_rag(working_dir: Path, models: OfflineModels, **extra: Any) -> Any:
+def offline_rag(working_dir: Path, models: OfflineModels, workspace: str = "", **extra: Any) -> Any:
     """A LightRAG on its file storages under `working_dir`, built as the service
     builds it (processor.open_lightrag) but for the endpoints; not yet initialised.
     Its LLM and embedding functions are plain functions (LightRAG deep-copies its
@@ -80,7 +82,7 @@ def offline_rag(working_dir: Path, models: OfflineModels, **extra: Any) -> Any:
 
     return LightRAG(
         working_dir=str(working_dir),
-        workspace=f"contract_{uuid.uuid4().hex[:12]}",
+        workspace=workspace or f"contract_{uuid.uuid4().hex[:12]}",
         llm_model_func=complete,
         llm_model_name="in-process-standin",
         embedding_func=EmbeddingFunc(embedding_dim=DIM, max_token_size=8192, func=embed),
@@ -90,6 +92,15 @@ def offline_rag(working_dir: Path, models: OfflineModels, **extra: Any) -> Any:
         enable_llm_cache_for_entity_extract=False,
         **extra,
     )
+
+
+async def open_offline_rag(working_dir: Path, models: OfflineModels | None = None, workspace: str = "") -> Any:
+    """offline_rag, initialised (its storages loaded), quiet below warnings."""
+    logging.getLogger("lightrag").setLevel(logging.WARNING)
+    logging.getLogger("nano-vectordb").setLevel(logging.WARNING)
+    rag = offline_rag(working_dir, models or OfflineModels(), workspace)
+    await rag.initialize_storages()
+    return rag
 
 
 def workspace_dir(rag: Any) -> Path:

@@ -37,7 +37,7 @@ from shield_orchestrator.lightrag.graph_check import (
 from shield_orchestrator.lightrag.processor import LightRAGProcessor
 from shield_orchestrator.settings import Settings
 
-from tests.support.offline_rag import open_offline_rag
+from tests.support.offline_lightrag import open_offline_rag
 
 TEXTS = {
     "d1": "Amara Osei met the board of Northwind Shipping in Rotterdam. "
