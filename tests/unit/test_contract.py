@@ -137,6 +137,7 @@ def test_health_answers_what_the_health_service_reports() -> None:
         projection=absent,
         metrics=absent,
         build=build,
+        calls=absent,
     )
     context = replace(AppContext(settings, *([absent] * (len(fields(AppContext)) - 1))), health=health)
     body = TestClient(create_app(context)).get("/health").json()

@@ -78,6 +78,7 @@ DEFAULTS: Final[dict[str, str | int | float | bool]] = {
     "embedding_dim": 768,
     "embedding_timeout_seconds": 60.0,
     "embedding_max_async": 8,
+    "llm_stall_seconds": 60.0,
 }
 
 # Bounds of the numeric settings (the role's orchestrator_workers__bounds):
@@ -110,6 +111,7 @@ BOUNDS: Final[dict[str, dict[str, float]]] = {
     "postgres_port": {"min": 1, "max": 65535},
     "llm_timeout_seconds": {"min": 1},
     "llm_max_async": {"min": 1},
+    "llm_stall_seconds": {"min": 1},
     "embedding_dim": {"min": 1},
     "embedding_timeout_seconds": {"min": 1},
     "embedding_max_async": {"min": 1},

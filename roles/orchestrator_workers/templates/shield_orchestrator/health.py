@@ -20,6 +20,7 @@ from .settings import Settings
 from .workers.breaker import DependencyReport
 from .workers.pool import WorkerPool
 from .workers.processor import ChunkProcessor
+from .workers.stalls import CallWatch
 
 CHECK_TIMEOUT = 3.0
 
@@ -41,7 +42,9 @@ class HealthService:
         projection: JobProjection,
         metrics: Metrics,
         build: BuildInfo,
+        calls: CallWatch,
     ) -> None:
+        self._calls = calls
         self._s = settings
         self._build = build
         self._redis = redis
@@ -86,6 +89,7 @@ class HealthService:
             **self.basic(),
             "status": "unhealthy" if down_required else ("degraded" if degraded else "healthy"),
             "build": self._build.as_dict(),
+            "endpoint_calls": self._calls.report(),
             "dependencies": {report.name: report.as_dict() for report in reports},
             "worker_pool": pool,
             "postgres_sync": {

@@ -76,6 +76,28 @@ class Metrics:
             registry=r,
         )
         self.sse_clients = Gauge("shield_sse_clients", "Connected Server-Sent Events clients", registry=r)
+        self._endpoint_and_build_metrics(r)
+
+    def _endpoint_and_build_metrics(self, r: CollectorRegistry) -> None:
+        """The calls to the LLM and embedding endpoints (workers/stalls.py) and the code this process runs."""
+        self.endpoint_calls_in_flight = Gauge(
+            "shield_endpoint_calls_in_flight",
+            "Calls to the endpoint (llm, embedding) waiting for an answer",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_calls_stalled = Gauge(
+            "shield_endpoint_calls_stalled",
+            "Calls to the endpoint waiting longer than the stall threshold right now",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_stalled_calls = Counter(
+            "shield_endpoint_stalled_calls",
+            "Calls to the endpoint that waited longer than the stall threshold",
+            ["endpoint"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "shield_build_info",
             "1, labelled with the version and the SHA-256 of the package's file tree this process runs",

@@ -11,11 +11,11 @@ import contextlib
 import io
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,7 +35,7 @@ from .jobs.intake import JobIntake
 from .jobs.projection import JobProjection
 from .jobs.tracker import JobTracker
 from .lightrag.locks import RedisLeaseLock
-from .lightrag.processor import LightRAGProcessor
+from .lightrag.processor import LightRAGProcessor, endpoint_addresses
 from .lightrag.verify import JobVerifier
 from .metrics import Metrics
 from .queue.keys import RedisKeys
@@ -45,11 +45,21 @@ from .settings import Settings
 from .workers.breaker import DependencyGate
 from .workers.pool import PauseReporter, WorkerPool
 from .workers.processor import ChunkProcessor
+from .workers.stalls import CallWatch
 
 log = logging.getLogger("shield_orchestrator")
 
 WorkspaceLock = AbstractAsyncContextManager[object]
-ProcessorFactory = Callable[[Settings, DependencyGate, WorkspaceLock], ChunkProcessor]
+
+
+class ProcessorFactory(Protocol):
+    """Makes the processor the pool calls: LightRAG's in production, another in the bench."""
+
+    def __call__(
+        self, settings: Settings, gate: DependencyGate, lock: WorkspaceLock, watch: CallWatch
+    ) -> ChunkProcessor: ...
+
+
 SYNC_STOP_SECONDS = 10
 HTTP_GRACEFUL_SECONDS = 10
 
@@ -129,7 +139,8 @@ class Service:
             keepalive_seconds=settings.sse_keepalive_seconds,
         )
         gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
-        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys))
+        watch = CallWatch(settings.llm_stall_seconds, endpoint_addresses(settings), metrics)
+        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys), watch)
         heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(
             redis=redis,
@@ -161,6 +172,7 @@ class Service:
             projection=projection,
             metrics=metrics,
             build=build,
+            calls=watch,
         )
         verifier = processor if isinstance(processor, JobVerifier) else None
         metrics.configured_workers.set(settings.pool_size)

@@ -112,6 +112,7 @@ class Settings:
     embedding_dim: int
     embedding_timeout_seconds: float
     embedding_max_async: int
+    llm_stall_seconds: float
     # not deploy-time values
     hostname: str = field(default_factory=socket.gethostname)
     api_token: str = field(default="", repr=False)

@@ -23,6 +23,7 @@ import openai
 
 from ..workers.breaker import DependencyGate
 from ..workers.faults import EMBEDDING, LLM, classify_exception
+from ..workers.stalls import CallWatch
 
 # The chat parameters LightRAG may pass through that an OpenAI-compatible
 # endpoint understands; its own bookkeeping arguments are not sent.
@@ -41,7 +42,11 @@ class EmptyAnswer(RuntimeError):
 class Endpoint:
     """One OpenAI-compatible endpoint and its long-lived client."""
 
-    def __init__(self, *, base_url: str, api_key: str, timeout: float, concurrency: int) -> None:
+    def __init__(
+        self, *, name: str, base_url: str, api_key: str, timeout: float, concurrency: int, watch: CallWatch
+    ) -> None:
+        self.name = name
+        self.watch = watch
         pool = concurrency + 2
         self._http = httpx2.AsyncClient(
             limits=httpx2.Limits(
@@ -109,12 +114,13 @@ def llm_function(endpoint: Endpoint, model: str, gate: DependencyGate) -> LLMFun
         **kwargs: Any,  # LightRAG's keywords: chat_parameters() picks what is sent
     ) -> str:
         try:
-            response = await endpoint.client.chat.completions.create(
-                model=model,
-                messages=chat_messages(prompt, system_prompt, history_messages),  # type: ignore[arg-type]
-                stream=False,
-                **chat_parameters(kwargs),
-            )
+            with endpoint.watch.track(endpoint.name):
+                response = await endpoint.client.chat.completions.create(
+                    model=model,
+                    messages=chat_messages(prompt, system_prompt, history_messages),  # type: ignore[arg-type]
+                    stream=False,
+                    **chat_parameters(kwargs),
+                )
         except Exception as exc:
             _report(gate, LLM, exc)
             raise
@@ -128,7 +134,8 @@ def embed_function(endpoint: Endpoint, model: str, gate: DependencyGate) -> Embe
 
     async def embed(texts: list[str], **_kwargs: object) -> np.ndarray:
         try:
-            response = await endpoint.client.embeddings.create(model=model, input=texts, encoding_format="base64")
+            with endpoint.watch.track(endpoint.name):
+                response = await endpoint.client.embeddings.create(model=model, input=texts, encoding_format="base64")
         except Exception as exc:
             _report(gate, EMBEDDING, exc)
             raise

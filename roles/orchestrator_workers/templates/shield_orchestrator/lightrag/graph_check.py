@@ -32,7 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from typing_extensions import TypedDict
 
-from .feeder import DocRecord, doc_status, field_of
+from .boundary import DocRecord
+from .feeder import doc_status, field_of
 
 MAX_PROBLEMS = 1000  # listed in a report; problems_total and problems_by_kind count them all
 SEP = "<SEP>"  # lightrag.constants.GRAPH_FIELD_SEP
@@ -58,12 +59,16 @@ KINDS = (
 
 
 class GraphProblem(TypedDict):
+    """One inconsistency: its kind (docs/operations.md lists them), the id it is about, a sentence."""
+
     kind: str
     id: str
     detail: str
 
 
 class GraphCounts(TypedDict):
+    """What the storages hold: documents by status, chunks, entities, relations and each vector store's rows."""
+
     documents: dict[str, int]
     chunks: int
     chunk_vectors: int
@@ -74,6 +79,8 @@ class GraphCounts(TypedDict):
 
 
 class DumpEntity(TypedDict):
+    """An entity in the canonical dump: sorted fragments, source chunks named by the md5 of their text."""
+
     name: str
     type: str
     descriptions: list[str]
@@ -81,6 +88,8 @@ class DumpEntity(TypedDict):
 
 
 class DumpRelation(TypedDict):
+    """A relation in the canonical dump (endpoints sorted, as LightRAG treats edges as undirected)."""
+
     source: str
     target: str
     weight: float
@@ -90,6 +99,8 @@ class DumpRelation(TypedDict):
 
 
 class GraphDump(TypedDict):
+    """The canonical dump: equal for equal graphs whatever the job ids, hosts or order of ingestion."""
+
     documents_processed: int
     entities: list[DumpEntity]
     relations: list[DumpRelation]
@@ -97,6 +108,8 @@ class GraphDump(TypedDict):
 
 
 class GraphVerification(TypedDict):
+    """verify-graph's answer: consistent or not, the counts, every problem (listed up to MAX_PROBLEMS)."""
+
     workspace: str
     consistent: bool
     counts: GraphCounts
@@ -140,7 +153,8 @@ class GraphSnapshot:
         return sorted(doc_id for doc_id, doc in self.docs.items() if doc_status(doc) == "processed")
 
     def chunks_of(self, doc_id: str) -> list[str]:
-        return [str(chunk) for chunk in (field_of(self.docs[doc_id], "chunks_list") or [])]
+        chunks = field_of(self.docs[doc_id], "chunks_list")
+        return [str(chunk) for chunk in chunks] if isinstance(chunks, list | tuple) else []
 
 
 def edge_key(source: str, target: str) -> Edge:

@@ -25,6 +25,7 @@ from ..settings import Settings
 from ..workers.breaker import DependencyGate, DependencyReport
 from ..workers.faults import EMBEDDING, LLM, STORAGE
 from ..workers.processor import BatchResult
+from ..workers.stalls import CallWatch
 from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
 from .commit import CommitError, RoundCommit, commit_per_round
@@ -149,7 +150,13 @@ class LightRAGProcessor:
     storages; stop commits what a round cut short left in memory, then
     finalises the storages."""
 
-    def __init__(self, settings: Settings, gate: DependencyGate, lock: AbstractAsyncContextManager[object]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        gate: DependencyGate,
+        lock: AbstractAsyncContextManager[object],
+        watch: CallWatch | None = None,
+    ) -> None:
         self._s = settings
         self._gate = gate
         self._lock = lock
@@ -157,7 +164,7 @@ class LightRAGProcessor:
         self._feeder: LightRAGFeeder | None = None
         self._commit: RoundCommit | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
-        self._endpoints = Endpoints(settings)
+        self._endpoints = Endpoints(settings, watch)
         gate.register(LLM, lambda: self._endpoint_answers(settings.llm_base_url, settings.llm_api_key))
         gate.register(
             EMBEDDING, lambda: self._endpoint_answers(settings.embedding_base_url, settings.embedding_api_key)
@@ -311,18 +318,32 @@ class LightRAGProcessor:
         return True
 
 
+def endpoint_addresses(s: Settings) -> dict[str, str]:
+    """The endpoints a CallWatch follows, by name, with their addresses."""
+    return {LLM: s.llm_base_url, EMBEDDING: s.embedding_base_url}
+
+
 class Endpoints:
     """The LLM and embedding endpoints' long-lived clients (clients.py)."""
 
-    def __init__(self, s: Settings) -> None:
+    def __init__(self, s: Settings, watch: CallWatch | None = None) -> None:
+        # The CLI's commands watch their calls too (the journal), without metrics.
+        self.watch = watch or CallWatch(s.llm_stall_seconds, endpoint_addresses(s))
         self.llm = Endpoint(
-            base_url=s.llm_base_url, api_key=s.llm_api_key, timeout=s.llm_timeout_seconds, concurrency=s.llm_max_async
+            name=LLM,
+            base_url=s.llm_base_url,
+            api_key=s.llm_api_key,
+            timeout=s.llm_timeout_seconds,
+            concurrency=s.llm_max_async,
+            watch=self.watch,
         )
         self.embedding = Endpoint(
+            name=EMBEDDING,
             base_url=s.embedding_base_url,
             api_key=s.embedding_api_key,
             timeout=s.embedding_timeout_seconds,
             concurrency=s.embedding_max_async,
+            watch=self.watch,
         )
 
     async def close(self) -> None:
