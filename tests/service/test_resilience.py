@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import httpx
 
 from tests.support.helpers import SSECollector, ingest, lightrag_files, make_chunks, wait_job
-from tests.support.servers import PostgresServer, RedisServer, wait_until
-from tests.support.service import API_TOKEN, ServiceProcess
+from tests.support.servers import PostgresServer, RedisServer, Standin, wait_until
+from tests.support.service import API_TOKEN, EMBEDDING_DIM, ServiceProcess
 
 STREAM = "shield:ingestion_queue"
 GROUP = "lightrag-workers"
@@ -160,6 +161,47 @@ def test_sigterm_mid_job_then_restart_completes(service_factory: Any, redis_serv
     svc.start()
     job = wait_job(svc.client(), job_id, timeout=240)
     assert_exactly_once(redis_server, job, 80)
+
+
+def test_sigterm_drains_with_readiness_off_while_the_api_still_answers(
+    service_factory: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Issue 19: from SIGTERM on, /health answers 503 (draining) so that new work goes
+    elsewhere, while the API keeps answering (job status) until the in-flight chunks
+    have finished; then the process exits 0 and nothing it held is lost."""
+    slow = Standin.start(tmp_path, embedding_dim=EMBEDDING_DIM, name="standin-drain", extra=["--delay-ms", "400"])
+    try:
+        svc: ServiceProcess = service_factory(
+            hostname="host-drain", batch_size=2, llm_base_url=slow.base_url, embedding_base_url=slow.base_url
+        ).start()
+        client = svc.client()
+        job_id = ingest(client, make_chunks(12, prefix="drain"))["job_id"]
+        wait_progress(client, job_id, 1)
+        assert svc.proc is not None
+        svc.proc.popen.send_signal(signal.SIGTERM)
+        draining = wait_until(lambda: _draining(client), 10, "/health to answer 503 draining")
+        assert draining["status"] == "draining"
+        # Still answering while it drains: the job's status, with the API's token.
+        answered = client.get(f"/jobs/{job_id}")
+        assert answered.status_code == 200 and answered.json()["job_id"] == job_id
+        assert svc.proc.popen.wait(90) == 0, svc.log_text()[-2000:]
+    finally:
+        slow.stop()
+    log = svc.log_text()
+    assert "draining; the API answers until then" in log
+    assert "worker pool stopped workers=4" in log and "stopped cleanly" in log
+    assert log.count("worker pool stopped") == 1
+    r = redis_server.client()
+    job_hash = r.hgetall(f"shield:job:{job_id}")
+    assert int(job_hash["chunks_processed"]) + r.xlen(STREAM) == 12
+
+
+def _draining(client: httpx.Client) -> dict[str, Any] | None:
+    try:
+        response = client.get("/health")
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 503 else None
 
 
 def test_postgres_outage_mid_job_rows_catch_up(

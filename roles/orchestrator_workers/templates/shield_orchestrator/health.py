@@ -45,6 +45,7 @@ class HealthService:
         calls: CallWatch,
     ) -> None:
         self._calls = calls
+        self.draining = False
         self._s = settings
         self._build = build
         self._redis = redis
@@ -56,9 +57,14 @@ class HealthService:
         self._metrics = metrics
         self._started = time.monotonic()
 
+    def begin_drain(self) -> None:
+        """From the stop signal on, /health answers 503 (draining): a load balancer
+        sends new work elsewhere while the API still answers and the pool drains."""
+        self.draining = True
+
     def basic(self) -> dict[str, Any]:
         return {
-            "status": "healthy",
+            "status": "draining" if self.draining else "healthy",
             "timestamp": datetime.now(UTC).isoformat(),
             "version": self._build.version,
             "tree_sha256": self._build.tree_sha256,
@@ -82,6 +88,8 @@ class HealthService:
             self._metrics.dependency_up.labels(report.name).set(1 if report.up else 0)
         pool = await self._pool_report(redis_up=redis_report.up)
         down_required = [report.name for report in reports if report.required and not report.up]
+        if self.draining:
+            down_required.append("draining")
         if pool["status"] not in ("running", "paused"):
             down_required.append("worker_pool")
         degraded = any(not report.up for report in reports)

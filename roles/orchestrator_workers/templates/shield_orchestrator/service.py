@@ -195,9 +195,17 @@ class Service:
         return cls(settings, redis, engine, processor, projection, publisher, hub, pool, context)
 
     def begin_shutdown(self) -> None:
-        """First step on SIGTERM/SIGINT: stop reading new chunks, end SSE streams."""
+        """First step on SIGTERM/SIGINT: readiness off (/health 503), stop reading new
+        chunks, end SSE streams (their clients reconnect elsewhere)."""
+        self.context.health.begin_drain()
         self.pool.begin_shutdown()
         self.hub.begin_close()
+
+    async def drain(self) -> None:
+        """Between the signal and the listener's close: the API keeps answering
+        (job status, cancel) while in-flight chunks finish within the grace period."""
+        self.begin_shutdown()
+        await self.pool.stop()
 
     async def start(self) -> None:
         s = self.settings
@@ -260,18 +268,43 @@ def dump_tasks() -> None:
 
 
 class Server(uvicorn.Server):
-    """uvicorn keeps its own signal handling; on the first signal we also tell the
-    service to stop reading and to end SSE streams, so that uvicorn's wait for open
-    connections ends and the lifespan shutdown drains the worker pool."""
+    """uvicorn keeps its own signal handling. On the first signal the service drains
+    before uvicorn is told to exit: readiness off (/health 503), no new reads, SSE
+    streams ended, in-flight chunks given the grace period, while the API keeps
+    answering (job status, cancel); then the listener closes and the lifespan
+    shutdown commits and closes the rest. A second signal stops at once (what is
+    unfinished stays pending)."""
 
     def __init__(self, config: uvicorn.Config, service: Service) -> None:
         super().__init__(config)
         self.service = service
+        self._drain_requested = False
+        self._draining: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            log.info("received signal %d: shutting down gracefully", sig)
-            asyncio.get_event_loop().call_soon_threadsafe(self.service.begin_shutdown)
+        if not self._drain_requested and not self.should_exit and self.started:
+            # The first signal: drain first, close the listener after.
+            log.info("received signal %d: shutting down gracefully (draining; the API answers until then)", sig)
+            self._drain_requested = True
+            asyncio.get_event_loop().call_soon_threadsafe(self._start_drain, sig, frame)
+            return
+        if self._drain_requested and (self._draining is None or not self._draining.done()):
+            log.warning("received signal %d again: stopping now; unfinished chunks stay pending", sig)
+        self._exit(sig, frame)
+
+    def _start_drain(self, sig: int, frame: FrameType | None) -> None:
+        # In the event loop, not in the signal handler that asked for it.
+        self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit(sig, frame), name="drain")
+
+    async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+        try:
+            await self.service.drain()
+        except Exception:
+            log.exception("the drain failed; stopping")
+        self._exit(sig, frame)
+
+    def _exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service.begin_shutdown()
         super().handle_exit(sig, frame)
         # uvicorn re-raises the captured signal after its shutdown, so the
         # process would die "killed by SIGTERM". A drained, graceful stop is a

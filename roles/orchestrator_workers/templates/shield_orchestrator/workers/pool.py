@@ -119,6 +119,7 @@ class WorkerPool:
         self._inboxes: dict[str, asyncio.Queue[list[StreamEntry]]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._stop_requested: float | None = None
+        self._stopped: asyncio.Task[None] | None = None
 
     @property
     def active_workers(self) -> int:
@@ -168,6 +169,13 @@ class WorkerPool:
             self.stopping.set()
 
     async def stop(self) -> None:
+        """Stop reading, give in-flight batches the grace period, leave the rest
+        pending. Idempotent: the drain on a signal and the final stop share it."""
+        if self._stopped is None:
+            self._stopped = asyncio.create_task(self._stop(), name="pool-stop")
+        await asyncio.shield(self._stopped)
+
+    async def _stop(self) -> None:
         self.begin_shutdown()
         tasks = list(self._tasks.values())
         if tasks:

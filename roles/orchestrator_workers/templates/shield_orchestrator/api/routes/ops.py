@@ -25,7 +25,10 @@ class Health(BaseModel):
     """The process is up: its version, the hash of the code it runs, its uptime. No
     dependency is asked (GET /health/detailed asks them)."""
 
-    status: Literal["healthy"]
+    status: Annotated[
+        Literal["healthy", "draining"],
+        Field(description="draining (with 503): the process is stopping; it answers until its pool has drained"),
+    ]
     timestamp: str
     version: str
     tree_sha256: Annotated[str, Field(description="SHA-256 of the package's file tree this process runs")]
@@ -51,9 +54,14 @@ class MetricsResponse(Response):
     media_type = METRICS_MEDIA_TYPE
 
 
-@public.get("/health")
-async def get_health(context: Context) -> Health:
-    return Health.model_validate(context.health.basic())
+@public.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Draining: the process is stopping; send new work elsewhere"}},
+)
+async def get_health(context: Context) -> JSONResponse:
+    body = Health.model_validate(context.health.basic()).model_dump()
+    return JSONResponse(body, status_code=503 if context.health.draining else 200)
 
 
 @router.get(
