@@ -58,6 +58,7 @@ HARDENING = {
     "KillSignal": "15",
     "Restart": "on-failure",
     "RestartUSec": "5s",
+    "RestartPreventExitStatus": "2",
     "TimeoutStopUSec": "1min 30s",
     "User": USER,
     "Group": USER,
