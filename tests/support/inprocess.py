@@ -88,7 +88,7 @@ class ScriptedProcessor:
     async def check(self) -> list[DependencyReport]:
         return []
 
-    async def process_batch(self, tasks: Sequence[ChunkTask], time_budget: float) -> BatchResult:
+    async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
         self.batches.append([(task.job_id, task.index) for task in tasks])
         self.times.append(time.monotonic())
         self.entered.set()
