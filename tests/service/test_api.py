@@ -8,10 +8,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import shield_orchestrator
+from shield_orchestrator.build_info import tree_sha256
 
 from tests.support.helpers import SSECollector, ingest, make_chunks, wait_job
 from tests.support.servers import RedisServer
@@ -229,15 +232,25 @@ def test_sse_rejects_unknown_types_limits_clients_and_replays(
     assert all(re.fullmatch(r"\d+-\d+", e.id) for e in replay.events)
 
 
-def test_health_and_metrics(api_service: ServiceProcess, client: httpx.Client) -> None:
+def test_health_and_metrics(api_service: ServiceProcess, client: httpx.Client, rendered: Path) -> None:
     basic = httpx.get(f"{api_service.url}/health").json()
     assert basic["status"] == "healthy"
-    assert set(basic) == {"status", "timestamp", "version", "uptime_seconds"}
-    assert basic["version"] == "1.0.0"
+    assert set(basic) == {"status", "timestamp", "version", "tree_sha256", "uptime_seconds"}
+    assert basic["version"] == shield_orchestrator.__version__
+    # The code it runs: the package rendered for the tests, hashed as the role hashes it.
+    assert basic["tree_sha256"] == tree_sha256(rendered / "shield_orchestrator")
     detailed = client.get("/health/detailed")
     assert detailed.status_code == 200, detailed.text
     body = detailed.json()
     assert body["status"] == "healthy"
+    # Run from a rendered tree, not from the role: nothing recorded beside it.
+    assert body["build"] == {
+        "version": basic["version"],
+        "tree_sha256": basic["tree_sha256"],
+        "recorded_sha256": None,
+        "intact": None,
+    }
+    assert body["endpoint_calls"]["endpoints"]["llm_endpoint"]["stalled_total"] == 0
     for name in ("redis", "postgres", "lightrag", "llm_endpoint", "embedding_endpoint"):
         assert body["dependencies"][name]["status"] == "up", name
     pool = body["worker_pool"]
@@ -256,5 +269,7 @@ def test_health_and_metrics(api_service: ServiceProcess, client: httpx.Client) -
         "shield_pending",
         "shield_active_workers 4.0",
         "shield_sse_clients",
+        f'shield_build_info{{tree_sha256="{basic["tree_sha256"]}",version="{basic["version"]}"}} 1.0',
+        'shield_endpoint_calls_in_flight{endpoint="llm_endpoint"}',
     ):
         assert name in text, name
