@@ -7,8 +7,8 @@ after `embedding_ms`; the texts are recurring_prose() (a small set of entities, 
 LightRAG merges and summarises).
 
 * progress: one job of n chunks; every ingestion.progress event of it over SSE with
-  its arrival time: the longest gap between two events, the largest step (chunks
-  counted by one event), the time to the first one.
+  its arrival time: the longest gap between two events (the job's acceptance counting
+  as the first), the largest step (chunks counted by one event), the time to the first one.
 * cancel: one job of n chunks, POST /jobs/{id}/cancel `after_s` seconds after it was
   accepted; the answer's chunks_in_lightrag, then (once the service is idle) the
   job's documents PROCESSED in LightRAG (GET /jobs/{id}/verify) and the difference.
@@ -79,18 +79,22 @@ class Progress:
         self.job_id = job_id
         self.events = [(now, done) for other, now, done in self.early if other == job_id] + self.events
 
-    def figures(self, sent: float) -> dict[str, float]:
+    def figures(self, sent: float, accepted: float) -> dict[str, float]:
+        """The job's acceptance (the POST's 202) counts as an event of 0 chunks: a job silent
+        for a minute before its first event has a gap of a minute, whatever follows."""
         events = sorted(self.events)
         times = [now for now, _ in events]
         counts = [done for _, done in events]
         steps = [b - a for a, b in itertools.pairwise([0, *counts])]
-        gaps = [b - a for a, b in itertools.pairwise(times)]
+        silences = [b - a for a, b in itertools.pairwise([accepted, *times])]
+        nan = float("nan")
         return {
             "progress_events": float(len(events)),
-            "first_progress_s": times[0] - sent if times else float("nan"),
-            "longest_gap_s": max(gaps) if gaps else float("nan"),
-            "largest_step_chunks": float(max(steps)) if steps else float("nan"),
-            "median_step_chunks": float(sorted(steps)[len(steps) // 2]) if steps else float("nan"),
+            "first_progress_s": times[0] - sent if times else nan,
+            "longest_gap_s": max(silences) if times else nan,
+            "longest_gap_between_events_s": max(silences[1:]) if len(times) > 1 else nan,
+            "largest_step_chunks": float(max(steps)) if steps else nan,
+            "median_step_chunks": float(sorted(steps)[len(steps) // 2]) if steps else nan,
         }
 
 
@@ -128,7 +132,7 @@ async def progress_run(ctx: RealContext, standin: Standin, n: int, chat_ms: floa
             "chunks_done": float(job["chunks_processed"]),
             "seconds": seconds,
             "accept_s": accepted - sent,
-            **progress.figures(sent),
+            **progress.figures(sent, accepted),
             **busy(calls, chat_ms, ctx.settings.llm_max_async, seconds, int(job["chunks_processed"]) or n),
         }
     finally:
