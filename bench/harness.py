@@ -1066,7 +1066,8 @@ def main(argv: list[str]) -> int:
     print(build_table(results))
     meta = results["meta"]
     print(
-        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} (W2/W3/W6: {cfg.real_rounds}); "
+        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} "
+        f"(W2/W3/W6, progress, cancel, w7rag: {cfg.real_rounds}); "
         f"load average before {' '.join(meta['loadavg_before'])}; figures in {cfg.output}"
     )
     return 1 if results["errors"] else 0
