@@ -53,6 +53,7 @@ from ingest import (
     setting,
 )
 from pg_container import EMPTY, PgvectorServer
+from pipeline import cancel_run, progress_run, w7rag_run
 from workloads import (
     PEERS,
     W4_STAGES,
@@ -66,6 +67,8 @@ from workloads import (
     w7_priority,
 )
 
+from tests.support.servers import Standin
+
 SERVICE = "shield-orchestrator"
 FLOOR = "floor"
 FLOOR_HIREDIS = "floor + hiredis"
@@ -77,6 +80,12 @@ TARGETS = {
     "w4_p99_ms": 20.0,
     "w5_p99_ms": 50.0,
     "w7_high_seconds": 5.0,
+    # issue 19 ("Keep the LLM busy"): the baseline before the continuous pipeline
+    "w3_llm_busy_percent": 90.0,
+    "progress_longest_gap_s": 5.0,
+    "progress_largest_step_chunks": 10.0,
+    "w7rag_high_seconds": 60.0,
+    "cancel_beyond_chunks": 20.0,
 }
 
 
@@ -93,11 +102,18 @@ class Sizes:
     w6_docs: tuple[int, ...]  # sizes of the pre-filled graph
     w7_backlog: int
     w7_urgent: int
+    progress_chunks: int  # issue 19: one job, its progress events
+    cancel_chunks: int  # issue 19: one job, cancelled
+    w7rag_backlog: int  # issue 19: W7 on LightRAG
+    w7rag_urgent: int
 
 
-FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000), 2_000, 5)
-SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20), 300, 5)
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w6pg", "w7")
+FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000), 2_000, 5, 200, 200, 2_000, 5)
+# progress and cancel: more than one worker's batch (the role's batch_size, 50), so that
+# the job gives at least two progress events and is still running at the cancel
+SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20), 300, 5, 60, 60, 60, 5)
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w6pg", "w7", "progress", "cancel", "w7rag")
+PIPELINE = ("progress", "cancel", "w7rag")  # issue 19's workloads (bench/pipeline.py): LightRAG, the stand-in slowed
 
 
 def override_sizes(sizes: Sizes, spec: str) -> Sizes:
@@ -125,6 +141,14 @@ class Config:
     sse_rate: float
     w3_delay_ms: int
     w3_embedding_delay_ms: int
+    w3_llm_slots: tuple[int, ...]  # one W3 cell per value of llm_max_async (lightrag-server's MAX_ASYNC too)
+    w3_texts: str  # "recurring" (issue 19: entities recur, LightRAG merges and summarises) or "varied"
+    progress_delay_ms: int
+    cancel_delay_ms: int
+    cancel_after_s: float
+    w7rag_delay_ms: int
+    pipeline_embedding_delay_ms: int
+    pipeline_limit_s: float
     w2_limit_s: float
     w3_limit_s: float
     w6_limit_s: float
@@ -156,6 +180,14 @@ def parse_args(argv: list[str]) -> Config:
     storage = os.environ.get("BENCH_STORAGE", "local")
     if storage not in ("local", "postgres"):
         parser.error(f"BENCH_STORAGE must be local or postgres, not {storage!r}")
+    variables = render_service.role_variables()
+    role_slots = str(variables["orchestrator_workers_llm_max_async"])
+    w3_slots = tuple(int(v) for v in os.environ.get("BENCH_W3_LLM_SLOTS", role_slots).split(",") if v.strip())
+    w3_texts = os.environ.get("BENCH_W3_TEXTS", "recurring")
+    if w3_texts not in ("recurring", "varied") or not w3_slots or min(w3_slots) < 1:
+        parser.error("BENCH_W3_TEXTS must be recurring or varied, BENCH_W3_LLM_SLOTS positive integers (4,16)")
+    # the smoke keeps issue 19's workloads short: the stand-in at 30 ms (embeddings 10 ms)
+    slow, embed, after = ("30", "10", "1") if args.smoke else ("1000", "50", "5")
     return Config(
         smoke=args.smoke,
         rounds=max(rounds, 1),
@@ -168,6 +200,14 @@ def parse_args(argv: list[str]) -> Config:
         sse_rate=float(os.environ.get("BENCH_SSE_RATE", "50")),
         w3_delay_ms=int(os.environ.get("BENCH_W3_DELAY_MS", "1000")),
         w3_embedding_delay_ms=int(os.environ.get("BENCH_W3_EMBEDDING_DELAY_MS", "50")),
+        w3_llm_slots=w3_slots,
+        w3_texts=w3_texts,
+        progress_delay_ms=int(os.environ.get("BENCH_PROGRESS_DELAY_MS", slow)),
+        cancel_delay_ms=int(os.environ.get("BENCH_CANCEL_DELAY_MS", "30" if args.smoke else "300")),
+        cancel_after_s=float(os.environ.get("BENCH_CANCEL_AFTER_S", after)),
+        w7rag_delay_ms=int(os.environ.get("BENCH_W7RAG_DELAY_MS", slow)),
+        pipeline_embedding_delay_ms=int(os.environ.get("BENCH_PIPELINE_EMBEDDING_DELAY_MS", embed)),
+        pipeline_limit_s=float(os.environ.get("BENCH_PIPELINE_LIMIT_S", "600")),
         w2_limit_s=float(os.environ.get("BENCH_W2_LIMIT_S", "300")),
         w3_limit_s=float(os.environ.get("BENCH_W3_LIMIT_S", "600")),
         w6_limit_s=float(os.environ.get("BENCH_W6_LIMIT_S", "900")),
@@ -281,70 +321,102 @@ def contestant_table(
 
 async def run_real(rctx: RealContext, cfg: Config, workload: str) -> dict[str, Any]:
     """W2 (stand-in at once) or W3 (chat 1 s, embeddings 50 ms): the three contestants
-    interleaved in each round, the same texts for all three within a round."""
+    interleaved in each round, the same texts for all three within a round. W3 runs one
+    cell per value of llm_max_async (BENCH_W3_LLM_SLOTS; lightrag-server's MAX_ASYNC and
+    the in-process script get the same), on texts whose entities recur (BENCH_W3_TEXTS)."""
     s = rctx.settings
     n = cfg.sizes.w2_chunks if workload == "w2" else cfg.sizes.w3_chunks
     chat_ms, embed_ms = (0, 0) if workload == "w2" else (cfg.w3_delay_ms, cfg.w3_embedding_delay_ms)
     limit = cfg.w2_limit_s if workload == "w2" else cfg.w3_limit_s
-    rounds: list[dict[str, dict[str, float]]] = []
-    errors: dict[str, str] = {}
+    slot_values = cfg.w3_llm_slots if workload == "w3" else (s.llm_max_async,)
+    recipe = cfg.w3_texts if workload == "w3" else "varied"
+    cells: dict[int, list[dict[str, dict[str, float]]]] = {slots: [] for slots in slot_values}
+    errors: dict[int, dict[str, str]] = {slots: {} for slots in slot_values}
     standin = await start_standin(cfg.service_python, rctx.infra.logs, chat_ms, f"{workload}-standin", embed_ms)
     pg: PgvectorServer | None = None
     try:
         pg = await asyncio.to_thread(PgvectorServer.start) if cfg.storage == "postgres" else None
         graph = {"postgres": PgGraph(pg, EMPTY)} if pg is not None else {}
         for round_no in range(1, cfg.real_rounds + 1):
-            batch = Batch.make(n, run_tag(workload))
-            figures: dict[str, dict[str, float]] = {}
-            for name in cfg.contestants:  # interleaved: A B C, A B C, ...
-                if name in errors:
-                    continue
-                try:
-                    run = await RUNNERS[name](rctx, standin, batch, f"{workload}-{name}", limit, **graph)
-                except Exception as exc:
-                    errors[name] = f"{type(exc).__name__}: {exc}"[:500]
-                    log(f"{workload.upper()} round {round_no} {name} FAILED: {errors[name]}")
-                    continue
-                result = run.figures()
-                if workload == "w3":
-                    result["ideal_s"] = result["llm_calls"] * chat_ms / 1000 / s.llm_max_async
-                    result["efficiency"] = result["ideal_s"] / result["seconds"]
-                figures[name] = result
-                log(f"{workload.upper()} round {round_no} {name}: " + describe(result))
-            rounds.append(figures)
+            batch = Batch.make(n, run_tag(workload), recipe=recipe)
+            for slots in slot_values:
+                cell = replace(rctx, settings=replace(s, llm_max_async=slots))
+                figures: dict[str, dict[str, float]] = {}
+                for name in cfg.contestants:  # interleaved: A B C, A B C, ...
+                    if name in errors[slots]:
+                        continue
+                    run_name = f"{workload}-{name}" + (f"-{slots}" if len(slot_values) > 1 else "")
+                    try:
+                        run = await RUNNERS[name](cell, standin, batch, run_name, limit, **graph)
+                    except Exception as exc:
+                        errors[slots][name] = f"{type(exc).__name__}: {exc}"[:500]
+                        log(f"{workload.upper()} round {round_no} {name} FAILED: {errors[slots][name]}")
+                        continue
+                    result = run.figures()
+                    if workload == "w3":
+                        result["ideal_s"] = result["llm_calls"] * chat_ms / 1000 / slots
+                        result["efficiency"] = result["ideal_s"] / result["seconds"]
+                        result["llm_busy_percent"] = 100 * result["efficiency"]
+                        result["chat_calls_per_chunk"] = result["llm_calls"] / max(result["chunks_done"], 1)
+                    figures[name] = result
+                    where = f" llm_max_async {slots}" if workload == "w3" else ""
+                    log(f"{workload.upper()} round {round_no}{where} {name}: " + describe(result))
+                cells[slots].append(figures)
     finally:
         standin.proc.stop()
         if pg is not None:
             await asyncio.to_thread(pg.stop)
+
+    def cell_figures(slots: int) -> dict[str, Any]:
+        rounds = cells[slots]
+        return {
+            "llm_max_async": slots,
+            "contestants": contestant_table(rounds, cfg.contestants, errors[slots], cfg.storage),
+            "ratios": {
+                "service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "chunks_per_s"),
+                "service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "chunks_per_s"),
+                "lightrag_server_to_inprocess": per_round_ratio(rounds, SERVER, INPROCESS, "chunks_per_s"),
+                "cpu_service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "cpu_s"),
+                "cpu_service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "cpu_s"),
+                "note": "chunks/s (cpu_*: CPU seconds), median (min, max) of the per-round ratios",
+            },
+        }
+
+    first = cell_figures(slot_values[0])
+    failed = {
+        name + (f" (llm_max_async {slots})" if len(slot_values) > 1 else ""): reason
+        for slots in slot_values
+        for name, reason in errors[slots].items()
+    }
     out: dict[str, Any] = {
         "storage": cfg.storage,
         "chunks": n,
+        "texts": recipe,
         "llm_delay_ms": chat_ms,
         "embedding_delay_ms": embed_ms,
-        "llm_max_async": s.llm_max_async,
+        "llm_max_async": slot_values[0],
         "embedding_max_async": s.embedding_max_async,
         "max_parallel_insert": s.max_parallel_insert,
         "limit_s": limit,
-        "contestants": contestant_table(rounds, cfg.contestants, errors, cfg.storage),
-        "ratios": {
-            "service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "chunks_per_s"),
-            "service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "chunks_per_s"),
-            "lightrag_server_to_inprocess": per_round_ratio(rounds, SERVER, INPROCESS, "chunks_per_s"),
-            "cpu_service_to_lightrag_server": per_round_ratio(rounds, SERVICE, SERVER, "cpu_s"),
-            "cpu_service_to_inprocess": per_round_ratio(rounds, SERVICE, INPROCESS, "cpu_s"),
-            "note": "chunks/s (cpu_*: CPU seconds), median (min, max) of the per-round ratios",
-        },
-        "failed": errors,
+        "contestants": first["contestants"],  # the first cell's (the only one for W2)
+        "ratios": first["ratios"],
+        "failed": failed,
     }
     if workload == "w2":
         out["targets"] = {"service_peak_rss_mb_below": TARGETS["w2_peak_rss_mb"]}
     else:
+        out["llm_slots"] = list(slot_values)
+        out["cells"] = {str(slots): cell_figures(slots) for slots in slot_values}
         out["formula"] = (
-            f"efficiency = ideal / actual; ideal = LLM calls received by the stand-in (GET /stats, "
-            f"POST /v1/chat/completions) x {chat_ms} ms / llm_max_async ({s.llm_max_async}); actual = first "
-            "request -> every chunk done (each contestant's own clock, bench/ingest.py)"
+            f"llm_busy_percent = 100 x efficiency = 100 x ideal / actual; ideal = LLM calls received by the "
+            f"stand-in (GET /stats, POST /v1/chat/completions) x {chat_ms} ms / llm_max_async (the cell's LLM "
+            "slots); actual = first request -> every chunk done (each contestant's own clock, bench/ingest.py)"
         )
-        out["targets"] = {"service_efficiency_at_least": TARGETS["w3_efficiency"]}
+        out["targets"] = {
+            "service_efficiency_at_least": TARGETS["w3_efficiency"],
+            "service_llm_busy_percent_at_least_in_every_cell": TARGETS["w3_llm_busy_percent"],
+            "service_above_lightrag_server_in_every_cell": True,
+        }
     return out
 
 
@@ -526,9 +598,86 @@ async def run_w7(ctx: Context, cfg: Config) -> dict[str, Any]:
     return out
 
 
+# --- issue 19: progress, cancel, W7 on LightRAG (bench/pipeline.py) ----------------------------
+async def pipeline_rounds(
+    rctx: RealContext, cfg: Config, name: str, chat_ms: int, runner: Callable[[Standin], Awaitable[dict[str, float]]]
+) -> dict[str, Any]:
+    """cfg.real_rounds runs of `runner` against one stand-in at chat_ms (embeddings
+    pipeline_embedding_delay_ms); every figure summarised over the rounds."""
+    standin = await start_standin(
+        cfg.service_python, rctx.infra.logs, chat_ms, f"{name}-standin", cfg.pipeline_embedding_delay_ms
+    )
+    runs: list[dict[str, float]] = []
+    try:
+        for round_no in range(1, cfg.real_rounds + 1):
+            runs.append(await runner(standin))
+            log(f"{name} round {round_no}: " + ", ".join(f"{k}={v:,.2f}" for k, v in runs[-1].items()))
+    finally:
+        standin.proc.stop()
+    return {
+        "llm_delay_ms": chat_ms,
+        "embedding_delay_ms": cfg.pipeline_embedding_delay_ms,
+        "llm_max_async": rctx.settings.llm_max_async,
+        "texts": "recurring",
+        **{key: summary([run[key] for run in runs]) for key in runs[0]},
+    }
+
+
+async def run_progress(rctx: RealContext, cfg: Config) -> dict[str, Any]:
+    n, chat_ms = cfg.sizes.progress_chunks, cfg.progress_delay_ms
+    out = await pipeline_rounds(
+        rctx, cfg, "progress", chat_ms, lambda standin: progress_run(rctx, standin, n, chat_ms, cfg.pipeline_limit_s)
+    )
+    out = {"chunks": n, **out}
+    out["note"] = (
+        "longest_gap_s: between consecutive ingestion.progress events of the job (arrival over SSE), the job's "
+        "acceptance (the POST's 202) counting as the first (longest_gap_between_events_s: without it); a step = "
+        "chunks counted by one event (processed + failed, the first from 0); first_progress_s from the POST"
+    )
+    out["targets"] = {
+        "longest_gap_s_at_most": TARGETS["progress_longest_gap_s"],
+        "largest_step_chunks_at_most": TARGETS["progress_largest_step_chunks"],
+    }
+    return out
+
+
+async def run_cancel(rctx: RealContext, cfg: Config) -> dict[str, Any]:
+    n, chat_ms, after = cfg.sizes.cancel_chunks, cfg.cancel_delay_ms, cfg.cancel_after_s
+    out = await pipeline_rounds(
+        rctx,
+        cfg,
+        "cancel",
+        chat_ms,
+        lambda standin: cancel_run(rctx, standin, n, chat_ms, after, cfg.pipeline_limit_s),
+    )
+    out = {"cancel_after_s_asked": after, **out}
+    out["note"] = (
+        "chunks_at_cancel = the cancel's answer (chunks_in_lightrag); chunks_in_lightrag_final = the job's documents "
+        "PROCESSED in LightRAG (GET /jobs/{id}/verify) once the service is idle (GET /queue: nothing waiting or "
+        "pending); beyond_cancel_chunks = final - at cancel; answer_exact = 1 when the answer was the final number"
+    )
+    out["targets"] = {"beyond_cancel_chunks_at_most": TARGETS["cancel_beyond_chunks"], "answer_exact": 1}
+    return out
+
+
+async def run_w7rag(rctx: RealContext, cfg: Config) -> dict[str, Any]:
+    backlog, urgent, chat_ms = cfg.sizes.w7rag_backlog, cfg.sizes.w7rag_urgent, cfg.w7rag_delay_ms
+    out = await pipeline_rounds(
+        rctx, cfg, "w7rag", chat_ms, lambda standin: w7rag_run(rctx, standin, backlog, urgent, cfg.pipeline_limit_s)
+    )
+    out = {"backlog": backlog, "urgent_chunks": urgent, **out}
+    out["note"] = (
+        "the LightRAG processor: backlog POSTed in jobs of 1,000 (normal), then a job of urgent_chunks at priority "
+        "high; high_seconds = its POST -> its ingestion.completed over SSE (complete 0: cut at the limit); "
+        "high_backlog_left = backlog chunks not yet counted then; the backlog is then cancelled"
+    )
+    out["targets"] = {"high_seconds_at_most": TARGETS["w7rag_high_seconds"]}
+    return out
+
+
 # --- the table ---------------------------------------------------------------------------------
 def fmt(value: float | None, unit: str) -> str:
-    if value is None:
+    if value is None or value != value:  # not measured, or NaN (e.g. a gap with one progress event)
         return "-"
     if unit == "/s":
         return f"{value:,.0f}/s" if value >= 100 else f"{value:.2f}/s"
@@ -542,6 +691,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "MB":
         return f"{value:.0f} MB"
+    if unit == "pct":
+        return f"{value:.0f}%"
     return f"{value:,.0f}"
 
 
@@ -612,30 +763,7 @@ def build_table(results: dict[str, Any]) -> str:
         met = rss["max"] < target if rss else None
         rows.append(row("", "service peak RSS (VmHWM)", rss, "MB", f"< {target:.0f} MB", met))
     if "w3_llm_bound" in w:
-        w3 = w["w3_llm_bound"]
-        storage = ", PostgreSQL" if w3.get("storage") == "postgres" else ""
-        delays = f"chat {w3['llm_delay_ms']} ms, emb {w3['embedding_delay_ms']} ms"
-        label = f"W3 LLM-bound ({w3['chunks']} chunks, {delays}{storage})"
-        target = TARGETS["w3_efficiency"]
-        for name, entry in w3["contestants"].items():
-            eff = entry.get("efficiency")
-            verdict = (eff["median"] >= target if eff else False) if name == SERVICE else None
-            rows.append(
-                row(label, f"{name}: efficiency", eff, "%", f">= {target:.0%}" if name == SERVICE else "", verdict)
-            )
-            label = ""
-            if eff:
-                note = (
-                    f"  actual {entry['seconds']['median']:.1f} s, ideal {entry['ideal_s']['median']:.1f} s, "
-                    f"chat {entry['llm_calls']['median']:,.0f}, embeddings {entry['embedding_calls']['median']:,.0f}, "
-                    f"CPU {entry['cpu_s']['median']:.1f} s, RSS {entry['peak_rss_mb']['median']:.0f} MB"
-                    + ("" if entry["complete"]["min"] >= 1 else " (INCOMPLETE)")
-                )
-                rows.append(["", note, "", "", "", "", ""])
-            elif "reason" in entry:
-                rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
-        formula = f"ideal = chat calls x {w3['llm_delay_ms']} ms / llm_max_async ({w3['llm_max_async']})"
-        rows.append(["", formula, "", "", "", "", ""])
+        rows += w3_rows(w["w3_llm_bound"])
     if "w4_latency" in w:
         w4 = w["w4_latency"]
         label = f"W4 latency ({w4['jobs']} 1-chunk jobs)"
@@ -679,12 +807,110 @@ def build_table(results: dict[str, Any]) -> str:
                 rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
     if "w7_priority" in w:
         rows += w7_rows(w["w7_priority"])
+    rows += pipeline_rows(w)
     for name, error in results.get("errors", {}).items():
         rows.append([name, f"FAILED: {error}"[:100], "", "", "", "", ""])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def w3_rows(w3: dict[str, Any]) -> list[list[str]]:
+    """Per cell (llm_max_async): every contestant's LLM busy %; the service's verdict: >= 90 % and
+    above lightrag-server in the same cell."""
+    rows: list[list[str]] = []
+    storage = ", PostgreSQL" if w3.get("storage") == "postgres" else ""
+    delays = f"lab stand-in chat {w3['llm_delay_ms']} ms, emb {w3['embedding_delay_ms']} ms"
+    label = f"W3 LLM-bound ({w3['chunks']} chunks, {w3.get('texts', 'varied')} texts, {delays}{storage})"
+    target = TARGETS["w3_llm_busy_percent"] / 100
+    cells = w3.get("cells") or {str(w3["llm_max_async"]): w3}
+    for slots, cell in cells.items():
+        contestants = cell["contestants"]
+        server = contestants.get(SERVER, {}).get("efficiency")
+        for name, entry in contestants.items():
+            eff = entry.get("efficiency")
+            verdict = None
+            if name == SERVICE:
+                verdict = bool(eff) and eff["median"] >= target and (server is None or eff["median"] > server["median"])
+            want = f">= {target:.0%}" + (", > server" if server else "") if name == SERVICE else ""
+            rows.append(row(label, f"slots {slots}, {name}: LLM busy", eff, "%", want, verdict))
+            label = ""
+            if eff:
+                note = (
+                    f"  actual {entry['seconds']['median']:.1f} s, ideal {entry['ideal_s']['median']:.1f} s, "
+                    f"chat {entry['llm_calls']['median']:,.0f} ({entry['chat_calls_per_chunk']['median']:.2f}/chunk), "
+                    f"embeddings {entry['embedding_calls']['median']:,.0f}, "
+                    f"CPU {entry['cpu_s']['median']:.1f} s, RSS {entry['peak_rss_mb']['median']:.0f} MB"
+                    + ("" if entry["complete"]["min"] >= 1 else " (INCOMPLETE)")
+                )
+                rows.append(["", note, "", "", "", "", ""])
+            elif "reason" in entry:
+                rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
+    formula = f"busy = ideal / actual; ideal = chat calls x {w3['llm_delay_ms']} ms / llm_max_async (slots)"
+    rows.append(["", formula, "", "", "", "", ""])
+    return rows
+
+
+def pipeline_rows(w: dict[str, Any]) -> list[list[str]]:
+    """Issue 19's workloads: progress, cancel, W7 on LightRAG."""
+    rows: list[list[str]] = []
+    if "progress_events" in w:
+        p = w["progress_events"]
+        label = f"progress ({p['chunks']} chunks, lab stand-in chat {p['llm_delay_ms']} ms)"
+        gap, step = TARGETS["progress_longest_gap_s"], TARGETS["progress_largest_step_chunks"]
+        longest = p["longest_gap_s"]
+        rows.append(
+            row(
+                label,
+                "longest gap between progress events (from the 202)",
+                longest,
+                "s",
+                f"<= {gap:.0f} s",
+                ok(longest, gap),
+            )
+        )
+        largest = p["largest_step_chunks"]
+        rows.append(row("", "largest step (chunks per event)", largest, "", f"<= {step:.0f}", ok(largest, step)))
+        rows.append(row("", "POST -> first progress event", p["first_progress_s"], "s"))
+        rows.append(row("", "progress events / job seconds", p["progress_events"], ""))
+        rows[-1][2] += f" / {fmt(p['seconds']['median'], 's')}"
+        rows.append(row("", "LLM busy (chat calls per chunk beside)", p["llm_busy_percent"], "pct"))
+        rows[-1][-1] = f"{p['chat_calls_per_chunk']['median']:.2f} calls/chunk"
+    if "cancel_job" in w:
+        c = w["cancel_job"]
+        at = c["cancel_after_s_asked"]
+        label = f"cancel ({c['chunks']['median']:.0f} chunks, lab stand-in chat {c['llm_delay_ms']} ms, at {at:g} s)"
+        beyond = c["beyond_cancel_chunks"]
+        limit = TARGETS["cancel_beyond_chunks"]
+        rows.append(
+            row(label, "chunks in LightRAG beyond the cancel's count", beyond, "", f"<= {limit:.0f}", ok(beyond, limit))
+        )
+        rows.append(row("", "the cancel's answer / final in LightRAG", c["chunks_at_cancel"], ""))
+        rows[-1][2] += f" / {c['chunks_in_lightrag_final']['median']:.0f}"
+        exact = c["answer_exact"]
+        rows[-1][4:6] = ["answer = final", "met" if exact["min"] >= 1 else "MISSED"]
+        rows.append(row("", "cancel -> idle", c["cancel_to_idle_s"], "s"))
+        if c["finished_before_cancel"]["max"] > 0:
+            rows.append(["", "  the job finished before the cancel in some round", "", "", "", "", ""])
+    if "w7rag_priority" in w:
+        r = w["w7rag_priority"]
+        label = (
+            f"W7 on LightRAG ({r['urgent_chunks']} behind {r['backlog']:,}, lab stand-in chat {r['llm_delay_ms']} ms)"
+        )
+        high = r["high_seconds"]
+        limit = TARGETS["w7rag_high_seconds"]
+        met = high["max"] <= limit and r["complete"]["min"] >= 1
+        figure = "high: POST -> completed" + ("" if r["complete"]["min"] >= 1 else " (CUT at the limit)")
+        rows.append(row(label, figure, high, "s", f"<= {limit:.0f} s", met))
+        rows.append(row("", "  queue depth at its POST / backlog left at its end", r["high_depth_at_post"], ""))
+        rows[-1][2] += f" / {r['high_backlog_left']['median']:.0f}"
+    return rows
+
+
+def ok(figure: dict[str, Any] | None, limit: float) -> bool:
+    """A figure at most `limit` in every round (NaN, or none: not met)."""
+    return figure is not None and bool(figure["max"] <= limit)  # NaN compares False
 
 
 def w7_rows(w7: dict[str, Any]) -> list[list[str]]:
@@ -757,11 +983,11 @@ async def run(cfg: Config) -> dict[str, Any]:
         ctx = Context(infra, launcher, sys.executable, cfg.concurrency)
         rctx = RealContext(infra, launcher, cfg.service_python, cfg.server_python)
         results["meta"]["lightrag_settings"] = asdict(rctx.settings)
-        if {"w2", "w3", "w6", "w6pg"} & set(cfg.workloads):
-            results["meta"]["lightrag_versions"] = {
-                "service_venv": lightrag_version(cfg.service_python),
-                "lightrag_server_venv": lightrag_version(cfg.server_python),
-            }
+        if {"w2", "w3", "w6", "w6pg", *PIPELINE} & set(cfg.workloads):
+            versions = {"service_venv": lightrag_version(cfg.service_python)}
+            if {"w2", "w3", "w6", "w6pg"} & set(cfg.workloads) and SERVER in cfg.contestants:
+                versions["lightrag_server_venv"] = lightrag_version(cfg.server_python)
+            results["meta"]["lightrag_versions"] = versions
         steps: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [
             ("w1", "w1_pool_overhead", lambda: run_w1(ctx, cfg)),
             ("w2", "w2_real_ingestion", lambda: run_real(rctx, cfg, "w2")),
@@ -771,11 +997,14 @@ async def run(cfg: Config) -> dict[str, Any]:
             ("w6", "w6_growth", lambda: run_w6(rctx, cfg)),
             ("w6pg", "w6pg_growth", lambda: run_w6(rctx, cfg, "postgres")),
             ("w7", "w7_priority", lambda: run_w7(ctx, cfg)),
+            ("progress", "progress_events", lambda: run_progress(rctx, cfg)),
+            ("cancel", "cancel_job", lambda: run_cancel(rctx, cfg)),
+            ("w7rag", "w7rag_priority", lambda: run_w7rag(rctx, cfg)),
         ]
         for short, key, step in steps:
             if short not in cfg.workloads:
                 continue
-            rounds = cfg.real_rounds if short in ("w2", "w3", "w6", "w6pg") else cfg.rounds
+            rounds = cfg.real_rounds if short in ("w2", "w3", "w6", "w6pg", *PIPELINE) else cfg.rounds
             log(f"{key}: {rounds} round(s)")
             t0 = time.monotonic()
             try:
@@ -808,6 +1037,10 @@ def headline(workloads: dict[str, Any]) -> dict[str, Any]:
         workloads.get(key, {}) for key in ("w2_real_ingestion", "w3_llm_bound", "w6_growth", "w6pg_growth")
     )
     service6 = w6.get("contestants", {}).get(SERVICE, {})
+    progress, cancel, w7rag = (workloads.get(key, {}) for key in ("progress_events", "cancel_job", "w7rag_priority"))
+    busy = [
+        median(cell["contestants"].get(SERVICE, {}).get("llm_busy_percent")) for cell in w3.get("cells", {}).values()
+    ]
     service6pg = w6pg.get("contestants", {}).get(SERVICE, {})
     return {
         "w2_ratio_to_lightrag_server": median(w2.get("ratios", {}).get("service_to_lightrag_server")),
@@ -816,6 +1049,12 @@ def headline(workloads: dict[str, Any]) -> dict[str, Any]:
         "w6_rss_growth_mb": median(service6.get("rss_growth_mb")),
         "w6pg_rate_ratio_last_to_first": median(service6pg.get("rate_ratio_last_to_first")),
         "w6pg_rss_growth_mb": median(service6pg.get("rss_growth_mb")),
+        # issue 19: the service's LLM busy % in its worst W3 cell, and the three workloads' figures
+        "w3_llm_busy_percent_min": min((b for b in busy if b is not None), default=None),
+        "progress_longest_gap_s": median(progress.get("longest_gap_s")),
+        "progress_largest_step_chunks": median(progress.get("largest_step_chunks")),
+        "cancel_beyond_chunks": median(cancel.get("beyond_cancel_chunks")),
+        "w7rag_high_seconds": median(w7rag.get("high_seconds")),
     }
 
 
@@ -827,7 +1066,8 @@ def main(argv: list[str]) -> int:
     print(build_table(results))
     meta = results["meta"]
     print(
-        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} (W2/W3/W6: {cfg.real_rounds}); "
+        f"\nwall time {meta['wall_seconds']:.0f}s; rounds: {cfg.rounds} "
+        f"(W2/W3/W6, progress, cancel, w7rag: {cfg.real_rounds}); "
         f"load average before {' '.join(meta['loadavg_before'])}; figures in {cfg.output}"
     )
     return 1 if results["errors"] else 0

@@ -127,6 +127,37 @@ def prose(i: int, tag: str) -> str:
     )
 
 
+# "Texts whose entities recur" (issue 19's W3): the same template as prose() but its
+# names drawn from a small set, 12 people, 6 organisations and 6 cities, so that
+# every entity comes back in most jobs many times over and LightRAG merges its
+# descriptions and asks the LLM for summaries (from 8 descriptions on: its
+# force_llm_summary_on_merge). prose() is left as it is: its source keys W6's fixtures.
+RECURRING_PEOPLE = 12
+RECURRING_ORGS = 6
+RECURRING_CITIES = 6
+
+
+def _distinct(i: int, salt: int, pool: int, count: int) -> list[int]:
+    """`count` different numbers below `pool`, chosen by (i, salt)."""
+    return sorted(range(pool), key=lambda k: _pick(i, salt * 1000 + k, 1 << 30))[:count]
+
+
+def recurring_prose(i: int, tag: str) -> str:
+    """prose()'s template, four people, two organisations and two cities (all different)
+    drawn from RECURRING_PEOPLE / _ORGS / _CITIES names: unique text per (tag, i), recurring entities."""
+    p1, p2, p3, p4 = (f"{FIRST[k]} {LAST[k]}" for k in _distinct(i, 1, RECURRING_PEOPLE, 4))
+    o1, o2 = (f"{ORG_NAMES[k]} {ORG_KINDS[k % len(ORG_KINDS)]}" for k in _distinct(i, 2, RECURRING_ORGS, 2))
+    c1, c2 = (CITIES[k] for k in _distinct(i, 3, RECURRING_CITIES, 2))
+    return (
+        f"{p1} of {o1} met {p2} and {p3} at the {o2} office in {c1} for review {tag}-{i}. "
+        f"{p1} leads the {o1} data platform team and reports progress to {p2} every week. "
+        f"{p3} moved from {c2} to {c1} last year to join {o2}, where {p3} works with {p4} on storage systems."
+    )
+
+
+TEXT_RECIPES = {"varied": prose, "recurring": recurring_prose}
+
+
 @dataclass(frozen=True)
 class Batch:
     """The documents of one run (the same for every contestant of a round)."""
@@ -136,14 +167,30 @@ class Batch:
     file_paths: list[str]
 
     @classmethod
-    def make(cls, n: int, tag: str, first: int = 0) -> Batch:
+    def make(cls, n: int, tag: str, first: int = 0, recipe: str = "varied") -> Batch:
+        """n documents; recipe "varied" (prose(): entities from large pools) or "recurring"."""
+        text = TEXT_RECIPES[recipe]
         numbers = range(first, first + n)
         return cls(
-            [prose(i, tag) for i in numbers], [f"{tag}-{i}" for i in numbers], [f"{tag}-{i}.txt" for i in numbers]
+            [text(i, tag) for i in numbers], [f"{tag}-{i}" for i in numbers], [f"{tag}-{i}.txt" for i in numbers]
         )
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def job_body(self, priority: str | None = None) -> bytes:
+        """The service's POST /lightrag/ingest-async body: one chunk per document."""
+        chunks = [
+            {"text": text, "source_uri": f"file:///bench/{path}", "metadata": {"n": k}}
+            for k, (text, path) in enumerate(zip(self.texts, self.file_paths, strict=True))
+        ]
+        body: dict[str, Any] = {"chunks": chunks, "source_type": "text"}
+        if priority is not None:
+            body["priority"] = priority
+        return json.dumps(body).encode()
+
+    def part(self, start: int, stop: int) -> Batch:
+        return Batch(self.texts[start:stop], self.ids[start:stop], self.file_paths[start:stop])
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps({"texts": self.texts, "ids": self.ids, "file_paths": self.file_paths}))
@@ -350,12 +397,13 @@ async def run_service(
         workspace_dir.append(target)
         copy_fixture(fixture, target)
 
-    overrides: dict[str, Any] = {}
+    # W3 runs a cell per llm_max_async: the service gets the cell's value like the others
+    overrides: dict[str, Any] = {"llm_max_async": ctx.settings.llm_max_async}
     database = ""
     if postgres is not None:
         database = await asyncio.to_thread(postgres.fresh, name)
         base_docs = await asyncio.to_thread(postgres.documents, database, ctx.settings.workspace)
-        overrides = {
+        overrides |= {
             "lightrag_storage": "postgres",
             "postgres_host": "127.0.0.1",
             "postgres_port": postgres.server.port,
@@ -366,11 +414,7 @@ async def run_service(
     service = await ctx.launcher.start(name, noop=False, llm_url=standin.base_url, prepare=prepare, **overrides)
     stop_within = 60.0
     watch = JobWatch()
-    chunks = [
-        {"text": text, "source_uri": f"file:///bench/{path}", "metadata": {"n": k}}
-        for k, (text, path) in enumerate(zip(batch.texts, batch.file_paths, strict=True))
-    ]
-    body = json.dumps({"chunks": chunks, "source_type": "text"}).encode()
+    body = batch.job_body()
     redis_proc = ctx.infra.redis_proc
     assert redis_proc is not None
     try:

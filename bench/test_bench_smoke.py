@@ -3,7 +3,9 @@
 It proves the harness runs end to end (its own Redis and PostgreSQL, the rendered
 service with the no-op and the LightRAG processor, the LLM stand-in, every peer,
 lightrag-server, LightRAG in-process, W6's fixtures on the local storages and in
-PostgreSQL with pgvector, in a container); the figures of a smoke run mean nothing.
+PostgreSQL with pgvector, in a container, and issue 19's progress, cancel and W7 on
+LightRAG with the lab/test LLM stand-in at 30 ms a call); the figures of a smoke run
+mean nothing, but the checks below hold for any run.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         timeout=900,  # a first run also builds .venv-bench-peers
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr[-4000:]}"
-    assert all(name in run.stdout for name in ("workload", "W5", "W6", "W7")), run.stdout  # the table
+    assert all(name in run.stdout for name in ("workload", "W5", "W6", "W7", "progress", "cancel")), run.stdout
     results = json.loads(output.read_text())
     assert results["errors"] == {}
     workloads = results["workloads"]
@@ -66,6 +68,9 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         "w6_growth",
         "w6pg_growth",
         "w7_priority",
+        "progress_events",
+        "cancel_job",
+        "w7rag_priority",
     }
 
     w1 = workloads["w1_pool_overhead"]
@@ -87,12 +92,18 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     assert number(results["w2_ratio_to_lightrag_server"])
 
     w3 = workloads["w3_llm_bound"]
-    assert set(w3["contestants"]) == set(REAL)
-    for name, entry in w3["contestants"].items():
-        assert_real_run(name, entry)
-        assert 0 < median(entry["efficiency"]) <= 1.5, (name, entry["efficiency"])
+    assert w3["texts"] == "recurring" and w3["llm_slots"] and set(w3["cells"]) == {str(n) for n in w3["llm_slots"]}
+    for slots, cell in w3["cells"].items():
+        assert cell["llm_max_async"] == int(slots)
+        assert set(cell["contestants"]) == set(REAL)
+        for name, entry in cell["contestants"].items():
+            assert_real_run(name, entry)
+            # the LLM slots cannot be more than busy: ideal <= wall
+            assert 0 < median(entry["llm_busy_percent"]) <= 100, (slots, name, entry["llm_busy_percent"])
+            assert positive(entry["chat_calls_per_chunk"]) and positive(entry["ideal_s"]), (slots, name)
     assert "llm_max_async" in w3["formula"]
     assert number(results["w3_efficiency"]) and results["w3_efficiency"] > 0
+    assert number(results["w3_llm_busy_percent_min"]) and 0 < results["w3_llm_busy_percent_min"] <= 100
 
     w4 = workloads["w4_latency"]
     assert number(median(w4["p50_ms"])) and number(median(w4["p99_ms"]))
@@ -126,3 +137,26 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         for key in ("high_backlog_left", "normal_backlog_left", "high_depth_at_post", "normal_depth_at_post"):
             figure = median(w7[variant][key])
             assert number(figure) and 0 <= figure <= w7["backlog"] + w7["urgent_chunks"], (variant, key, w7)
+
+    # issue 19's workloads (bench/pipeline.py): every figure a number, and what each one means holds
+    for key in ("progress_events", "cancel_job", "w7rag_priority"):
+        for name, figure in workloads[key].items():
+            if isinstance(figure, dict) and "median" in figure:
+                assert number(median(figure)), (key, name, figure)
+    progress = workloads["progress_events"]
+    assert median(progress["complete"]) == 1 and median(progress["chunks_done"]) == progress["chunks"]
+    assert median(progress["progress_events"]) >= 2, progress  # a gap needs two events
+    assert median(progress["first_progress_s"]) > 0, progress
+    assert median(progress["longest_gap_s"]) >= median(progress["longest_gap_between_events_s"]) >= 0, progress
+    assert 1 <= median(progress["largest_step_chunks"]) <= progress["chunks"], progress
+    assert 0 < median(progress["llm_busy_percent"]) <= 100, progress
+    cancel = workloads["cancel_job"]
+    at_cancel, final = median(cancel["chunks_at_cancel"]), median(cancel["chunks_in_lightrag_final"])
+    assert 0 <= at_cancel <= final <= median(cancel["chunks"]), cancel
+    assert median(cancel["beyond_cancel_chunks"]) == final - at_cancel
+    assert median(cancel["answer_exact"]) in (0, 1) and median(cancel["cancel_to_idle_s"]) >= 0, cancel
+    w7rag = workloads["w7rag_priority"]
+    assert median(w7rag["complete"]) == 1 and median(w7rag["high_seconds"]) > 0, w7rag
+    assert 0 <= median(w7rag["high_backlog_left"]) <= w7rag["backlog"], w7rag
+    for key in ("progress_longest_gap_s", "progress_largest_step_chunks", "cancel_beyond_chunks", "w7rag_high_seconds"):
+        assert number(results[key]), key
