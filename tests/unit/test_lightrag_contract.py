@@ -132,9 +132,11 @@ async def test_the_protocols_are_lightrags_members(rag: Any) -> None:
 
     assert_conforms(rag, boundary.LightRAGInstance)
     assert_conforms(rag.doc_status, boundary.DocStatusStore)
-    for kv in (rag.full_docs, rag.full_entities):
+    for kv in (rag.full_docs, rag.text_chunks, rag.full_entities, rag.full_relations):
         assert_conforms(kv, boundary.KVStore)
-    assert_conforms(rag.chunks_vdb, boundary.VectorStore)
+    for vdb in (rag.chunks_vdb, rag.entities_vdb, rag.relationships_vdb):
+        assert_conforms(vdb, boundary.VectorStore)
+    assert_conforms(rag.chunk_entity_relation_graph, boundary.GraphStore)
     for storage in rag._index_storages():
         assert_conforms(storage, boundary.IndexedStorage)
     assert_conforms(rag.chunks_vdb._client, boundary.NanoVectorClient)

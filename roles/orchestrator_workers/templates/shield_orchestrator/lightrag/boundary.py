@@ -87,9 +87,13 @@ class IndexedStorage(Protocol):
 
 
 class KVStore(IndexedStorage, Protocol):
-    """lightrag.base.BaseKVStorage (full_docs, full_entities)."""
+    """lightrag.base.BaseKVStorage (full_docs, text_chunks, full_entities, full_relations)."""
 
     async def get_by_id(self, id: str) -> Row | None: ...
+
+    async def get_by_ids(self, ids: list[str]) -> list[Row | None]: ...
+
+    async def filter_keys(self, keys: set[str]) -> set[str]: ...
 
 
 class VectorStore(IndexedStorage, Protocol):
@@ -107,16 +111,32 @@ class DocStatusStore(IndexedStorage, Protocol):
         self, content_hash: str, *, exclude_doc_id: str | None = None
     ) -> tuple[str, Row] | None: ...
 
-    async def get_docs_by_statuses(self, statuses: list[object]) -> Mapping[str, DocRecord]: ...
+    async def get_docs_by_statuses(
+        self, statuses: list[object], *, strict: bool = False
+    ) -> Mapping[str, DocRecord]: ...
+
+
+class GraphStore(Protocol):
+    """lightrag.base.BaseGraphStorage (chunk_entity_relation_graph): read whole by verify-graph."""
+
+    async def get_all_nodes(self) -> list[Row]: ...
+
+    async def get_all_edges(self) -> list[Row]: ...
 
 
 class LightRAGInstance(Protocol):
     """lightrag.LightRAG, initialised: the members the service reads, calls or replaces."""
 
+    workspace: str
     doc_status: DocStatusStore
     full_docs: KVStore
+    text_chunks: KVStore
     full_entities: KVStore
+    full_relations: KVStore
     chunks_vdb: VectorStore
+    entities_vdb: VectorStore
+    relationships_vdb: VectorStore
+    chunk_entity_relation_graph: GraphStore
     # Every storage flushed, at the end of each document (GroupFlush replaces it).
     _insert_done: Callable[..., Awaitable[None]]
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from typing_extensions import TypedDict
 
-from .boundary import DocRecord
+from .boundary import DocRecord, LightRAGInstance, Row, VectorStore
 from .feeder import doc_status, field_of
 
 MAX_PROBLEMS = 1000  # listed in a report; problems_total and problems_by_kind count them all
@@ -141,8 +141,8 @@ class GraphSnapshot:
     docs: dict[str, DocRecord] = field(default_factory=dict)
     content_missing: set[str] = field(default_factory=set)  # PROCESSED documents without full_docs row
     chunk_rows: set[str] = field(default_factory=set)
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    edges: dict[Edge, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, Row] = field(default_factory=dict)
+    edges: dict[Edge, Row] = field(default_factory=dict)
     vectors: dict[str, set[str]] = field(default_factory=dict)  # chunks / entities / relationships -> ids
     claimed_entities: dict[str, list[str]] = field(default_factory=dict)  # PROCESSED doc -> full_entities
     claimed_relations: dict[str, list[Edge]] = field(default_factory=dict)  # PROCESSED doc -> full_relations
@@ -163,7 +163,7 @@ def edge_key(source: str, target: str) -> Edge:
     return first, second
 
 
-def sources(props: Mapping[str, Any]) -> list[str]:
+def sources(props: Mapping[str, object]) -> list[str]:
     return [part for part in str(props.get("source_id") or "").split(SEP) if part]
 
 
@@ -180,7 +180,7 @@ def relation_vector_ids(edge: Edge) -> list[str]:
     return [str(vector_id) for vector_id in make_relation_vdb_ids(*edge)]
 
 
-async def stored_ids(storage: Any) -> set[str]:
+async def stored_ids(storage: Any) -> set[str]:  # Any: each backend's internals, by class name
     """Every id a KV or vector storage holds; GraphUnreadable for a backend it cannot list."""
     for cls in type(storage).__mro__:
         if cls.__name__ == "JsonKVStorage":
@@ -207,14 +207,14 @@ async def _pg_ids(storage: Any, table: str) -> set[str]:
     return {str(row["id"]) for row in rows or []}
 
 
-async def present(storage: Any, ids: Iterable[str]) -> set[str]:
+async def present(storage: VectorStore, ids: Iterable[str]) -> set[str]:
     """Those of `ids` a vector storage answers for (its own reads: buffered writes count)."""
     wanted = sorted(set(ids))
     found = await storage.get_by_ids(wanted) if wanted else []
     return {vector_id for vector_id, record in zip(wanted, found, strict=True) if record}
 
 
-async def read_graph(rag: Any, dump: bool = False) -> GraphSnapshot:
+async def read_graph(rag: LightRAGInstance, dump: bool = False) -> GraphSnapshot:
     """Read every storage of an initialised LightRAG once (with `dump`, the source
     chunks' texts as well); GraphUnreadable when one fails."""
     from lightrag.base import DocStatus
@@ -235,11 +235,12 @@ async def read_graph(rag: Any, dump: bool = False) -> GraphSnapshot:
         }
         for doc_id, record in zip(processed, await rag.full_entities.get_by_ids(processed), strict=True):
             if record:
-                snap.claimed_entities[doc_id] = [str(name) for name in record.get("entity_names") or []]
+                snap.claimed_entities[doc_id] = [str(name) for name in _listed(record.get("entity_names"))]
         for doc_id, record in zip(processed, await rag.full_relations.get_by_ids(processed), strict=True):
             if record:
-                pairs = record.get("relation_pairs") or []
-                snap.claimed_relations[doc_id] = [edge_key(str(pair[0]), str(pair[1])) for pair in pairs]
+                pairs = [_listed(pair)[:2] for pair in _listed(record.get("relation_pairs"))]
+                edges = [edge_key(str(pair[0]), str(pair[1])) for pair in pairs if len(pair) == 2]
+                snap.claimed_relations[doc_id] = edges
         snap.vector_labels = await _stray_labels(rag, snap)
         if dump:
             snap.chunk_keys = await _chunk_keys(rag, snap)
@@ -250,7 +251,7 @@ async def read_graph(rag: Any, dump: bool = False) -> GraphSnapshot:
     return snap
 
 
-async def _stray_labels(rag: Any, snap: GraphSnapshot) -> dict[str, str]:
+async def _stray_labels(rag: LightRAGInstance, snap: GraphSnapshot) -> dict[str, str]:
     """What the stray entity and relation vectors name (the first MAX_PROBLEMS of each)."""
     labels: dict[str, str] = {}
     entity_strays, relation_strays = stray_vectors(snap)
@@ -261,7 +262,7 @@ async def _stray_labels(rag: Any, snap: GraphSnapshot) -> dict[str, str]:
     return labels
 
 
-async def _chunk_keys(rag: Any, snap: GraphSnapshot) -> dict[str, str]:
+async def _chunk_keys(rag: LightRAGInstance, snap: GraphSnapshot) -> dict[str, str]:
     """A source chunk's name in the dump: the md5 of its text, whichever job brought it."""
     from lightrag.utils import compute_mdhash_id
 
@@ -273,7 +274,12 @@ async def _chunk_keys(rag: Any, snap: GraphSnapshot) -> dict[str, str]:
     return keys
 
 
-def _label(record: Mapping[str, Any]) -> str:
+def _listed(value: object) -> list[object]:
+    """A list field of a stored record (a JSON list), or nothing."""
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _label(record: Mapping[str, object]) -> str:
     if record.get("entity_name"):
         return f"entity {record['entity_name']!r}"
     if "src_id" in record:  # nano-vectordb's relation rows (source_id: the chunks there)
@@ -440,7 +446,7 @@ def canonical_dump(snap: GraphSnapshot) -> GraphDump:
     stored), every list sorted, so that the same corpus gives the same dump
     however it was ingested."""
 
-    def chunks_of(props: Mapping[str, Any]) -> list[str]:
+    def chunks_of(props: Mapping[str, object]) -> list[str]:
         return sorted(snap.chunk_keys.get(chunk, chunk) for chunk in sources(props))
 
     entities: list[DumpEntity] = [
@@ -456,7 +462,7 @@ def canonical_dump(snap: GraphSnapshot) -> GraphDump:
         {
             "source": edge[0],
             "target": edge[1],
-            "weight": float(props.get("weight") or 0.0),
+            "weight": float(str(props.get("weight") or 0.0)),
             "keywords": sorted(set(_fragments(props.get("keywords"), SEP, ","))),
             "descriptions": _fragments(props.get("description"), SEP),
             "source_chunks": chunks_of(props),
@@ -501,6 +507,6 @@ def report(snap: GraphSnapshot, dump: bool = False) -> GraphVerification:
     }
 
 
-async def check_graph(rag: Any, dump: bool = False) -> GraphVerification:
+async def check_graph(rag: LightRAGInstance, dump: bool = False) -> GraphVerification:
     """Cross-check the storages of an initialised LightRAG; GraphUnreadable when they cannot be read."""
     return report(await read_graph(rag, dump), dump)
