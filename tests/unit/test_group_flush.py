@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from shield_orchestrator.lightrag.group_flush import GroupFlush
+from shield_orchestrator.lightrag.commit.flush import GroupFlush
 
 
 class Storage:

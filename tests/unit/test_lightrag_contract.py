@@ -1,9 +1,9 @@
 """Contracts with the real LightRAG (the pinned version, boundary.LIGHTRAG_VERSION).
 
-The service patches LightRAG's internals: the round commit (commit.py), the
-group flush that replaces `_insert_done` (group_flush.py), the feeder's resets
+The service patches LightRAG's internals: the round commit (commit/round.py), the
+group flush that replaces `_insert_done` (commit/flush.py), the feeder's resets
 through `_build_pending_reset_update` (feeder.py), the streaming vector save
-(vector_save.py) and the PostgreSQL reconnect hook (processor.py). Each test
+(commit/vector_save.py) and the PostgreSQL reconnect hook (processor.py). Each test
 here runs LightRAG's own code on the path the patch relies on (a real
 instance: its file storages in a temporary directory, the service's offline
 tokenizer, the stand-in's deterministic LLM and hashing embedding in process,
@@ -26,11 +26,9 @@ from typing import Any
 import pytest
 from nano_vectordb import NanoVectorDB
 from shield_orchestrator.lightrag import boundary
-from shield_orchestrator.lightrag.commit import commit_per_round
+from shield_orchestrator.lightrag.commit import commit_per_round, patch_vector_save, share_flushes
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
-from shield_orchestrator.lightrag.group_flush import share_flushes
 from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
-from shield_orchestrator.lightrag.vector_save import patch_vector_save
 from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.workers.breaker import DependencyGate
 from shield_orchestrator.workers.faults import FaultKind

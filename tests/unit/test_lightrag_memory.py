@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from nano_vectordb import NanoVectorDB
 from nano_vectordb.dbs import array_to_buffer_string, load_storage
-from shield_orchestrator.lightrag.vector_save import SLICE_BYTES, patch_vector_save, write_storage
+from shield_orchestrator.lightrag.commit.vector_save import SLICE_BYTES, patch_vector_save, write_storage
 
 DIM = 768
 

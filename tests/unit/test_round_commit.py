@@ -10,7 +10,7 @@ import asyncio
 import httpx
 import openai
 import pytest
-from shield_orchestrator.lightrag.commit import CommitError, RoundCommit
+from shield_orchestrator.lightrag.commit.round import CommitError, RoundCommit
 from shield_orchestrator.workers.faults import EMBEDDING, STORAGE
 
 

@@ -2,10 +2,10 @@
 of what the service uses of it.
 
 The service patches LightRAG's internals as lightrag-hku 1.5.7 has them: the
-round commit swaps each storage's `index_done_callback` (commit.py), the group
-flush replaces `_insert_done` (group_flush.py), the feeder resets documents with
+round commit swaps each storage's `index_done_callback` (commit/round.py), the group
+flush replaces `_insert_done` (commit/flush.py), the feeder resets documents with
 `_build_pending_reset_update` (feeder.py), the file vector storages are saved
-through a patched `NanoVectorDB.save` (vector_save.py), and PostgreSQL's retry
+through a patched `NanoVectorDB.save` (commit/vector_save.py), and PostgreSQL's retry
 hook `_before_sleep` is patched against a deadlock (processor.py). Another
 version may move any of these, and a patch that no longer bites loses its
 guarantee silently; so LIGHTRAG_VERSION is the one version the service starts

@@ -7,7 +7,7 @@ read every document's status afresh, put a FAILED document back to PENDING
 insert the new ones, let LightRAG's pipeline run to completion, and read the
 statuses again. A document counts as done only once LightRAG wrote it
 PROCESSED, which it does after every storage flushed (durable before acked);
-on the file storages the round commits once, at its end (commit.py),
+on the file storages the round commits once, at its end (commit/round.py),
 before any of its documents is answered.
 
 A chunk whose text LightRAG already holds under another document (a content

@@ -28,12 +28,10 @@ from ..workers.processor import BatchResult
 from ..workers.stalls import CallWatch
 from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
-from .commit import CommitError, RoundCommit, commit_per_round
+from .commit import CommitError, GroupFlush, RoundCommit, commit_per_round, patch_vector_save, share_flushes
 from .feeder import LightRAGFeeder
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
-from .group_flush import GroupFlush, share_flushes
 from .token_memo import MemoEncoding
-from .vector_save import patch_vector_save
 from .verify import JobVerification, verify_job
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from .boundary import LightRAGInstance
+from ..boundary import LightRAGInstance
 
 
 class GroupFlush:

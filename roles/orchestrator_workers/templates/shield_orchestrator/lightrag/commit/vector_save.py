@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import IO
 
-from .boundary import NanoVectorClient
+from ..boundary import NanoVectorClient
 
 SLICE_BYTES = 3 * 1024 * 1024  # a multiple of 3: no padding inside the string
 

@@ -33,8 +33,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 
-from ..workers.faults import EMBEDDING, STORAGE
-from .boundary import Flush, IndexedStorage, LightRAGInstance
+from ...workers.faults import EMBEDDING, STORAGE
+from ..boundary import Flush, IndexedStorage, LightRAGInstance
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
