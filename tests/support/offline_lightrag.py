@@ -7,7 +7,9 @@ so that the pipeline runs LightRAG's own code end to end without a server.
 
 Shared by the contract tests of the patches and the tests of graph_check.
 `OfflineModels.fail_on` makes the LLM raise for texts that contain a marker, to
-make a document FAILED on purpose.
+make a document FAILED on purpose; `embedding_down` makes the embedding raise
+the OpenAI client's connection error. `reopen_copy` reads a workspace back
+from its files alone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 import importlib.util
 import json
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +55,7 @@ class OfflineModels:
 
     fail_on: set[str] = field(default_factory=set)
     calls: int = 0
+    embedding_down: bool = False
 
 
 def offline_rag(working_dir: Path, models: OfflineModels, workspace: str = "", **extra: Any) -> Any:
@@ -78,6 +82,11 @@ def offline_rag(working_dir: Path, models: OfflineModels, workspace: str = "", *
         return str(answer)
 
     async def embed(texts: list[str], **_kwargs: Any) -> np.ndarray:
+        if models.embedding_down:
+            import httpx
+            import openai
+
+            raise openai.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1/embeddings"))
         return np.array([standin().hash_embedding(text, DIM) for text in texts], dtype=np.float32)
 
     return LightRAG(
@@ -105,6 +114,15 @@ async def open_offline_rag(working_dir: Path, models: OfflineModels | None = Non
 
 def workspace_dir(rag: Any) -> Path:
     return Path(rag.working_dir) / rag.workspace
+
+
+async def reopen_copy(rag: Any, working_dir: Path) -> Any:
+    """A new instance on a copy of the workspace's files, under a workspace of
+    its own (an instance with the same workspace would share the first one's
+    in-memory stores instead of reading the files)."""
+    workspace = f"reopened_{uuid.uuid4().hex[:12]}"
+    shutil.copytree(workspace_dir(rag), working_dir / workspace)
+    return await open_offline_rag(working_dir, workspace=workspace)
 
 
 def workspace_files(rag: Any) -> dict[str, bytes]:

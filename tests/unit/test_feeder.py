@@ -67,7 +67,7 @@ class _FakeFullDocs:
 
 
 class _FakeRag:
-    """What the feeder's _unprocess reads and writes of LightRAG."""
+    """What the feeder's on_drop reads and writes of LightRAG."""
 
     def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
         self.doc_status = _FakeDocStatus(docs)
@@ -80,27 +80,58 @@ class _FakeRag:
         return {"status": "pending", "content_summary": content["content"][:10]}, "", {}
 
 
+class _DroppingCommit:
+    """A group commit whose next commit follows a drop of LightRAG's buffers: it awaits on_drop first."""
+
+    def __init__(self) -> None:
+        self.on_drop: Any = None
+        self.durables = 0
+
+    async def durable(self) -> None:
+        self.durables += 1
+        await self.on_drop()
+
+
 def test_after_a_dropped_buffer_the_rounds_processed_documents_are_processed_again() -> None:
-    """LightRAG dropped its pending buffers mid-round: what it marked PROCESSED in that
-    round goes back to PENDING and is answered transient; the rest is untouched."""
+    """LightRAG dropped its pending buffers mid-round: before the next commit, what it
+    marked PROCESSED in that round goes back to PENDING (the feeder's on_drop) and is
+    answered transient; the rest is untouched."""
     tasks = [task(i) for i in range(3)]
     rag = _FakeRag(
         {
             "chunk-j-0": {"status": "processed", **_RECORD},
             "chunk-j-1": {"status": "failed", "error_msg": "Error code: 400", **_RECORD},
             "chunk-j-2": {"status": "processed", **_RECORD},
+            "chunk-j-9": {"status": "processed", **_RECORD},  # answered in an earlier round: left alone
         }
     )
-    feeder = LightRAGFeeder(rag, asyncio.Lock(), DependencyGate(lambda _change: None), str, _always, round_timeout=60)
+    commit = _DroppingCommit()
+    feeder = LightRAGFeeder(
+        rag,
+        asyncio.Lock(),
+        DependencyGate(lambda _change: None),
+        str,
+        _always,
+        round_timeout=60,
+        commit=commit,  # type: ignore[arg-type]
+    )
+    assert commit.on_drop == feeder._on_drop
     refused = chunk_fault("document chunk-j-1: Error code: 400")
-    results = {"chunk-j-0": None, "chunk-j-1": refused, "chunk-j-2": None}
-    answered = asyncio.run(feeder._unprocess(tasks, results))
+
+    async def pipeline(_tasks: Any) -> dict[str, Any]:
+        return {"chunk-j-0": None, "chunk-j-1": refused, "chunk-j-2": None}
+
+    feeder._run_pipeline = pipeline  # type: ignore[method-assign]
+    answered = asyncio.run(feeder._round(tasks))
+    assert commit.durables == 1
     assert set(rag.doc_status.upserts[0]) == {"chunk-j-0", "chunk-j-2"}
     assert rag.doc_status.docs["chunk-j-0"]["status"] == "pending"
     for doc_id in ("chunk-j-0", "chunk-j-2"):
         outcome = answered[doc_id]
         assert outcome is not None and outcome.transient and "processed again" in outcome.message
     assert answered["chunk-j-1"] is refused
+    asyncio.run(feeder._on_drop())  # no round running: nothing to reset
+    assert len(rag.doc_status.upserts) == 1
 
 
 async def _always() -> bool:

@@ -1,6 +1,6 @@
 """Contracts with the real LightRAG (the pinned version, boundary.LIGHTRAG_VERSION).
 
-The service patches LightRAG's internals: the round commit (commit/round.py), the
+The service patches LightRAG's internals: the group commit (commit/group.py), the
 group flush that replaces `_insert_done` (commit/flush.py), the feeder's resets
 through `_build_pending_reset_update` (feeder.py), the streaming vector save
 (commit/vector_save.py) and the PostgreSQL reconnect hook (processor.py). Each test
@@ -26,15 +26,25 @@ from typing import Any
 import pytest
 from nano_vectordb import NanoVectorDB
 from shield_orchestrator.lightrag import boundary
-from shield_orchestrator.lightrag.commit import commit_per_round, patch_vector_save, share_flushes
+from shield_orchestrator.lightrag.commit import CommitError, commit_continuously, patch_vector_save, share_flushes
+from shield_orchestrator.lightrag.commit.journal import FILE_STORAGES, JOURNAL, PREV, file_spec, storage_file
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
+from shield_orchestrator.lightrag.graph_check import GraphVerification, check_graph
 from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
 from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.workers.breaker import DependencyGate
-from shield_orchestrator.workers.faults import FaultKind
+from shield_orchestrator.workers.faults import EMBEDDING, FaultKind
 from typing_extensions import get_protocol_members
 
-from tests.support.offline_lightrag import TEXTS, OfflineModels, offline_rag, statuses_on_disk, workspace_files
+from tests.support.offline_lightrag import (
+    TEXTS,
+    OfflineModels,
+    offline_rag,
+    reopen_copy,
+    statuses_on_disk,
+    workspace_dir,
+    workspace_files,
+)
 
 REFUSE = "REFUSED-BY-THE-LLM"
 IDS = list(TEXTS)
@@ -78,9 +88,14 @@ async def insert(rag: Any, doc_ids: list[str]) -> None:
 
 
 def feeder_of(rag: Any, *, commit: bool = True) -> LightRAGFeeder:
+    """A feeder of the instance, with its group commit started (stop both with stop_feeder)."""
+
     async def storage_answers() -> bool:
         return True
 
+    group = commit_continuously(rag, rag.working_dir, None) if commit else None
+    if group is not None:
+        group.start()
     return LightRAGFeeder(
         rag,
         asyncio.Lock(),
@@ -88,8 +103,14 @@ def feeder_of(rag: Any, *, commit: bool = True) -> LightRAGFeeder:
         str,
         storage_answers,
         round_timeout=120,
-        commit=commit_per_round(rag) if commit else None,
+        commit=group,
     )
+
+
+async def stop_feeder(feeder: LightRAGFeeder) -> None:
+    await feeder.stop()
+    if feeder._commit is not None:
+        await feeder._commit.stop()
 
 
 def status_value(row: Any) -> str:
@@ -146,44 +167,128 @@ async def test_the_protocols_are_lightrags_members(rag: Any) -> None:
 
 
 # --------------------------------------------------------------------------
-# The round commit: LightRAG's writes wait for the end of the round
+# The group commit: LightRAG's writes wait for it; its files, one snapshot
 # --------------------------------------------------------------------------
 
 
-async def test_a_round_writes_nothing_until_its_one_commit(rag: Any) -> None:
-    """RoundCommit relies on LightRAG writing every file through the
+async def check_from_disk(rag: Any, folder: Path) -> GraphVerification:
+    """graph_check on a new instance that read a copy of the workspace's files:
+    what a restart would find. Asserts it is consistent."""
+    copy = await reopen_copy(rag, folder)
+    try:
+        report = await check_graph(copy)
+    finally:
+        await copy.finalize_storages()
+    assert report["consistent"] is True, report["problems"]
+    return report
+
+
+async def test_lightrag_writes_nothing_but_through_the_group_commit(rag: Any) -> None:
+    """GroupCommit relies on LightRAG writing every file through the
     `index_done_callback` of a storage `_index_storages()` lists, looked up on
-    the instance (the per-document `_insert_done` and doc-status upserts
-    included). Fails when LightRAG writes a file any other way (a storage that
-    list misses, a doc-status upsert that writes its file itself, a flush
-    renamed): the files would change during the round."""
-    commit = commit_per_round(rag)
-    async with commit.round():
-        await insert(rag, IDS[:2])
+    the instance (the per-document `_insert_done`, the write-ahead barriers
+    and the doc-status upserts included). Fails when LightRAG writes a file
+    any other way (a storage that list misses, a doc-status upsert that writes
+    its file itself, a flush renamed): the files would change before the commit."""
+    commit = commit_continuously(rag, rag.working_dir, None)
+    before = workspace_files(rag)
+    await insert(rag, IDS[:2])
+    assert workspace_files(rag) == before
+    await commit.commit()
     first = workspace_files(rag)
     assert commit.commits == 1
     assert statuses_on_disk(rag) == dict.fromkeys(IDS[:2], "processed")
 
-    async with commit.round():
-        await insert(rag, IDS[2:])
-        processed = {doc_id: status_value(row) for doc_id, row in (await rag.aget_docs_by_ids(IDS)).items()}
-        assert processed == dict.fromkeys(IDS, "processed")  # in memory, PROCESSED...
-        assert workspace_files(rag) == first  # ...and not a byte of it on disk
+    await insert(rag, IDS[2:])
+    processed = {doc_id: status_value(row) for doc_id, row in (await rag.aget_docs_by_ids(IDS)).items()}
+    assert processed == dict.fromkeys(IDS, "processed")  # in memory, PROCESSED...
+    assert workspace_files(rag) == first  # ...and not a byte of it on disk
+    await commit.commit()
     assert commit.commits == 2
     # Every document flushed every storage (its `_insert_done`), each flush deferred.
     assert commit.deferred >= len(IDS) * len(rag._index_storages())
     assert statuses_on_disk(rag) == dict.fromkeys(IDS, "processed")
-    chunks = json.loads((Path(rag.working_dir) / rag.workspace / "vdb_chunks.json").read_text())
+    chunks = json.loads((workspace_dir(rag) / "vdb_chunks.json").read_text())
     assert len(chunks["data"]) == len(IDS)
+    assert not [name for name in workspace_files(rag) if name.endswith(PREV)]
+    assert not (Path(rag.working_dir) / JOURNAL).exists()
+
+
+async def test_the_group_commit_knows_each_file_storage_its_file_and_how_it_decides_to_write(rag: Any) -> None:
+    """The undo journal links the file each storage writes, found by class name
+    and attribute (journal.FILE_STORAGES), and a storage rolled back after a
+    failed commit is made to write again through its `storage_updated` flag
+    where it means "dirty" (the JSON key-value family), never where it means
+    "reload from disk" (NetworkX, nano-vectordb: they write at every flush).
+    Fails when LightRAG renames a file storage class or its file attribute,
+    writes a file the journal does not name, or changes what the flag means."""
+    storages = rag._index_storages()
+    assert {type(storage).__name__ for storage in storages} == set(FILE_STORAGES)
+    named = {Path(storage_file(storage)) for storage in storages}
+    assert all(path.parent == workspace_dir(rag) for path in named)
+    commit = commit_continuously(rag, rag.working_dir, None)
+    await insert(rag, IDS)
+    await commit.commit()
+    written = {workspace_dir(rag) / name for name in workspace_files(rag)}
+    assert written <= named, written - named  # every file LightRAG wrote is one the journal names
+    assert len(written) >= len(named) - 1  # all of them but the LLM cache (off)
+    for storage in storages:
+        if file_spec(storage).flagged:  # JSON KV: written, so clean; a change makes it dirty
+            assert storage.storage_updated.value is False
+    await rag.full_docs.upsert({"extra": {"content": "x"}})
+    assert rag.full_docs.storage_updated.value is True
+    await rag.chunk_entity_relation_graph.upsert_node("Extra", {"entity_type": "x", "source_id": "x"})
+    assert rag.chunk_entity_relation_graph.storage_updated.value is False  # True would mean "reload"
+
+
+async def test_a_committed_workspace_reopened_from_its_files_is_consistent(rag: Any, tmp_path: Path) -> None:
+    """Documents ingested through LightRAG's own pipeline, committed by the group
+    commit, read back from the files alone (a new instance on a copy) and
+    checked by graph_check: every storage says the same. Fails when a commit
+    leaves out a storage, or writes the storages as of different instants."""
+    commit = commit_continuously(rag, rag.working_dir, None)
+    await insert(rag, IDS)
+    await commit.commit()
+    report = await check_from_disk(rag, tmp_path / "reopened")
+    assert report["counts"]["documents"]["processed"] == len(IDS)
+    assert report["counts"]["chunks"] == report["counts"]["chunk_vectors"] == len(IDS)
+    assert report["counts"]["entities"] == report["counts"]["entity_vectors"] > 0
+
+
+async def test_a_commit_failed_by_the_embedding_endpoint_is_rolled_back_and_redone_whole(
+    rag: Any, models: OfflineModels, tmp_path: Path
+) -> None:
+    """nano-vectordb's storages embed their buffers when they flush: with the
+    endpoint down the commit fails after the key-value files were written, and
+    is rolled back on disk; the next commit writes every file again, the JSON
+    key-value ones included (LightRAG cleared their dirty flags when it wrote
+    them). Fails when a vector storage no longer embeds at flush, or when a
+    storage whose file was rolled back is not written again."""
+    commit = commit_continuously(rag, rag.working_dir, None)
+    await insert(rag, IDS[:1])
+    await commit.commit()
+    before = workspace_files(rag)
+    await insert(rag, IDS[1:])
+    models.embedding_down = True
+    with pytest.raises(CommitError) as raised:
+        await commit.commit()
+    assert raised.value.dependency == EMBEDDING
+    assert workspace_files(rag) == before  # rolled back: all old
+    models.embedding_down = False
+    await commit.commit()
+    assert statuses_on_disk(rag) == dict.fromkeys(IDS, "processed")
+    report = await check_from_disk(rag, tmp_path / "reopened")
+    assert report["counts"]["chunks"] == report["counts"]["chunk_vectors"] == len(IDS)
 
 
 async def test_lightrags_abort_is_noticed_and_its_documents_processed_again(rag: Any, models: OfflineModels) -> None:
     """When LightRAG aborts a batch on an internal storage error it drops its
     pending buffers through each storage's `drop_pending_index_ops`, which
-    RoundCommit notes; the feeder then puts what the round marked PROCESSED
-    back to PENDING with `_build_pending_reset_update`. Fails when the abort no
-    longer goes through `drop_pending_index_ops` (renamed, or buffers dropped
-    another way): documents of the aborted round would reach the disk
+    GroupCommit notes; before its next commit, the feeder's on_drop puts what
+    the round marked PROCESSED back to PENDING with
+    `_build_pending_reset_update`. Fails when the abort no longer goes through
+    `drop_pending_index_ops` (renamed, or buffers dropped another way):
+    documents of the aborted round would reach the disk
     PROCESSED and be answered done; or when the reset helper moved."""
     rag.max_parallel_insert = 1  # in order: the first two are PROCESSED before the third aborts the batch
     upsert = rag.doc_status.upsert
@@ -205,13 +310,13 @@ async def test_lightrags_abort_is_noticed_and_its_documents_processed_again(rag:
             outcome = first[doc_id]
             assert outcome is not None and outcome.transient and "processed again" in outcome.message
         assert "processed" not in statuses_on_disk(rag).values()  # ...nor committed as such
-        assert feeder._commit is not None and feeder._commit.dropped
+        assert feeder._commit is not None and feeder._commit.drops > 0
 
         storage_down = False
         models.fail_on.clear()
         assert await feeder.process(tasks) == dict.fromkeys(IDS)
     finally:
-        await feeder.stop()
+        await stop_feeder(feeder)
     assert statuses_on_disk(rag) == dict.fromkeys(IDS, "processed")
 
 
@@ -245,7 +350,7 @@ async def test_a_failed_document_is_reset_and_processed_again(rag: Any, models: 
         models.fail_on.clear()
         assert await feeder.process(tasks) == dict.fromkeys(IDS[:2])
     finally:
-        await feeder.stop()
+        await stop_feeder(feeder)
     assert resets == [f"{IDS[1]}__inline"]
     (done,) = (await rag.aget_docs_by_ids(IDS[1:2])).values()
     assert status_value(done) == "processed" and not done.get("error_msg")
@@ -311,9 +416,9 @@ async def test_lightrags_vector_files_are_nano_vectordbs_own_bytes(
         patched(client)
 
     monkeypatch.setattr(NanoVectorDB, "save", counted)
-    commit = commit_per_round(rag)
-    async with commit.round():
-        await insert(rag, IDS)
+    commit = commit_continuously(rag, rag.working_dir, None)
+    await insert(rag, IDS)
+    await commit.commit()
     storages = [rag.entities_vdb, rag.relationships_vdb, rag.chunks_vdb]
     assert len(saves) >= len(storages)
     written = workspace_files(rag)

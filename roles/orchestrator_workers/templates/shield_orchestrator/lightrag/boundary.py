@@ -2,7 +2,7 @@
 of what the service uses of it.
 
 The service patches LightRAG's internals as lightrag-hku 1.5.7 has them: the
-round commit swaps each storage's `index_done_callback` (commit/round.py), the group
+group commit swaps each storage's `index_done_callback` and gates its mutations (commit/group.py), the group
 flush replaces `_insert_done` (commit/flush.py), the feeder resets documents with
 `_build_pending_reset_update` (feeder.py), the file vector storages are saved
 through a patched `NanoVectorDB.save` (commit/vector_save.py), and PostgreSQL's retry
@@ -78,12 +78,14 @@ DocRecord = Mapping[str, object] | StatusObject
 
 
 class IndexedStorage(Protocol):
-    """One of LightRAG's storages (lightrag.base.StorageNameSpace): its flush and
-    its abort are attributes the round commit replaces on the instance."""
+    """One of LightRAG's storages (lightrag.base.StorageNameSpace): its flush, its
+    abort and its finalisation are attributes the group commit replaces on the
+    instance."""
 
     namespace: str
     index_done_callback: Flush
     drop_pending_index_ops: Flush
+    finalize: Flush
 
 
 class KVStore(IndexedStorage, Protocol):

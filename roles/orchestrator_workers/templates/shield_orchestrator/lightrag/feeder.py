@@ -7,8 +7,9 @@ read every document's status afresh, put a FAILED document back to PENDING
 insert the new ones, let LightRAG's pipeline run to completion, and read the
 statuses again. A document counts as done only once LightRAG wrote it
 PROCESSED, which it does after every storage flushed (durable before acked);
-on the file storages the round commits once, at its end (commit/round.py),
-before any of its documents is answered.
+on the file storages a flush is durable at the next group commit
+(commit/group.py), and a round's documents are answered only once a commit
+that began after the pipeline ran has succeeded.
 
 A chunk whose text LightRAG already holds under another document (a content
 duplicate, however many times over) is resolved through the content hash to
@@ -30,7 +31,7 @@ from ..queue.tasks import ChunkTask
 from ..workers.breaker import DependencyGate
 from ..workers.faults import STORAGE, Failure, chunk_fault, classify_exception, classify_message, transient
 from .boundary import DocRecord, LightRAGInstance, Row, StatusObject
-from .commit import CommitError, RoundCommit
+from .commit import CommitError, GroupCommit
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
@@ -106,8 +107,8 @@ class LightRAGFeeder:
     """The one writer of the LightRAG workspace in this process.
 
     Owns the queue of submitted chunks and the rounds that take them, one at a
-    time, each under the workspace lock and, on the file storages, inside one
-    RoundCommit. Guarantees: every submitted task gets one outcome, None only
+    time, each under the workspace lock and, on the file storages, made durable
+    by the GroupCommit before it is answered. Guarantees: every submitted task gets one outcome, None only
     when its document (or the document that holds its text) is PROCESSED, and
     committed on the file storages; a chunk submitted again while its document
     is in a round shares that round's outcome; a round that outlasts
@@ -124,10 +125,14 @@ class LightRAGFeeder:
         storage_probe: Callable[[], Awaitable[bool]],
         *,
         round_timeout: float,
-        commit: RoundCommit | None = None,
+        commit: GroupCommit | None = None,
     ) -> None:
         self._rag = rag
         self._commit = commit
+        self._unanswered: list[str] = []  # the running round's documents (on_drop may reset them)
+        self._redone: set[str] = set()  # those of them on_drop put back to PENDING
+        if commit is not None:
+            commit.on_drop = self._on_drop
         self._storage_probe = storage_probe
         self._round_timeout = round_timeout
         self._lock = lock
@@ -239,11 +244,14 @@ class LightRAGFeeder:
     async def _round(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
         if self._commit is None:
             return await self._run_pipeline(tasks)
-        async with self._commit.round():  # one commit for the round's documents, before any is answered
+        self._unanswered, self._redone = [task.doc_id for task in tasks], set()
+        try:
             results = await self._run_pipeline(tasks)
-            if self._commit.dropped:
-                results = await self._unprocess(tasks, results)
-        return results
+            await self._commit.durable()  # the round's documents on disk before any is answered
+        finally:
+            self._unanswered = []
+        again = transient("LightRAG aborted the round; the document is processed again", None)
+        return {doc_id: again if doc_id in self._redone else outcome for doc_id, outcome in results.items()}
 
     async def _run_pipeline(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
         ids = [task.doc_id for task in tasks]
@@ -260,17 +268,15 @@ class LightRAGFeeder:
             await self._rag.apipeline_process_enqueue_documents()
         return await self._outcomes(tasks, plan)
 
-    async def _unprocess(self, tasks: Sequence[ChunkTask], results: dict[str, Outcome]) -> dict[str, Outcome]:
-        """LightRAG dropped its pending buffers during the round (its abort on an
-        internal storage error): a document it marked PROCESSED in this round may
-        miss data, so it goes back to PENDING and is processed again."""
-        fresh = [task.doc_id for task in tasks if results.get(task.doc_id) is None]
-        updates = await self._pending_updates(fresh, "processed")
+    async def _on_drop(self) -> None:
+        """The group commit's on_drop: LightRAG dropped its pending buffers (its
+        abort on an internal storage error), so a document of the round it marked
+        PROCESSED may miss data: back to PENDING, processed again."""
+        updates = await self._pending_updates(self._unanswered, "processed")
         if updates:
             log.warning("LightRAG aborted a round: %d documents of it are processed again", len(updates))
             await self._rag.doc_status.upsert(updates)
-        again = transient("LightRAG aborted the round; the document is processed again", None)
-        return {doc_id: again if doc_id in updates else outcome for doc_id, outcome in results.items()}
+            self._redone.update(updates)
 
     async def _holders(self, tasks: Sequence[ChunkTask]) -> dict[str, str]:
         """For chunks not in LightRAG under their own id: the document that already

@@ -28,7 +28,7 @@ from ..workers.processor import BatchResult
 from ..workers.stalls import CallWatch
 from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
-from .commit import CommitError, GroupFlush, RoundCommit, commit_per_round, patch_vector_save, share_flushes
+from .commit import KILL_AT_ENV, GroupCommit, GroupFlush, commit_continuously, patch_vector_save, recover, share_flushes
 from .feeder import LightRAGFeeder
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .token_memo import MemoEncoding
@@ -140,13 +140,13 @@ class LightRAGProcessor:
     """The product's ChunkProcessor: one LightRAG instance per process.
 
     Owns the LightRAG instance (built, patched and initialised at start, finalised
-    at stop), its feeder and, on the file storages, its round commit; the LLM and
+    at stop), its feeder and, on the file storages, its group commit; the LLM and
     embedding clients; the breaker probes of the LLM, the embedding endpoint and
     the storages. Guarantees: it starts only on the pinned LightRAG
     (LightRAGVersionError otherwise, before anything is patched); a chunk is
     answered done only when its document is PROCESSED, and committed on the file
-    storages; stop commits what a round cut short left in memory, then
-    finalises the storages."""
+    storages (an interrupted commit rolled back before they are opened); stop
+    commits what a round cut short left in memory, then finalises the storages."""
 
     def __init__(
         self,
@@ -160,7 +160,7 @@ class LightRAGProcessor:
         self._lock = lock
         self.rag: LightRAGInstance | None = None
         self._feeder: LightRAGFeeder | None = None
-        self._commit: RoundCommit | None = None
+        self._commit: GroupCommit | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
         self._endpoints = Endpoints(settings, watch)
         gate.register(LLM, lambda: self._endpoint_answers(settings.llm_base_url, settings.llm_api_key))
@@ -180,6 +180,8 @@ class LightRAGProcessor:
             return str(compute_text_content_hash(sanitize_text_for_encoding(text)))
 
         s = self._s
+        if s.lightrag_storage != "postgres":
+            await asyncio.to_thread(recover, s.lightrag_working_dir)  # an interrupted commit, rolled back
         self.rag = await open_lightrag(s, self._gate, self._endpoints)
         if s.lightrag_storage == "postgres":
             # Written on upsert: each document keeps LightRAG's own commit, its
@@ -187,7 +189,9 @@ class LightRAGProcessor:
             share_flushes(self.rag)
             self._commit = None
         else:
-            self._commit = commit_per_round(self.rag)
+            # KILL_AT_ENV: test-only (commit/faults.py).
+            self._commit = commit_continuously(self.rag, s.lightrag_working_dir, os.environ.get(KILL_AT_ENV))
+            self._commit.start()
         self._feeder = LightRAGFeeder(
             self.rag,
             self._lock,
@@ -220,16 +224,7 @@ class LightRAGProcessor:
                 # A round cut short by the stop: its state goes to disk as one
                 # snapshot (documents still PROCESSING are resumed by LightRAG at
                 # the next start; none of them was answered, so they come back).
-                try:
-                    await self._commit.commit()
-                except CommitError as exc:
-                    log.warning("LightRAG storages not committed at stop (the round is redone): %s", exc)
-                if self._commit.commits:
-                    log.info(
-                        "LightRAG storage commits: %d, one per round, instead of %d flushes",
-                        self._commit.commits,
-                        self._commit.deferred,
-                    )
+                await self._commit.stop()
             await self.rag.finalize_storages()
             self.rag = None
             log.info("LightRAG storages finalised")

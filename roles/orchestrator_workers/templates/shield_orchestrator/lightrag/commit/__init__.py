@@ -1,17 +1,26 @@
-"""How LightRAG's storages reach the disk: on the file storages, the commit
-that owns every storage's flush (round.py); on PostgreSQL, LightRAG's own
-per-document flush shared by the documents in flight (flush.py); and the
+"""How LightRAG's storages reach the disk. On the file storages, the group
+commit (group.py): every storage's flush noted, and all of them written
+together as one crash-safe snapshot, continuously, behind a gate that holds
+the mutations back while it writes (gate.py), under an undo journal that
+`recover()` rolls back at start (journal.py), with a test-only fault that
+kills the process at a step (faults.py). On PostgreSQL, LightRAG's own
+per-document flush shared by the documents in flight (flush.py). And the
 streaming writer of the file vector storages (vector_save.py)."""
 
+from .faults import KILL_AT_ENV
 from .flush import GroupFlush, share_flushes
-from .round import CommitError, RoundCommit, commit_per_round
+from .group import CommitError, GroupCommit, commit_continuously
+from .journal import JournalError, recover
 from .vector_save import patch_vector_save
 
 __all__ = [
+    "KILL_AT_ENV",
     "CommitError",
+    "GroupCommit",
     "GroupFlush",
-    "RoundCommit",
-    "commit_per_round",
+    "JournalError",
+    "commit_continuously",
     "patch_vector_save",
+    "recover",
     "share_flushes",
 ]
