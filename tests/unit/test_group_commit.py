@@ -323,11 +323,15 @@ async def test_min_interval_spaces_quick_commits(ws: Workspace) -> None:
 
 
 async def test_dirty_storages_nobody_waits_for_are_committed_on_the_timer(ws: Workspace) -> None:
-    commit = ws.commit(timer=0.1)
+    """`timer` seconds after a storage became dirty, not at once after a quiet spell."""
+    commit = ws.commit(timer=0.3)
     commit.start()
     try:
+        await asyncio.sleep(0.4)  # quiet
         await ws.put(1)
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.1)
+        assert commit.commits == 0
+        await asyncio.sleep(0.4)
         assert commit.commits == 1 and ws.on_disk()["doc_status"] == {"doc": 1}
     finally:
         await commit.stop()

@@ -10,7 +10,8 @@ unsynced.
 `GroupCommit` owns those flushes. Each is noted, not done: the storage is
 marked dirty, and the flush becomes "durable at the next group commit". A
 committer task commits what is dirty when someone waits for it (`durable()`,
-the feeder before it answers a chunk) or on a timer, never more often than
+the feeder before it answers a chunk) or `timer` seconds after a storage
+became dirty with nobody waiting, never more often than
 keeps the commits under `max_duty` of the wall time: the next commit starts
 no sooner than max(min_interval, last duration * (1/max_duty - 1)) after the
 previous one ended. Every caller that waits while a commit runs is served by
@@ -49,6 +50,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -79,7 +81,7 @@ MUTATIONS = (
     "delete_entity",
     "delete_entity_relation",
 )
-TIMER = 5.0  # with nobody waiting, dirty storages are committed this long after the last commit
+TIMER = 5.0  # with nobody waiting, a storage is committed at the latest this long after it became dirty
 RETRY_MAX = 10.0  # the longest wait after commits that failed in a row
 
 
@@ -152,12 +154,13 @@ class GroupCommit:
         self._wake = asyncio.Event()
         self._flushes: dict[int, Flush] = {}
         self._dirty: set[int] = set()
+        self._dirty_since = 0.0  # when the storages became dirty (time.monotonic(): the loop's clock)
         self._dropped = False
         self._started = 0  # commits begun, numbered from 1
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (the commit that serves it, the caller)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._last_end = self._next_at = float("-inf")
+        self._next_at = float("-inf")
         self._failures = 0  # commits failed in a row
         for storage in self._order:
             self._take_over(storage)
@@ -185,6 +188,8 @@ class GroupCommit:
     def _noting_drop(self, drop: Flush) -> Flush:
         async def drop_pending_index_ops() -> None:
             async with self._gate.shared():
+                if not (self._dropped or self._dirty):
+                    self._dirty_since = time.monotonic()
                 self._dropped = True
                 self.drops += 1
                 self._wake.set()
@@ -203,6 +208,8 @@ class GroupCommit:
 
     def _mark(self, key: int) -> None:
         if key not in self._dirty:
+            if not (self._dirty or self._dropped):
+                self._dirty_since = time.monotonic()
             self._dirty.add(key)
             self._wake.set()
 
@@ -254,19 +261,18 @@ class GroupCommit:
     # --- the committer ------------------------------------------------------
 
     def _due_at(self) -> float | None:
-        """When the next commit is due (loop time), None when there is nothing to commit."""
+        """When the next commit is due (time.monotonic()), None when there is nothing to commit."""
         if self._waiters:
             return self._next_at
         if self._dirty or self._dropped:
-            return max(self._next_at, self._last_end + self.timer)
+            return max(self._next_at, self._dirty_since + self.timer)
         return None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._wake.clear()
             due = self._due_at()
-            delay = None if due is None else due - loop.time()
+            delay = None if due is None else due - time.monotonic()
             if delay is None or delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
@@ -303,8 +309,7 @@ class GroupCommit:
                 future.set_exception(error)
 
     async def _commit_once(self, number: int) -> None:
-        loop = asyncio.get_running_loop()
-        started, attempted = loop.time(), False
+        started, attempted = time.monotonic(), False
         try:
             await self._run_on_drop()
             if not self._dirty:
@@ -316,6 +321,8 @@ class GroupCommit:
                 try:
                     await self._write(number, storages)
                 except BaseException:
+                    if not self._dirty:
+                        self._dirty_since = time.monotonic()
                     self._dirty |= keys  # all of it is written again by the next commit
                     self._force_rewrite(storages)
                     raise
@@ -327,7 +334,7 @@ class GroupCommit:
             raise
         finally:
             if attempted:
-                self._space(started, loop.time())
+                self._space(started, time.monotonic())
 
     async def _run_on_drop(self) -> None:
         if not self._dropped:
@@ -380,7 +387,6 @@ class GroupCommit:
         spacing = max(self.min_interval, (ended - started) * (1 / self.max_duty - 1))
         if self._failures:
             spacing = max(spacing, min(RETRY_MAX, self.min_interval * 2**self._failures))
-        self._last_end = ended
         self._next_at = ended + spacing
 
 
