@@ -262,7 +262,10 @@ def recover(working_dir: str) -> str | None:
     for path in strays:
         os.unlink(path)
     if strays and message is None:
-        message = f"removed {len(strays)} {PREV} links of a commit that had passed its commit point in {working_dir}"
+        message = (
+            f"removed {len(strays)} {PREV} links left without a journal in {working_dir} "
+            "(by a commit that had not begun to write, or had passed its commit point)"
+        )
     if message is not None:
         log.warning("LightRAG storage recovery: %s", message)
     return message
