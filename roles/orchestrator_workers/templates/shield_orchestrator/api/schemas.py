@@ -35,11 +35,15 @@ class IngestAccepted(BaseModel):
 
 class CancelResult(BaseModel):
     """The job is cancelled (by this call, or `already_cancelled` before): its chunks
-    still in the stream are acked unprocessed, those already in LightRAG stay."""
+    not yet handed to LightRAG are acked unprocessed; those in LightRAG, or on their
+    way into it, stay."""
 
     job_id: str
     status: str
-    chunks_in_lightrag: int = Field(description="chunks processed before the cancel; they stay in the graph")
+    chunks_in_lightrag: int = Field(
+        description="chunks processed, or handed to LightRAG, before the cancel: they stay in the graph, "
+        "and the job ends with this many processed (fewer only if one of them fails)"
+    )
     already_cancelled: bool
 
 

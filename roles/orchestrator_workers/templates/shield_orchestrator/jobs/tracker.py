@@ -88,11 +88,12 @@ class NewJob:
 @dataclass(frozen=True)
 class CancelOutcome:
     """cancel_job.lua's reply: 1 cancelled now, 0 already cancelled, -1 finished
-    otherwise (status says how), -2 not in Redis."""
+    otherwise (status says how), -2 not in Redis; and the chunks that are in, or on
+    their way into, LightRAG (processed, or admitted before the cancel)."""
 
     outcome: int
     status: str
-    chunks_processed: int
+    chunks_in_lightrag: int
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class JobTracker:
         self._record = lua.register(redis, "record_chunks", __file__)
         self._settle = lua.register(redis, "settle_dirty", __file__)
         self._cancel = lua.register(redis, "cancel_job", __file__)
+        self._admit = lua.register(redis, "admit_chunks", __file__)
         self._replay = lua.register(redis, "replay_chunks", __file__)
 
     # --- writes ---------------------------------------------------------------------
@@ -162,13 +164,24 @@ class JobTracker:
     async def cancel(self, job_id: str) -> CancelOutcome:
         """Cancel the job unless it finished (cancel_job.lua)."""
         reply = await self._cancel(
-            keys=[self._keys.job(job_id), self._keys.jobs_dirty],
+            keys=[self._keys.job(job_id), self._keys.jobs_dirty, self._keys.job_admitted(job_id)],
             args=[utcnow(), job_id, JobState.CANCELLED.value, *(state.value for state in FINAL_STATES)],
         )
         match reply:
             case [outcome, status, processed]:
                 return CancelOutcome(int(str(outcome)), text(status), int(str(processed)))
         raise ValueError(f"cancel_job.lua answered {reply!r} for job {job_id}")
+
+    async def admit(self, job_id: str, indexes: Sequence[int]) -> bool:
+        """Whether these chunks of the job may enter LightRAG (admit_chunks.lua): no
+        when the job was cancelled, unless a chunk entered before the cancel (a
+        redelivery of what the cancel already counted). An admitted chunk is counted
+        by a later cancel as in, or on its way into, LightRAG."""
+        reply = await self._admit(
+            keys=[self._keys.job(job_id), self._keys.job_admitted(job_id)],
+            args=[JobState.CANCELLED.value, *indexes],
+        )
+        return bool(int(str(reply)))
 
     async def take_back(self, job_id: str, indexes: Sequence[int]) -> int:
         """Dead-lettered chunks go back to their job (replay_chunks.lua); how many did
@@ -271,7 +284,7 @@ class JobTracker:
         keys = [self._keys.jobs_dirty]
         args: list[str | int] = [self._ttl]
         for job in jobs:
-            keys += [self._keys.job(job.job_id), self._keys.job_done(job.job_id)]
+            keys += [self._keys.job(job.job_id), self._keys.job_done(job.job_id), self._keys.job_admitted(job.job_id)]
             args += [job.job_id, job.version, "1" if job.final else "0"]
         return int(await self._settle(keys=keys, args=args))
 

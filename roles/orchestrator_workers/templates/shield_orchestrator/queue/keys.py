@@ -55,6 +55,11 @@ class RedisKeys:
         """The set of a job's chunk indexes already counted (a redelivery counts once)."""
         return f"{self.job(job_id)}:done"
 
+    def job_admitted(self, job_id: str) -> str:
+        """A bitmap of the job's chunk indexes handed to LightRAG (admit_chunks.lua):
+        what a cancel can no longer stop."""
+        return f"{self.job(job_id)}:admitted"
+
     @property
     def jobs_dirty(self) -> str:
         """Hash job id -> version of the jobs PostgreSQL has not caught up with."""

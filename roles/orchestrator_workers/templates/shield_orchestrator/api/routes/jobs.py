@@ -84,8 +84,10 @@ async def list_jobs(
 
 @router.post("/jobs/{job_id}/cancel", responses=error_responses(404, 409, 422, 503))
 async def cancel_job(job_id: JobId, context: Context) -> CancelResult:
-    """Cancel a job that has not finished: its chunks still in the stream are acked
-    without being processed; chunks already in LightRAG stay (counted here).
+    """Cancel a job that has not finished: its chunks not yet handed to LightRAG are
+    acked without being processed (those in the stream, and those a worker holds);
+    chunks already in LightRAG, or on their way into it, stay and are counted here:
+    the job ends with that many processed.
     Idempotent; 404 for an unknown job, 409 for one that finished otherwise."""
     try:
         outcome = await context.tracker.cancel(job_id)
@@ -101,14 +103,16 @@ async def cancel_job(job_id: JobId, context: Context) -> CancelResult:
     if outcome.outcome < 0:
         raise ApiError(409, f"job_id: job {job_id} has already finished ({outcome.status}); it cannot be cancelled")
     if outcome.outcome == 1:
-        data = {"job_id": job_id, "chunks_processed": outcome.chunks_processed}
+        data = {"job_id": job_id, "chunks_in_lightrag": outcome.chunks_in_lightrag}
         context.publisher.publish(EventType.INGESTION_CANCELLED, data)
         context.on_job_change()
-        log.info("job %s cancelled; %d chunks already in LightRAG stay", job_id, outcome.chunks_processed)
+        log.info(
+            "job %s cancelled; %d chunks in, or on their way into, LightRAG stay", job_id, outcome.chunks_in_lightrag
+        )
     return CancelResult(
         job_id=job_id,
         status=JobState.CANCELLED.value,
-        chunks_in_lightrag=outcome.chunks_processed,
+        chunks_in_lightrag=outcome.chunks_in_lightrag,
         already_cancelled=outcome.outcome == 0,
     )
 
