@@ -21,7 +21,7 @@ from shield_orchestrator.queue.liveness import Heartbeats, Reclaimer, WorkerStat
 from shield_orchestrator.workers.faults import LLM, chunk_fault, transient
 from shield_orchestrator.workers.worker import WorkerExit
 
-from tests.support.inprocess import HOST, Rig, ScriptedProcessor, crashed, stopped, until
+from tests.support.inprocess import HOST, Rig, ScriptedPipeline, ScriptedProcessor, crashed, stopped, until
 
 MakeRig = Callable[..., Awaitable[Rig]]
 
@@ -494,3 +494,83 @@ async def test_entries_taken_over_before_the_new_owner_drains_its_own_are_proces
     assert rig.pending() == {}
     assert rig.depth() == 0
     assert rig.counters() == outcome_counters(processed=2)
+
+
+# --- the continuous pipeline (a PipelineProcessor) -------------------------------------------
+async def test_with_a_pipeline_each_chunk_is_counted_and_acked_as_soon_as_it_is_done(rig: Rig) -> None:
+    job = await rig.submit(3)
+    pipeline = ScriptedPipeline()
+    worker = rig.worker(pipeline)
+    me = worker.consumer
+    running = rig.spawn(worker.run())
+    await until(lambda: len(pipeline.submitted) == 3, "the three chunks submitted")
+
+    pipeline.finish(1)
+    await until(lambda: rig.job(job)[1] == 1, "chunk 1 counted")
+    assert rig.done(job) == {1}
+    assert len(rig.pending()[me]) == 2  # chunk 1 acked, 0 and 2 still held
+    pipeline.finish(2)
+    await until(lambda: rig.job(job)[1] == 2, "chunk 2 counted")
+    pipeline.finish(0)
+    await until(lambda: rig.job(job) == ("completed", 3, 0, 3), "the job completed")
+
+    assert rig.pending() == {}
+    progress_steps = [data["chunks_processed"] for kind, data in await rig.events(job) if kind == "ingestion.progress"]
+    assert progress_steps == [1, 2, 3]  # one event per chunk, in the order they ended
+    rig.stopping.set()
+    assert await running == WorkerExit.STOPPED
+
+
+async def test_with_a_pipeline_a_worker_reads_only_what_the_pipeline_can_start(make_rig: MakeRig) -> None:
+    rig = await make_rig(batch_size=50)
+    job = await rig.submit(10)
+    pipeline = ScriptedPipeline(room=3)
+    worker = rig.worker(pipeline)
+    running = rig.spawn(worker.run())
+    await until(lambda: len(pipeline.submitted) == 3, "three chunks submitted")
+    await asyncio.sleep(0.3)
+    assert len(pipeline.submitted) == 3
+    assert rig.depth() == 10 and sum(len(ids) for ids in rig.pending().values()) == 3  # 7 never read
+    for index in range(10):
+        await until(lambda i=index: i in pipeline.futures, f"chunk {index} submitted")  # type: ignore[misc]
+        pipeline.finish(index)
+    await until(lambda: rig.job(job) == ("completed", 10, 0, 10), "the job completed")
+    rig.stopping.set()
+    await running
+    assert pipeline.reserved == 0  # what the worker reserved for its last (empty) read, given back
+
+
+async def test_with_a_pipeline_a_chunk_refused_by_the_cancel_is_acked_unprocessed(rig: Rig) -> None:
+    job = await rig.submit(3)
+    pipeline = ScriptedPipeline()
+    worker = rig.worker(pipeline)
+    entries = await rig.deliver(worker.consumer)
+    await rig.tracker.mark_started(job)
+    assert await rig.tracker.admit(job, [0])  # chunk 0 entered LightRAG before the cancel
+    cancel = await rig.tracker.cancel(job)
+    assert (cancel.outcome, cancel.chunks_in_lightrag) == (1, 1)
+    handling = rig.spawn(worker.handle(entries, delivered_before=True))
+    await asyncio.sleep(0.2)
+    assert not handling.done()  # chunk 0 was admitted before the cancel: it runs on
+    pipeline.finish(0)
+    await handling
+
+    assert rig.pending() == {}
+    assert rig.job(job) == ("cancelled", 1, 0, 3)  # the cancel's answer was the final count
+    assert rig.counters() == outcome_counters(processed=1, skipped=2)
+
+
+async def test_admission_is_refused_once_the_job_is_cancelled_and_counted_by_the_cancel(rig: Rig) -> None:
+    job = await rig.submit(5)
+    assert await rig.tracker.admit(job, [0, 1])
+    assert await rig.tracker.admit(job, [1])  # a redelivery: its bit is set once
+    cancel = await rig.tracker.cancel(job)
+    assert (cancel.outcome, cancel.chunks_in_lightrag) == (1, 2)
+    assert not await rig.tracker.admit(job, [2])  # after the cancel: refused, not counted
+    assert await rig.tracker.admit(job, [0])  # entered before the cancel: runs on
+    assert not await rig.tracker.admit(job, [0, 3])  # one of them did not
+    again = await rig.tracker.cancel(job)
+    assert (again.outcome, again.chunks_in_lightrag) == (0, 2)
+    unknown = "00000000-0000-0000-0000-000000000000"
+    assert await rig.tracker.admit(unknown, [0])  # no job in Redis: the chunk's own record decides
+    assert not rig.r.exists(rig.keys.job_admitted(unknown))  # and no key is left without a TTL

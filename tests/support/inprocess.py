@@ -34,10 +34,10 @@ from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.service import make_redis
 from shield_orchestrator.settings import Settings
 from shield_orchestrator.workers.breaker import DependencyGate, DependencyReport, GateSettings
-from shield_orchestrator.workers.faults import LLM, Failure
+from shield_orchestrator.workers.faults import LLM, Failure, job_cancelled
 from shield_orchestrator.workers.outcome import OutcomeSettler
 from shield_orchestrator.workers.pool import PauseReporter, WorkerPool
-from shield_orchestrator.workers.processor import BatchResult
+from shield_orchestrator.workers.processor import Admission, BatchResult
 from shield_orchestrator.workers.worker import Worker, WorkerDeps
 
 from .servers import wait_until
@@ -106,6 +106,58 @@ class ScriptedProcessor:
     def seen(self) -> list[list[int]]:
         """The chunk indexes of each batch, in order."""
         return [[index for _job, index in batch] for batch in self.batches]
+
+
+@dataclass
+class ScriptedPipeline(ScriptedProcessor):
+    """A PipelineProcessor (the continuous one's interface) scripted by the test:
+    `room` places can be reserved; each submitted task waits until the test
+    `finish`es it (by index), with the outcome given then; a task whose job the
+    admission refuses is answered `job_cancelled` at once."""
+
+    room: int = 100
+    reserved: int = 0
+    submitted: list[int] = field(default_factory=list)
+    futures: dict[int, asyncio.Future[Failure | None]] = field(default_factory=dict)
+    stop_begun: bool = False
+    admissions: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def submit(
+        self, tasks: Sequence[ChunkTask], admit: Admission, reserved: int = 0
+    ) -> dict[str, asyncio.Future[Failure | None]]:
+        self.reserved -= reserved
+        self.entered.set()
+        out: dict[str, asyncio.Future[Failure | None]] = {}
+        for task in tasks:
+            future = asyncio.get_running_loop().create_future()
+            self.submitted.append(task.index)
+            self.futures[task.index] = future
+            out[task.doc_id] = future
+            self.admissions.append(asyncio.ensure_future(self._admit(task, admit, future)))
+        return out
+
+    async def _admit(self, task: ChunkTask, admit: Admission, future: asyncio.Future[Failure | None]) -> None:
+        if not await admit(task.job_id, [task.index]):
+            future.set_result(job_cancelled(task.job_id))
+
+    def finish(self, index: int, outcome: Failure | None = None) -> None:
+        self.futures[index].set_result(outcome)
+
+    async def reserve(self, want: int, stopping: asyncio.Event) -> int:
+        while not stopping.is_set():
+            free = self.room - self.reserved - sum(1 for f in self.futures.values() if not f.done())
+            if free > 0:
+                taken = min(want, free)
+                self.reserved += taken
+                return taken
+            await asyncio.sleep(0.01)
+        return 0
+
+    def release(self, count: int) -> None:
+        self.reserved -= count
+
+    def begin_stop(self) -> None:
+        self.stop_begun = True
 
 
 class Rig:
@@ -203,6 +255,7 @@ class Rig:
             gate=self.gate,
             metrics=self.metrics,
             stopping=self.stopping,
+            admit=self.tracker.admit,
         )
         return Worker(deps, number, asyncio.Queue())
 

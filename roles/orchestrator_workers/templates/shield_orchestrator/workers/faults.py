@@ -22,10 +22,12 @@ TRANSIENT_HTTP = frozenset({408, 429, 502, 503, 504})
 
 class FaultKind(StrEnum):
     """Whose fault a failure is: a dependency's (transient: no attempt spent, the pool
-    pauses) or the chunk's own (spends one of its attempts)."""
+    pauses) or the chunk's own (spends one of its attempts); or nobody's: the chunk's
+    job was cancelled before the chunk entered LightRAG (acked unprocessed)."""
 
     TRANSIENT = "transient"
     CHUNK = "chunk"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,18 @@ class Failure:
     def transient(self) -> bool:
         return self.kind is FaultKind.TRANSIENT
 
+    @property
+    def cancelled(self) -> bool:
+        return self.kind is FaultKind.CANCELLED
+
 
 def chunk_fault(message: str) -> Failure:
     return Failure(message, FaultKind.CHUNK)
+
+
+def job_cancelled(job_id: str) -> Failure:
+    """The chunk's job was cancelled before the chunk entered LightRAG."""
+    return Failure(f"job {job_id} was cancelled before the chunk entered LightRAG", FaultKind.CANCELLED)
 
 
 def transient(message: str, dependency: str | None, retry_after: float | None = None) -> Failure:

@@ -29,11 +29,14 @@ from ..queue.tasks import ChunkTask
 
 log = logging.getLogger("shield_orchestrator.workers")
 
+PROGRESS_JOBS_KEPT = 4096
+
 
 class OutcomeSettler:
     """Owns a chunk's outcome: the job tracker's counts, the stream's ack or dead
     letter, the outcome metrics and the job's progress events. Guarantees that a
-    chunk is counted before it is acked, and counted once per job."""
+    chunk is counted before it is acked, and counted once per job, and that the
+    progress events this process publishes for a job never count backwards."""
 
     def __init__(
         self,
@@ -53,24 +56,36 @@ class OutcomeSettler:
         self._metrics = metrics
         self._rate = rate
         self._on_job_finished = on_job_finished
+        # Per job, the highest count published: the workers of a process settle
+        # chunks concurrently and their replies can come back out of order.
+        self._progress_published: dict[str, int] = {}
 
-    async def start_jobs(self, tasks: Sequence[ChunkTask], consumer: str) -> list[ChunkTask]:
+    async def start_jobs(
+        self, tasks: Sequence[ChunkTask], consumer: str, *, skip_cancelled: bool = True
+    ) -> list[ChunkTask]:
         """Mark the tasks' jobs started (once each); the chunks of a cancelled job are
-        acked unprocessed. Returns the tasks to process."""
+        acked unprocessed, unless the processor's admission decides (a chunk that
+        entered LightRAG before the cancel runs on). Returns the tasks to process."""
         cancelled: set[str] = set()
         for job_id in {task.job_id for task in tasks}:
             started, status = await self._tracker.mark_started(job_id)
             if started:
                 self._events.publish(EventType.INGESTION_STARTED, {"job_id": job_id, "worker_id": consumer})
-            if status == JobState.CANCELLED:
+            if status == JobState.CANCELLED and skip_cancelled:
                 cancelled.add(job_id)
         if not cancelled:
             return list(tasks)
-        skipped = [task for task in tasks if task.job_id in cancelled]
-        await self._stream.ack([(task.stream, task.entry_id) for task in skipped])
-        log.info("consumer=%s skipped %d chunks of cancelled jobs %s", consumer, len(skipped), sorted(cancelled))
-        self._metrics.chunks_skipped.inc(len(skipped))
+        await self.skipped([task for task in tasks if task.job_id in cancelled], consumer)
         return [task for task in tasks if task.job_id not in cancelled]
+
+    async def skipped(self, tasks: Sequence[ChunkTask], consumer: str) -> None:
+        """Chunks of cancelled jobs, never handed to LightRAG: acked unprocessed."""
+        if not tasks:
+            return
+        await self._stream.ack([(task.stream, task.entry_id) for task in tasks])
+        jobs = sorted({task.job_id for task in tasks})
+        log.info("consumer=%s skipped %d chunks of cancelled jobs %s", consumer, len(tasks), jobs)
+        self._metrics.chunks_skipped.inc(len(tasks))
 
     async def vanished(self, entries: Sequence[tuple[str, str]]) -> None:
         """Entries deleted after their owner acked them: nothing is left to do but ack."""
@@ -150,6 +165,12 @@ class OutcomeSettler:
                 continue
             if item.newly_counted == 0:
                 continue
+            done = item.chunks_processed + item.chunks_failed
+            if not item.finished and done <= self._progress_published.get(item.job_id, -1):
+                continue  # a count another worker of this process has already reported past
+            self._progress_published[item.job_id] = done
+            if len(self._progress_published) > PROGRESS_JOBS_KEPT:
+                del self._progress_published[next(iter(self._progress_published))]
             data: JsonObject = {
                 "job_id": item.job_id,
                 "chunks_processed": item.chunks_processed,
@@ -160,6 +181,7 @@ class OutcomeSettler:
             }
             self._events.publish(EventType.INGESTION_PROGRESS, data)
             if item.finished:
+                self._progress_published.pop(item.job_id, None)
                 self._on_job_finished()
                 completed = item.status == JobState.COMPLETED
                 self._events.publish(EventType.INGESTION_COMPLETED if completed else EventType.INGESTION_FAILED, data)

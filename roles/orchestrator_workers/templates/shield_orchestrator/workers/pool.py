@@ -33,7 +33,7 @@ from ..queue.stream import IngestionStream, is_group_missing
 from ..settings import Settings
 from .breaker import DependencyGate, PauseChange
 from .outcome import OutcomeSettler
-from .processor import ChunkProcessor
+from .processor import ChunkProcessor, PipelineProcessor
 from .worker import Worker, WorkerDeps, WorkerExit
 
 log = logging.getLogger("shield_orchestrator.workers")
@@ -113,6 +113,7 @@ class WorkerPool:
             gate=gate,
             metrics=metrics,
             stopping=self.stopping,
+            admit=tracker.admit,
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._workers: dict[int, Worker] = {}
@@ -167,6 +168,8 @@ class WorkerPool:
                 self.settings.graceful_shutdown_timeout,
             )
             self.stopping.set()
+            if isinstance(self._deps.processor, PipelineProcessor):
+                self._deps.processor.begin_stop()
 
     async def stop(self) -> None:
         """Stop reading, give in-flight batches the grace period, leave the rest

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -32,7 +32,7 @@ from ..settings import Settings
 from .breaker import DependencyGate
 from .faults import Failure, chunk_fault, classify_exception
 from .outcome import OutcomeSettler
-from .processor import BatchResult, ChunkProcessor
+from .processor import Admission, BatchResult, ChunkProcessor, PipelineProcessor
 
 log = logging.getLogger("shield_orchestrator.workers")
 
@@ -49,7 +49,8 @@ class WorkerExit(StrEnum):
 @dataclass(frozen=True)
 class WorkerDeps:
     """What every worker of a pool shares: its settings, the stream it reads, the
-    processor, the outcome settler, the dependency gate, the pool's stop signal."""
+    processor, the outcome settler, the dependency gate, the pool's stop signal and
+    the job tracker's admission (a cancelled job's chunks do not start)."""
 
     settings: Settings
     stream: IngestionStream
@@ -58,6 +59,7 @@ class WorkerDeps:
     gate: DependencyGate
     metrics: Metrics
     stopping: asyncio.Event
+    admit: Admission
 
 
 class Worker:
@@ -74,9 +76,12 @@ class Worker:
         self.gate = deps.gate
         self.metrics = deps.metrics
         self.stopping = deps.stopping
+        self.admit = deps.admit
+        self.pipeline = self.processor if isinstance(self.processor, PipelineProcessor) else None
         self.consumer = self.s.consumer_name(number)
         self.inbox = inbox
         self.tasks_done = 0
+        self._reserved = 0  # places of the pipeline reserved for the entries being handled
         self.state = "starting"
 
     async def run(self) -> WorkerExit:
@@ -89,12 +94,37 @@ class Worker:
             while not self.inbox.empty():
                 await self.handle(self.inbox.get_nowait(), delivered_before=True)
             self.state = "idle"
-            entries = await self.stream.read_new(self.consumer, self.s.batch_size, self.s.block_ms)
-            if entries:
-                await self.handle(entries, delivered_before=False)
+            await self._read_and_handle()
             if self.tasks_done >= self.s.recycle_after_tasks:
                 return WorkerExit.RECYCLE
         return WorkerExit.STOPPED
+
+    async def _read_and_handle(self) -> None:
+        """Read new entries and handle them. A pipeline processor is read for only as
+        much as it can start (its reservation): what stays in the stream can still be
+        cancelled, and a high-priority entry is read before the backlog."""
+        if self.pipeline is None:
+            entries = await self.stream.read_new(self.consumer, self.s.batch_size, self.s.block_ms)
+            if entries:
+                await self.handle(entries, delivered_before=False)
+            return
+        self.state = "waiting"  # for room in the pipeline
+        reserved = await self.pipeline.reserve(self.s.batch_size, self.stopping)
+        if not reserved:
+            return
+        self.state = "idle"
+        try:
+            entries = await self.stream.read_new(self.consumer, reserved, self.s.block_ms)
+        except BaseException:
+            self.pipeline.release(reserved)
+            raise
+        self._reserved = reserved
+        try:
+            if entries:
+                await self.handle(entries, delivered_before=False)
+        finally:
+            self.pipeline.release(self._reserved)
+            self._reserved = 0
 
     async def _drain_own_pending(self) -> None:
         """Finish the entries this consumer was given but never acked (a crash or kill)."""
@@ -112,7 +142,7 @@ class Worker:
         if not tasks:
             return
         self.state = "processing"
-        tasks = await self.outcomes.start_jobs(tasks, self.consumer)
+        tasks = await self.outcomes.start_jobs(tasks, self.consumer, skip_cancelled=self.pipeline is None)
         if not tasks:
             return
         await self.process_with_retries(tasks)
@@ -148,27 +178,62 @@ class Worker:
             await self.outcomes.dead_letter(exhausted, {task.doc_id: error for task in exhausted}, {}, self.consumer)
         return [task for task in held if task not in exhausted]
 
-    async def _attempt(self, tasks: list[ChunkTask]) -> dict[str, Failure | None]:
+    async def _attempt(self, tasks: list[ChunkTask]) -> AsyncIterator[BatchResult]:
+        """The tasks' outcomes, in parts: all at once from a batch processor, each as
+        soon as it is known (several known together, together) from a pipeline."""
         started = time.monotonic()
-        try:
-            result: BatchResult = await self.processor.process_batch(tasks)
-        except Exception as exc:  # noqa: BLE001 - any processor failure takes the retry path, classified
-            failure = classify_exception(exc, "processor")
-            result = {task.doc_id: failure for task in tasks}
-        self.metrics.processing_seconds.observe((time.monotonic() - started) / len(tasks))
         missing = chunk_fault("the processor returned no outcome for the chunk")
-        return {task.doc_id: result[task.doc_id] if task.doc_id in result else missing for task in tasks}
+        if self.pipeline is None:
+            try:
+                result: BatchResult = await self.processor.process_batch(tasks)
+            except Exception as exc:  # noqa: BLE001 - any processor failure takes the retry path, classified
+                failure = classify_exception(exc, "processor")
+                result = {task.doc_id: failure for task in tasks}
+            self.metrics.processing_seconds.observe((time.monotonic() - started) / len(tasks))
+            yield {task.doc_id: result[task.doc_id] if task.doc_id in result else missing for task in tasks}
+            return
+        reserved, self._reserved = min(self._reserved, len(tasks)), self._reserved - min(self._reserved, len(tasks))
+        try:
+            futures = self.pipeline.submit(tasks, self.admit, reserved)
+        except Exception as exc:  # noqa: BLE001 - as above
+            failure = classify_exception(exc, "processor")
+            yield {task.doc_id: failure for task in tasks}
+            return
+        waiting = {future: doc_id for doc_id, future in futures.items()}
+        for task in tasks:
+            if task.doc_id not in futures:
+                yield {task.doc_id: missing}
+        while waiting:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            elapsed = time.monotonic() - started
+            part: BatchResult = {}
+            for future in done:
+                part[waiting.pop(future)] = future.result()
+                self.metrics.processing_seconds.observe(elapsed)
+            yield part
 
     async def process_with_retries(self, tasks: list[ChunkTask]) -> None:
-        """Until every task is done, dead-lettered, or left pending by a stop."""
+        """Until every task is done, dead-lettered, skipped for a cancelled job, or left
+        pending by a stop. Each part of the outcomes is recorded as it comes."""
         attempts: dict[str, int] = defaultdict(int)
         pending, transient_rounds = tasks, 0
         while pending:
-            outcome = await self._attempt(pending)
-            done = [task for task in pending if outcome[task.doc_id] is None]
-            if done:
-                await self.outcomes.processed(done, self.consumer)
-            failed = {task.doc_id: failure for task in pending if (failure := outcome[task.doc_id]) is not None}
+            failed: dict[str, Failure] = {}
+            async for outcome in self._attempt(pending):
+                part = [task for task in pending if task.doc_id in outcome]
+                done = [task for task in part if outcome[task.doc_id] is None]
+                if done:
+                    await self.outcomes.processed(done, self.consumer)
+                skipped = [task for task in part if (failure := outcome[task.doc_id]) is not None and failure.cancelled]
+                if skipped:
+                    await self.outcomes.skipped(skipped, self.consumer)
+                failed.update(
+                    {
+                        task.doc_id: failure
+                        for task in part
+                        if (failure := outcome[task.doc_id]) is not None and not failure.cancelled
+                    }
+                )
             retry = await self._settle_failures([task for task in pending if task.doc_id in failed], failed, attempts)
             if not retry:
                 return
