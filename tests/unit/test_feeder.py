@@ -1,21 +1,23 @@
-"""What a LightRAG round does with each document, from its status."""
+"""The continuous feeder: what it does with each document, from its status, and the
+pipeline around it (window, admission, priority, per-document answers, duplicates,
+stop), against a fake LightRAG whose pipeline takes documents while it runs."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from shield_orchestrator.lightrag.feeder import LightRAGFeeder, document_path, outcome_of, plan_round
+from shield_orchestrator.lightrag.feeder import LightRAGFeeder, document_path, outcome_of, plan_admission
 from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.workers.breaker import DependencyGate
-from shield_orchestrator.workers.faults import FaultKind, chunk_fault
+from shield_orchestrator.workers.faults import FaultKind
 
 
 def task(index: int, source: str = "") -> ChunkTask:
     return ChunkTask(entry_id=f"1-{index}", job_id="j", index=index, text=f"text {index}", source_uri=source)
 
 
-def test_plan_round_by_status() -> None:
+def test_plan_admission_by_status() -> None:
     tasks = [task(i) for i in range(5)]
     docs = {
         "chunk-j-0": {"status": "processed"},
@@ -23,7 +25,7 @@ def test_plan_round_by_status() -> None:
         "chunk-j-2": {"status": "processing"},
         "chunk-j-3": {"status": "pending"},
     }
-    plan = plan_round(tasks, docs)
+    plan = plan_admission(tasks, docs)
     assert plan.done == {"chunk-j-0": None}
     assert plan.reset == ["chunk-j-1"]
     assert plan.running == ["chunk-j-2", "chunk-j-3"]
@@ -52,87 +54,298 @@ _RECORD = {"content_summary": "text", "content_length": 4, "created_at": "t0", "
 
 
 class _FakeDocStatus:
-    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, docs: dict[str, Record]) -> None:
         self.docs = docs
-        self.upserts: list[dict[str, dict[str, Any]]] = []
+        self.upserts: list[dict[str, Record]] = []
 
-    async def upsert(self, updates: dict[str, dict[str, Any]]) -> None:
+    async def upsert(self, updates: dict[str, Record]) -> None:
         self.upserts.append(updates)
-        self.docs.update(updates)
+        for doc_id, row in updates.items():
+            self.docs[doc_id] = {**self.docs.get(doc_id, {}), **row}
+
+    async def get_doc_by_content_hash(self, content_hash: str, *, exclude_doc_id: str | None = None) -> Any:
+        for doc_id, row in self.docs.items():
+            if row.get("hash") == content_hash and doc_id != exclude_doc_id:
+                return doc_id, row
+        return None
 
 
 class _FakeFullDocs:
-    async def get_by_id(self, doc_id: str) -> dict[str, str]:
-        return {"content": f"text of {doc_id}"}
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+
+    async def get_by_id(self, doc_id: str) -> dict[str, str] | None:
+        text = self.texts.get(doc_id)
+        return {"content": text} if text is not None else None
 
 
-class _FakeRag:
-    """What the feeder's on_drop reads and writes of LightRAG."""
+class _FakePipeline:
+    """A LightRAG whose pipeline, once running, also takes the documents enqueued
+    while it runs (as LightRAG's in-batch feeder does), each taking `seconds` of its
+    own (by text), at most `parallel` at once; a text in `fail` ends FAILED."""
 
-    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
-        self.doc_status = _FakeDocStatus(docs)
+    def __init__(self, seconds: dict[str, float] | None = None, parallel: int = 100) -> None:
+        self.doc_status = _FakeDocStatus({})
         self.full_docs = _FakeFullDocs()
+        self.seconds = seconds or {}
+        self.fail: set[str] = set()
+        self.started: list[str] = []
+        self.runs = 0
+        self._slots = asyncio.Semaphore(parallel)
+        self._new = asyncio.Event()
 
-    async def aget_docs_by_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        return {doc_id: self.doc_status.docs[doc_id] for doc_id in ids if doc_id in self.doc_status.docs}
+    async def aget_docs_by_ids(self, ids: list[str]) -> dict[str, Record]:
+        await asyncio.sleep(0.005)  # a read takes time: documents may be flown meanwhile
+        return {doc_id: dict(self.doc_status.docs[doc_id]) for doc_id in ids if doc_id in self.doc_status.docs}
+
+    async def apipeline_enqueue_documents(
+        self, input: list[str], ids: list[str], file_paths: list[str], track_id: str
+    ) -> str:
+        known = {row.get("hash") for row in self.doc_status.docs.values()}
+        for text, doc_id in zip(input, ids, strict=True):
+            if text in known:
+                continue  # a content duplicate: no record of its own
+            known.add(text)
+            self.full_docs.texts[doc_id] = text
+            self.doc_status.docs[doc_id] = {"status": "pending", "hash": text, **_RECORD}
+        self._new.set()
+        return track_id
+
+    async def apipeline_process_enqueue_documents(self) -> None:
+        self.runs += 1
+        running: dict[str, asyncio.Task[None]] = {}
+        while True:
+            for doc_id, row in self.doc_status.docs.items():
+                if row["status"] == "pending" and doc_id not in running:
+                    running[doc_id] = asyncio.create_task(self._process(doc_id))
+            left = [task for task in running.values() if not task.done()]
+            if not left:
+                return
+            self._new.clear()
+            waiter = asyncio.ensure_future(self._new.wait())
+            await asyncio.wait([*left, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+    async def _process(self, doc_id: str) -> None:
+        async with self._slots:
+            text = self.full_docs.texts[doc_id]
+            self.started.append(text)
+            await self.doc_status.upsert({doc_id: {"status": "processing"}})
+            await asyncio.sleep(self.seconds.get(text, 0.01))
+            if text in self.fail:
+                await self.doc_status.upsert({doc_id: {"status": "failed", "error_msg": "Error code: 400"}})
+            else:
+                await self.doc_status.upsert({doc_id: {"status": "processed"}})
 
     def _build_pending_reset_update(self, doc: Any, content: dict[str, str]) -> tuple[Record, str, Record]:
-        return {"status": "pending", "content_summary": content["content"][:10]}, "", {}
-
-
-class _DroppingCommit:
-    """A group commit whose next commit follows a drop of LightRAG's buffers: it awaits on_drop first."""
-
-    def __init__(self) -> None:
-        self.on_drop: Any = None
-        self.durables = 0
-
-    async def durable(self) -> None:
-        self.durables += 1
-        await self.on_drop()
-
-
-def test_after_a_dropped_buffer_the_rounds_processed_documents_are_processed_again() -> None:
-    """LightRAG dropped its pending buffers mid-round: before the next commit, what it
-    marked PROCESSED in that round goes back to PENDING (the feeder's on_drop) and is
-    answered transient; the rest is untouched."""
-    tasks = [task(i) for i in range(3)]
-    rag = _FakeRag(
-        {
-            "chunk-j-0": {"status": "processed", **_RECORD},
-            "chunk-j-1": {"status": "failed", "error_msg": "Error code: 400", **_RECORD},
-            "chunk-j-2": {"status": "processed", **_RECORD},
-            "chunk-j-9": {"status": "processed", **_RECORD},  # answered in an earlier round: left alone
-        }
-    )
-    commit = _DroppingCommit()
-    feeder = LightRAGFeeder(
-        rag,
-        asyncio.Lock(),
-        DependencyGate(lambda _change: None),
-        str,
-        _always,
-        round_timeout=60,
-        commit=commit,  # type: ignore[arg-type]
-    )
-    assert commit.on_drop == feeder._on_drop
-    refused = chunk_fault("document chunk-j-1: Error code: 400")
-
-    async def pipeline(_tasks: Any) -> dict[str, Any]:
-        return {"chunk-j-0": None, "chunk-j-1": refused, "chunk-j-2": None}
-
-    feeder._run_pipeline = pipeline  # type: ignore[method-assign]
-    answered = asyncio.run(feeder._round(tasks))
-    assert commit.durables == 1
-    assert set(rag.doc_status.upserts[0]) == {"chunk-j-0", "chunk-j-2"}
-    assert rag.doc_status.docs["chunk-j-0"]["status"] == "pending"
-    for doc_id in ("chunk-j-0", "chunk-j-2"):
-        outcome = answered[doc_id]
-        assert outcome is not None and outcome.transient and "processed again" in outcome.message
-    assert answered["chunk-j-1"] is refused
-    asyncio.run(feeder._on_drop())  # no round running: nothing to reset
-    assert len(rag.doc_status.upserts) == 1
+        return {"status": "pending", "error_msg": ""}, "", {}
 
 
 async def _always() -> bool:
     return True
+
+
+def _feeder(rag: _FakePipeline, window: int = 4, ahead: int = 2, timeout: float = 60.0) -> LightRAGFeeder:
+    return LightRAGFeeder(
+        rag,  # type: ignore[arg-type]
+        asyncio.Lock(),
+        DependencyGate(lambda _change: None),
+        str,
+        _always,
+        task_timeout=timeout,
+        window=window,
+        ahead=ahead,
+        urgent=lambda t: t.stream == "high",
+    )
+
+
+def text_task(index: int, text: str, job: str = "j", stream: str = "") -> ChunkTask:
+    return ChunkTask(entry_id=f"1-{index}", job_id=job, index=index, text=text, stream=stream)
+
+
+def test_each_document_is_answered_when_it_ends_not_when_the_others_do() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline({"slow": 1.0})
+        feeder = _feeder(rag)
+        feeder.start()
+        futures = feeder.submit([text_task(0, "slow"), text_task(1, "fast a"), text_task(2, "fast b")])
+        done, _ = await asyncio.wait(futures.values(), timeout=0.6)
+        assert {futures["chunk-j-1"], futures["chunk-j-2"]} == done  # answered while "slow" runs
+        assert futures["chunk-j-1"].result() is None
+        assert await futures["chunk-j-0"] is None
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_window_bounds_what_is_in_lightrag_and_what_workers_may_read() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline({f"t{i}": 0.2 for i in range(10)})
+        feeder = _feeder(rag, window=3, ahead=1)
+        feeder.start()
+        stopping = asyncio.Event()
+        assert await feeder.reserve(10, stopping) == 4  # window 3 + read-ahead 1
+        futures = feeder.submit([text_task(i, f"t{i}") for i in range(4)], reserved=4)
+        await asyncio.sleep(0.1)
+        assert feeder.in_flight == 3 and len(rag.started) == 3
+        waiting = asyncio.ensure_future(feeder.reserve(10, stopping))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # no room until a document ends
+        more = await waiting
+        assert more == 3  # three documents ended: their places, and no more (the fourth is in LightRAG)
+        feeder.release(more)
+        await asyncio.wait(futures.values())
+        assert all(future.result() is None for future in futures.values())
+        stopping.set()
+        assert await feeder.reserve(1, stopping) == 0
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_jobs_chunks_never_enter_lightrag() -> None:
+    async def refuse_job_c(job_id: str, indexes: Any) -> bool:
+        return job_id != "c"
+
+    async def scenario() -> None:
+        rag = _FakePipeline()
+        feeder = _feeder(rag)
+        feeder.start()
+        futures = feeder.submit([text_task(0, "kept"), text_task(1, "dropped", job="c")], refuse_job_c)
+        kept, dropped = await futures["chunk-j-0"], await futures["chunk-c-1"]
+        assert kept is None
+        assert dropped is not None and dropped.kind is FaultKind.CANCELLED
+        assert rag.started == ["kept"]
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_high_priority_chunk_starts_ahead_of_the_queued_backlog() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline({f"b{i}": 0.1 for i in range(8)})
+        feeder = _feeder(rag, window=2)
+        feeder.start()
+        backlog = feeder.submit([text_task(i, f"b{i}") for i in range(8)])
+        await asyncio.sleep(0.02)
+        urgent = feeder.submit([text_task(99, "urgent", job="u", stream="high")])
+        await urgent["chunk-u-99"]
+        assert rag.started.index("urgent") <= 3  # behind the window already running, ahead of the rest
+        await asyncio.wait(backlog.values())
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_failed_then_retried_and_content_duplicates_answered_through_their_holder() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline()
+        rag.fail.add("bad")
+        feeder = _feeder(rag)
+        feeder.start()
+        first = feeder.submit([text_task(0, "bad"), text_task(1, "same")])
+        failed = await first["chunk-j-0"]
+        assert failed is not None and failed.kind is FaultKind.CHUNK and "Error code: 400" in failed.message
+        assert await first["chunk-j-1"] is None
+        duplicate = feeder.submit([text_task(2, "same")])
+        assert await duplicate["chunk-j-2"] is None  # LightRAG holds the text under chunk-j-1
+        rag.fail.clear()
+        again = feeder.submit([text_task(0, "bad")])
+        assert await again["chunk-j-0"] is None  # FAILED went back to PENDING and ran again
+        assert rag.started.count("bad") == 2
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_document_that_outlasts_the_task_timeout_is_answered_and_runs_on() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline({"stuck": 2.0})
+        feeder = _feeder(rag, timeout=0.3)
+        feeder.start()
+        outcome = await asyncio.wait_for(feeder.submit([text_task(0, "stuck")])["chunk-j-0"], 2.0)
+        assert outcome is not None and outcome.kind is FaultKind.CHUNK and "timed out" in outcome.message
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_begin_stop_answers_what_has_not_started_and_lets_the_rest_finish() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline({f"t{i}": 0.3 for i in range(6)})
+        feeder = _feeder(rag, window=2)
+        feeder.start()
+        futures = feeder.submit([text_task(i, f"t{i}") for i in range(6)])
+        await asyncio.sleep(0.05)
+        feeder.begin_stop()
+        queued = [futures[f"chunk-j-{i}"] for i in range(2, 6)]
+        assert all(f.done() and f.result() is not None and f.result().transient for f in queued)
+        assert await futures["chunk-j-0"] is None and await futures["chunk-j-1"] is None
+        assert sorted(rag.started) == ["t0", "t1"]
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_quiesced_waits_for_what_is_in_flight_and_holds_the_rest_back() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline({"a": 0.3, "b": 0.01})
+        feeder = _feeder(rag)
+        feeder.start()
+        first = feeder.submit([text_task(0, "a")])
+        await asyncio.sleep(0.05)
+        async with feeder.quiesced():
+            assert first["chunk-j-0"].done() and feeder.in_flight == 0
+            later = feeder.submit([text_task(1, "b")])
+            await asyncio.sleep(0.1)
+            assert not later["chunk-j-1"].done() and "b" not in rag.started
+        assert await later["chunk-j-1"] is None
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+class _ContendedLock:
+    """A workspace lock another host always waits for; it records each take and release."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def __aenter__(self) -> None:
+        self.events.append("take")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.events.append("release")
+
+    async def contended(self) -> bool:
+        return True
+
+
+def test_a_contended_session_drains_lets_the_lock_go_and_takes_it_again(monkeypatch: Any) -> None:
+    import shield_orchestrator.lightrag.feeder as feeder_module
+
+    monkeypatch.setattr(feeder_module, "SESSION_SECONDS", 0.15)
+
+    async def scenario() -> None:
+        rag = _FakePipeline({f"t{i}": 0.1 for i in range(8)})
+        lock = _ContendedLock()
+        feeder = LightRAGFeeder(
+            rag,  # type: ignore[arg-type]
+            lock,  # type: ignore[arg-type]
+            DependencyGate(lambda _change: None),
+            str,
+            _always,
+            task_timeout=60,
+            window=2,
+            ahead=1,
+        )
+        feeder.start()
+        futures = feeder.submit([text_task(i, f"t{i}") for i in range(8)])
+        await asyncio.wait(futures.values(), timeout=10)
+        assert all(future.done() and future.result() is None for future in futures.values())
+        await feeder.stop()
+        takes = lock.events.count("take")
+        assert takes >= 2, lock.events  # let go at least once mid-way, taken again
+        assert lock.events == ["take", "release"] * takes  # never held twice, never released unheld
+
+    asyncio.run(scenario())

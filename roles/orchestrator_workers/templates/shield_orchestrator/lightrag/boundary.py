@@ -107,7 +107,8 @@ class VectorStore(IndexedStorage, Protocol):
 class DocStatusStore(IndexedStorage, Protocol):
     """lightrag.base.DocStatusStorage."""
 
-    async def upsert(self, data: Mapping[str, Mapping[str, object]]) -> None: ...
+    # Replaced on the instance by the feeder, which learns from it when a document ends.
+    upsert: Callable[[Mapping[str, Mapping[str, object]]], Awaitable[None]]
 
     async def get_doc_by_content_hash(
         self, content_hash: str, *, exclude_doc_id: str | None = None
@@ -148,13 +149,12 @@ class LightRAGInstance(Protocol):
 
     async def aget_docs_by_ids(self, ids: list[str]) -> Mapping[str, DocRecord]: ...
 
-    async def ainsert(
+    async def apipeline_enqueue_documents(
         self,
         input: list[str],
-        *,
-        ids: list[str],
-        file_paths: list[str],
-        track_id: str,
+        ids: list[str] | None = None,
+        file_paths: list[str] | None = None,
+        track_id: str | None = None,
     ) -> str: ...
 
     async def apipeline_process_enqueue_documents(self) -> None: ...

@@ -1,15 +1,27 @@
-"""The feeder: the one writer of a LightRAG workspace in this process.
+"""The feeder: the one writer of a LightRAG workspace in this process, a continuous pipeline.
 
-Workers hand it their chunks; it runs rounds, one at a time, each under the
-workspace lock (an asyncio lock on one host; across hosts, see locks.py):
-read every document's status afresh, put a FAILED document back to PENDING
-(a retry that really retries: nothing is deleted while LightRAG is busy),
-insert the new ones, let LightRAG's pipeline run to completion, and read the
-statuses again. A document counts as done only once LightRAG wrote it
-PROCESSED, which it does after every storage flushed (durable before acked);
-on the file storages a flush is durable at the next group commit
-(commit/group.py), and a round's documents are answered only once a commit
-that began after the pipeline ran has succeeded.
+Workers hand it their chunks (`submit`); it keeps a window of documents inside
+LightRAG and refills it as each one ends, so the LLM never waits for a round:
+
+- Admission: a chunk enters LightRAG only if its job is not cancelled (the
+  job tracker's admission, atomic with the cancel), high priority first. Its
+  status is read afresh: PROCESSED is answered at once, FAILED goes back to
+  PENDING (a retry that really retries), PENDING/PROCESSING is watched, a new
+  one is enqueued into LightRAG's running pipeline (its in-batch feeder takes
+  it without waiting for the others).
+- The driver keeps LightRAG's pipeline running while documents are in flight.
+- The watcher reads the in-flight documents' statuses (woken by LightRAG's own
+  status writes, and every POLL_SECONDS): each document is answered on its own
+  as soon as it is PROCESSED and durable (on the file storages, once a group
+  commit that began after it has succeeded: commit/), or FAILED, or has
+  outlasted the task timeout.
+- The window: at most `window` documents in LightRAG at once, all of them
+  started (LightRAG's max_parallel_insert is the window); workers read only
+  what the window and a small read-ahead can take (`reserve`), so a cancel or
+  a high-priority chunk acts in seconds.
+- The workspace lock is held for a session: from the first admission until
+  nothing is in flight, or until the lock is contended and the session has
+  lasted SESSION_SECONDS (then it drains and lets the other host in).
 
 A chunk whose text LightRAG already holds under another document (a content
 duplicate, however many times over) is resolved through the content hash to
@@ -20,27 +32,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 from uuid import uuid4
 
 from ..queue.tasks import ChunkTask
 from ..workers.breaker import DependencyGate
-from ..workers.faults import STORAGE, Failure, chunk_fault, classify_exception, classify_message, transient
+from ..workers.faults import (
+    STORAGE,
+    Failure,
+    chunk_fault,
+    classify_exception,
+    classify_message,
+    job_cancelled,
+    transient,
+)
+from ..workers.processor import Admission
 from .boundary import DocRecord, LightRAGInstance, Row, StatusObject
-from .commit import CommitError, GroupCommit
+from .commit import CommitError
+
+if TYPE_CHECKING:
+    from .commit import GroupCommit
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
 Outcome = Failure | None
 IN_PROGRESS = frozenset({"pending", "parsing", "analyzing", "processing", "preprocessed"})
-# Documents per round: large enough to keep LightRAG's parallel inserts busy,
-# small enough that a round ends well within the task timeout.
-MAX_ROUND = 200
-WATCH_SECONDS = 3.0
+WATCH_SECONDS = 3.0  # the storages are probed this often while documents are in flight
+POLL_SECONDS = 0.5  # in-flight statuses are read at least this often
+SESSION_SECONDS = 10.0  # a contended workspace lock is let go after a session this long
+DRIVER_SPIN_SECONDS = 0.1
 
 
 def field_of(doc: DocRecord | None, name: str) -> object:
@@ -61,8 +89,8 @@ def document_path(task: ChunkTask) -> str:
 
 
 @dataclass
-class RoundPlan:
-    """What a round does with each document, from the statuses read under the lock."""
+class AdmissionPlan:
+    """What the feeder does with each document it admits, from its status read under the lock."""
 
     done: dict[str, Outcome] = field(default_factory=dict)
     reset: list[str] = field(default_factory=list)  # FAILED by an earlier attempt: back to PENDING
@@ -70,8 +98,8 @@ class RoundPlan:
     running: list[str] = field(default_factory=list)  # PENDING/PROCESSING: the pipeline takes them
 
 
-def plan_round(tasks: Sequence[ChunkTask], docs: Mapping[str, DocRecord]) -> RoundPlan:
-    plan = RoundPlan()
+def plan_admission(tasks: Sequence[ChunkTask], docs: Mapping[str, DocRecord]) -> AdmissionPlan:
+    plan = AdmissionPlan()
     for task in tasks:
         state = doc_status(docs.get(task.doc_id))
         if state == "processed":
@@ -99,22 +127,40 @@ def outcome_of(doc: DocRecord | None, what: str) -> Outcome:
 
 @dataclass
 class _Queued:
+    """A submitted task waiting for its outcome (shared by every submission of its document)."""
+
     task: ChunkTask
     future: asyncio.Future[Outcome]
+    admit: Admission
+
+
+@dataclass
+class _Flight:
+    """A document in LightRAG the feeder waits for, and the queued tasks it answers."""
+
+    items: list[_Queued]
+    label: str  # "document X", or "identical text as document X" for a content duplicate
+    since: float
+
+
+async def _admit_all(job_id: str, indexes: Sequence[int]) -> bool:
+    return True
 
 
 class LightRAGFeeder:
-    """The one writer of the LightRAG workspace in this process.
+    """The one writer of the LightRAG workspace in this process: a continuous pipeline.
 
-    Owns the queue of submitted chunks and the rounds that take them, one at a
-    time, each under the workspace lock and, on the file storages, made durable
-    by the GroupCommit before it is answered. Guarantees: every submitted task gets one outcome, None only
-    when its document (or the document that holds its text) is PROCESSED, and
-    committed on the file storages; a chunk submitted again while its document
-    is in a round shares that round's outcome; a round that outlasts
-    round_timeout answers its documents with a timeout (and runs on); a round
-    that fails, a commit that fails and a lock that fails answer failures,
-    never done."""
+    Owns the queue of submitted chunks (high priority first), the window of
+    documents in LightRAG, the pipeline driver, the status watcher, the
+    workspace-lock session and the answers. Guarantees: every submitted task gets
+    one outcome; None only when its document (or the document that holds its
+    text) is PROCESSED and, on the file storages, committed; a task of a job
+    cancelled before it entered LightRAG is answered `job_cancelled` and never
+    enters; a chunk submitted again while its document is in flight shares its
+    outcome; a document that outlasts the task timeout is answered with a
+    timeout (and runs on); at most `window` documents are in LightRAG and at
+    most `window + ahead` tasks are held (reserved, queued or in flight) unless
+    redeliveries add more."""
 
     def __init__(
         self,
@@ -124,93 +170,435 @@ class LightRAGFeeder:
         content_hash: Callable[[str], str],
         storage_probe: Callable[[], Awaitable[bool]],
         *,
-        round_timeout: float,
+        task_timeout: float,
+        window: int,
+        ahead: int,
+        urgent: Callable[[ChunkTask], bool] = lambda task: False,
         commit: GroupCommit | None = None,
     ) -> None:
         self._rag = rag
         self._commit = commit
-        self._unanswered: list[str] = []  # the running round's documents (on_drop may reset them)
-        self._redone: set[str] = set()  # those of them on_drop put back to PENDING
-        if commit is not None:
-            commit.on_drop = self._on_drop
         self._storage_probe = storage_probe
-        self._round_timeout = round_timeout
+        self._task_timeout = task_timeout
         self._lock = lock
         self._gate = gate
         self._content_hash = content_hash
+        self._urgent = urgent
+        self.window = window
+        self._ahead = ahead
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
-        self._queue: list[_Queued] = []
-        self._wakeup = asyncio.Event()
+        self._queue: list[tuple[int, int, _Queued]] = []  # a heap: (0 urgent | 1, arrival, item)
+        self._arrivals = itertools.count()
+        self._flights: dict[str, _Flight] = {}  # by the document watched
+        self._awaiting: dict[str, list[_Queued]] = {}  # PROCESSED, answered once committed
+        self._reserved = 0
+        self._admitting = 0
+        self._wakeup = asyncio.Event()  # the admitter has something to do
+        self._room = asyncio.Event()  # a place in the window or the read-ahead freed
+        self._kick = asyncio.Event()  # the driver: documents wait for LightRAG's pipeline
+        self._statuses = asyncio.Event()  # LightRAG wrote a final status
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._paused = 0  # quiesced() callers
+        self._yielding = False  # the lock is contended: drain, then let it go
+        self._session = False
+        self._session_since = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._answering: set[asyncio.Task[None]] = set()
+        self.admitted = 0
+        self.answered = 0
+
+    # --- the workers' side ------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Documents in LightRAG the feeder waits for."""
+        return len(self._flights)
+
+    @property
+    def held(self) -> int:
+        """Places taken: reserved by workers, queued, being admitted, in flight."""
+        return self._reserved + len(self._queue) + self._admitting + len(self._flights)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="lightrag-feeder")
+        self._watch_status_writes()
+        if self._commit is not None:
+            self._commit.on_drop = self._reprocess_uncommitted
+        for name, loop in (("admitter", self._admit_loop), ("driver", self._drive), ("watcher", self._watch)):
+            self._tasks.append(asyncio.create_task(loop(), name=f"lightrag-feeder-{name}"))
+
+    def begin_stop(self) -> None:
+        """Take nothing new: queued tasks are answered at once (they stay pending in the
+        stream), documents in flight run on until stop()."""
+        self._stopping = True
+        stopping = transient("the service is stopping; the chunk stays pending for the next run", None)
+        while self._queue:
+            self._answer([heapq.heappop(self._queue)[2]], stopping)
+        self._room.set()
+        self._wakeup.set()
 
     async def stop(self) -> None:
+        self.begin_stop()
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
+        for task in [*self._tasks, *self._answering]:
+            task.cancel()
+        for task in [*self._tasks, *self._answering]:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks.clear()
+        stopped = transient("the service stopped before LightRAG finished the document", None)
+        for flight in self._flights.values():
+            self._answer(flight.items, stopped)
+        self._flights.clear()
+        for items in self._awaiting.values():
+            self._answer(items, stopped)
+        self._awaiting.clear()
+        if self._session:
+            await self._end_session()
+
+    async def reserve(self, want: int, stopping: asyncio.Event) -> int:
+        """Wait for room (the window and the read-ahead), then reserve up to `want` places."""
+        while not (stopping.is_set() or self._stopping):
+            free = self.window + self._ahead - self.held
+            if free > 0:
+                taken = min(want, free)
+                self._reserved += taken
+                return taken
+            self._room.clear()
+            waits = [asyncio.ensure_future(self._room.wait()), asyncio.ensure_future(stopping.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return 0
+
+    def release(self, count: int) -> None:
+        self._reserved = max(0, self._reserved - count)
+        if count:
+            self._room.set()
+
+    def submit(
+        self, tasks: Sequence[ChunkTask], admit: Admission = _admit_all, reserved: int = 0
+    ) -> dict[str, asyncio.Future[Outcome]]:
+        """The future of each task's document: shared by every submission of the same
+        document (a redelivery while an earlier attempt still runs waits for it)."""
+        self._reserved = max(0, self._reserved - reserved)
+        futures: dict[str, asyncio.Future[Outcome]] = {}
+        loop = asyncio.get_running_loop()
+        for task in tasks:
+            future = self._futures.get(task.doc_id)
+            if future is None or future.done():
+                future = loop.create_future()
+                item = _Queued(task, future, admit)
+                if self._stopping:
+                    future.set_result(transient("the service is stopping; the chunk stays pending", None))
+                else:
+                    self._futures[task.doc_id] = future
+                    rank = 0 if self._urgent(task) else 1
+                    heapq.heappush(self._queue, (rank, next(self._arrivals), item))
+            futures[task.doc_id] = future
+        self._wakeup.set()
+        return futures
 
     async def process(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
-        """Each task's outcome: None (PROCESSED in LightRAG) or why not. The wait for
-        the workspace lock does not count against the task timeout; a round that
-        takes longer than it answers its documents with a timeout (a chunk fault)."""
-        futures = {task.doc_id: self._submit(task) for task in tasks}
+        """Each task's outcome, all at once (the batch interface)."""
+        futures = self.submit(tasks)
         await asyncio.wait(futures.values())
         return {doc_id: future.result() for doc_id, future in futures.items()}
 
-    def _submit(self, task: ChunkTask) -> asyncio.Future[Outcome]:
-        """The future of the task's document: shared by every submission of the same
-        document (a redelivery while an earlier attempt still runs waits for it)."""
-        future = self._futures.get(task.doc_id)
-        if future is None or future.done():
-            future = asyncio.get_running_loop().create_future()
-            self._futures[task.doc_id] = future
-            self._queue.append(_Queued(task, future))
+    @contextlib.asynccontextmanager
+    async def quiesced(self) -> AsyncIterator[None]:
+        """Nothing in flight while the block runs (and the workspace lock let go, so
+        the caller can take it): admission pauses, in-flight documents end."""
+        self._paused += 1
+        self._wakeup.set()
+        try:
+            while self._flights or self._awaiting or self._session:
+                self._wakeup.set()
+                await asyncio.sleep(0.05)
+            yield
+        finally:
+            self._paused -= 1
             self._wakeup.set()
-        return future
 
-    async def _run(self) -> None:
+    # --- admission --------------------------------------------------------------------
+    async def _admit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             await self._wakeup.wait()
+            self._wakeup.clear()
             if not await self._gate.wait_closed(self._stop):
                 return
-            batch, self._queue = self._queue[:MAX_ROUND], self._queue[MAX_ROUND:]
-            if not self._queue:
-                self._wakeup.clear()
-            if not batch:
+            idle = not self._flights and not self._awaiting
+            if self._session and idle and (self._paused or self._yielding or not self._queue):
+                await self._end_session()
+                self._yielding = False
+                if self._queue:
+                    self._wakeup.set()
                 continue
+            if self._paused or self._stopping or self._yielding or not self._queue:
+                continue
+            if self._session and loop.time() - self._session_since > SESSION_SECONDS and await self._contended():
+                log.info("another host waits for the workspace lock: this one drains and lets it go")
+                self._yielding = True  # no new admission: the session drains, then lets the other host in
+                self._wakeup.set()  # ...and ends at once if nothing is in flight
+                continue
+            room = self.window - len(self._flights)
+            if room <= 0:
+                continue
+            batch = [heapq.heappop(self._queue)[2] for _ in range(min(room, len(self._queue)))]
+            self._admitting = len(batch)
             try:
-                await self._locked_round(batch)
-            except Exception as exc:  # noqa: BLE001 - the lock itself (Redis) failed: the round did not run
-                log.warning("no LightRAG round: the workspace lock failed (%s); retrying", exc)
-                self._answer(batch, {item.task.doc_id: transient(f"workspace lock: {exc}", None) for item in batch})
+                if not self._session:
+                    await self._begin_session()
+                await self._admit(batch)
+            except Exception as exc:  # noqa: BLE001 - Redis (lock, admission) or a storage read failed
+                failure = classify_exception(exc, STORAGE)
+                log.warning("%d chunks not admitted into LightRAG: %s", len(batch), failure.message[:300])
+                self._answer(batch, failure)
                 await asyncio.sleep(1)
+            finally:
+                self._admitting = 0
+            self._room.set()
+            if self._queue:
+                self._wakeup.set()
 
-    async def _locked_round(self, batch: list[_Queued]) -> None:
-        """One round under the workspace lock, watched. Its documents are answered
-        when it ends, or with a timeout once it has run for round_timeout seconds
-        (the round itself goes on: cancelling LightRAG mid-pipeline could wedge it).
-        While it runs, the storages are probed every WATCH_SECONDS: LightRAG retries
-        a lost storage inside the round, which then just takes long; a failed probe
-        pauses the pool on lightrag_storage at once."""
-        tasks = [item.task for item in batch]
+    async def _begin_session(self) -> None:
+        await self._lock.__aenter__()
+        self._session, self._session_since = True, asyncio.get_running_loop().time()
+
+    async def _end_session(self) -> None:
+        self._session = False
+        await self._lock.__aexit__(None, None, None)
+
+    async def _contended(self) -> bool:
+        contended = getattr(self._lock, "contended", None)
+        return bool(await contended()) if contended is not None else False
+
+    async def _admit(self, batch: list[_Queued]) -> None:
+        """Into LightRAG: the batch's admitted tasks, by their documents' statuses."""
+        admitted: list[_Queued] = []
+        for job_id, items in _by_job(batch).items():
+            if await items[0].admit(job_id, [item.task.index for item in items]):
+                admitted += items
+            else:
+                log.info("job %s is cancelled: %d of its chunks do not enter LightRAG", job_id, len(items))
+                self._answer(items, job_cancelled(job_id))
+        if not admitted:
+            return
+        self.admitted += len(admitted)
+        tasks = [item.task for item in admitted]
+        plan = plan_admission(tasks, await self._rag.aget_docs_by_ids([task.doc_id for task in tasks]))
+        by_doc = {item.task.doc_id: item for item in admitted}
+        self._settle_processed([by_doc[doc_id] for doc_id in plan.done])
+        await self._reset_failed(plan.reset)
+        for doc_id in [*plan.reset, *plan.running]:
+            self._fly(doc_id, by_doc[doc_id], f"document {doc_id}")
+        if plan.insert:
+            await self._rag.apipeline_enqueue_documents(
+                [task.text for task in plan.insert],
+                ids=[task.doc_id for task in plan.insert],
+                file_paths=[document_path(task) for task in plan.insert],
+                track_id=f"shield-{uuid4().hex}",
+            )
+            await self._place_inserted(plan.insert, by_doc)
+        self._kick.set()
+
+    async def _place_inserted(self, inserted: list[ChunkTask], by_doc: Mapping[str, _Queued]) -> None:
+        """Watch each inserted document; a content duplicate (LightRAG recorded no
+        document for it) waits for the document that holds its text."""
+        docs = await self._rag.aget_docs_by_ids([task.doc_id for task in inserted])
+        duplicates = [task for task in inserted if not docs.get(task.doc_id)]
+        for task in inserted:
+            if docs.get(task.doc_id):
+                self._fly(task.doc_id, by_doc[task.doc_id], f"document {task.doc_id}")
+        if not duplicates:
+            return
+        holders = await self._holders(duplicates)
+        holder_docs = await self._rag.aget_docs_by_ids(sorted(set(holders.values())))
+        await self._reset_failed([doc_id for doc_id, doc in holder_docs.items() if doc_status(doc) == "failed"])
+        for task in duplicates:
+            item, holder = by_doc[task.doc_id], holders.get(task.doc_id)
+            if holder is None:
+                self._answer([item], chunk_fault(f"document {task.doc_id}: LightRAG did not record the document"))
+            elif doc_status(holder_docs.get(holder)) == "processed":
+                self._settle_processed([item])
+            else:
+                self._fly(holder, item, f"identical text as document {holder}")
+
+    def _fly(self, doc_id: str, item: _Queued, label: str) -> None:
+        flight = self._flights.get(doc_id)
+        if flight is None:
+            self._flights[doc_id] = _Flight([item], label, asyncio.get_running_loop().time())
+        else:
+            flight.items.append(item)
+
+    # --- the pipeline -----------------------------------------------------------------
+    async def _drive(self) -> None:
+        """Keep LightRAG's pipeline running while documents wait for it. Documents
+        enqueued while it runs join the running batch (LightRAG's in-batch feeder)."""
         loop = asyncio.get_running_loop()
-        async with self._lock:
-            work = asyncio.ensure_future(self._round(tasks))
-            started, late = loop.time(), False
-            while not (await asyncio.wait({work}, timeout=WATCH_SECONDS))[0]:
+        while not self._stop.is_set():
+            await self._kick.wait()
+            self._kick.clear()
+            while self._flights and not self._stop.is_set():
+                began = loop.time()
+                try:
+                    await self._rag.apipeline_process_enqueue_documents()
+                except Exception as exc:  # noqa: BLE001 - every document in flight shares the failure
+                    failure = classify_exception(exc, STORAGE)
+                    log.warning("LightRAG's pipeline failed: %s", failure.message[:300])
+                    for flight in self._flights.values():
+                        self._answer(flight.items, failure)
+                    self._flights.clear()
+                    self._room.set()
+                    break
+                self._statuses.set()
+                if not await self._left_behind(began):
+                    break
+                if loop.time() - began < DRIVER_SPIN_SECONDS:
+                    await asyncio.sleep(DRIVER_SPIN_SECONDS)
+
+    async def _left_behind(self, began: float) -> bool:
+        """After a run of the pipeline: whether a document in flight still waits for
+        one. A document the run should have taken (in flight before it began) and
+        left PENDING/PROCESSING (LightRAG halted the run: a storage error, a
+        cancel) is answered transient, and its chunk comes back; one that arrived
+        as the run ended waits for the next run."""
+        read = list(self._flights)
+        if not read:
+            return False
+        docs = await self._rag.aget_docs_by_ids(read)
+        waiting = False
+        for doc_id in read:
+            flight = self._flights.get(doc_id)
+            state = doc_status(docs.get(doc_id))
+            if flight is None or state not in IN_PROGRESS:
+                continue
+            if flight.since >= began:
+                waiting = True
+                continue
+            del self._flights[doc_id]
+            self._answer(flight.items, transient(f"{flight.label} is still {state} after the pipeline ran", None))
+            self._room.set()
+            self._wakeup.set()
+        return waiting
+
+    # --- outcomes ---------------------------------------------------------------------
+    def _watch_status_writes(self) -> None:
+        """Wake the watcher when LightRAG writes a document PROCESSED or FAILED."""
+        status = self._rag.doc_status
+        upsert = status.upsert
+
+        async def upsert_and_notify(data: Mapping[str, Mapping[str, object]]) -> None:
+            await upsert(data)
+            for row in data.values():
+                value = row.get("status") if isinstance(row, Mapping) else None
+                if str(getattr(value, "value", value) or "").lower() in ("processed", "failed"):
+                    self._statuses.set()
+                    return
+
+        status.upsert = upsert_and_notify
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        probed = loop.time()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._statuses.wait(), POLL_SECONDS)
+            self._statuses.clear()
+            if not self._flights:
+                continue
+            read = list(self._flights)  # documents flown while the read runs wait for the next one
+            try:
+                docs = await self._rag.aget_docs_by_ids(read)
+            except Exception as exc:  # noqa: BLE001 - the storage is down: probed below, read again next time
+                log.warning("LightRAG's document statuses unreadable: %s", exc)
+                docs = None
+            now = loop.time()
+            if docs is not None:
+                self._settle_flights(read, docs, now)
+            if self._flights and now - probed >= WATCH_SECONDS:
+                probed = now
                 await self._probe_storage()
-                if not late and loop.time() - started > self._round_timeout:
-                    late = True
-                    timeout = chunk_fault(f"timed out after {self._round_timeout:.0f}s in LightRAG")
-                    self._answer(batch, {task.doc_id: timeout for task in tasks})
-                    log.warning("a LightRAG round of %d documents outlasted the task timeout", len(tasks))
-            results = await self._results_of(work, tasks)
-        self._answer(batch, results)
+
+    def _settle_flights(self, read: Sequence[str], docs: Mapping[str, DocRecord], now: float) -> None:
+        ended = 0
+        for doc_id in read:
+            flight = self._flights.get(doc_id)
+            if flight is None:
+                continue
+            doc = docs.get(doc_id)
+            state = doc_status(doc)
+            if state == "processed":
+                self._settle_processed(flight.items)
+            elif state in IN_PROGRESS:
+                if now - flight.since <= self._task_timeout:
+                    continue
+                log.warning("LightRAG document %s outlasted the task timeout; it runs on", doc_id)
+                self._answer(flight.items, chunk_fault(f"timed out after {self._task_timeout:.0f}s in LightRAG"))
+            else:
+                self._answer(flight.items, outcome_of(doc, flight.label))
+            del self._flights[doc_id]
+            ended += 1
+        if ended:
+            self._room.set()
+            self._wakeup.set()
+
+    def _settle_processed(self, items: list[_Queued]) -> None:
+        """Answer done: at once where LightRAG's storages wrote on upsert, else once a
+        group commit that began after now has succeeded."""
+        if not items:
+            return
+        if self._commit is None:
+            self._answer(items, None)
+            return
+        for item in items:
+            self._awaiting.setdefault(item.task.doc_id, []).append(item)
+        task = asyncio.create_task(self._answer_when_durable(items))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer_when_durable(self, items: list[_Queued]) -> None:
+        assert self._commit is not None
+        try:
+            await self._commit.durable()
+            outcome: Outcome = None
+        except CommitError as exc:
+            outcome = classify_exception(exc.__cause__ or exc, exc.dependency)
+            log.warning("%d LightRAG documents not committed: %s", len(items), exc)
+        for item in items:
+            waiting = self._awaiting.get(item.task.doc_id)
+            if waiting is not None and item in waiting:
+                waiting.remove(item)
+                if not waiting:
+                    del self._awaiting[item.task.doc_id]
+        self._answer(items, outcome)
+        self._wakeup.set()
+
+    async def _reprocess_uncommitted(self) -> None:
+        """LightRAG dropped its pending buffers (its abort on an internal storage
+        error): a document it marked PROCESSED since the last commit may miss data,
+        so it goes back to PENDING. One waiting for the commit is answered
+        transient (its chunk is tried again); one in flight stays in flight and
+        runs again. Awaited by the group commit before its next commit."""
+        waiting, flying = list(self._awaiting), list(self._flights)
+        updates = await self._pending_updates([*waiting, *flying], "processed")
+        if updates:
+            log.warning("LightRAG dropped its buffers: %d documents are processed again", len(updates))
+            await self._rag.doc_status.upsert(updates)
+            self._kick.set()
+        again = transient("LightRAG aborted its batch; the document is processed again", None)
+        for doc_id in waiting:
+            self._answer(self._awaiting.pop(doc_id, []), again)
+
+    def _answer(self, items: Sequence[_Queued], outcome: Outcome) -> None:
+        for item in items:
+            if self._futures.get(item.task.doc_id) is item.future:
+                del self._futures[item.task.doc_id]
+            if not item.future.done():
+                item.future.set_result(outcome)
+                self.answered += 1
 
     async def _probe_storage(self) -> None:
         try:
@@ -220,63 +608,7 @@ class LightRAGFeeder:
         else:
             reason = "the storage probe failed"
         if not answered:
-            self._gate.trip(STORAGE, f"LightRAG's storages do not answer during a round: {reason}")
-
-    async def _results_of(self, work: asyncio.Future[dict[str, Outcome]], tasks: list[ChunkTask]) -> dict[str, Outcome]:
-        try:
-            return await work
-        except CommitError as exc:  # the round ran, its commit did not: nothing of it is on disk yet
-            failure = classify_exception(exc.__cause__ or exc, exc.dependency)
-            log.warning("LightRAG round of %d documents not committed: %s", len(tasks), exc)
-            return {task.doc_id: failure for task in tasks}
-        except Exception as exc:  # noqa: BLE001 - every document of the round shares the failure
-            failure = classify_exception(exc, STORAGE)
-            log.warning("LightRAG round of %d documents failed: %s", len(tasks), failure.message[:300])
-            return {task.doc_id: failure for task in tasks}
-
-    def _answer(self, batch: list[_Queued], results: Mapping[str, Outcome]) -> None:
-        for item in batch:
-            if self._futures.get(item.task.doc_id) is item.future:
-                del self._futures[item.task.doc_id]
-            if not item.future.done():
-                item.future.set_result(results.get(item.task.doc_id, transient("no outcome from the round", None)))
-
-    async def _round(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
-        if self._commit is None:
-            return await self._run_pipeline(tasks)
-        self._unanswered, self._redone = [task.doc_id for task in tasks], set()
-        try:
-            results = await self._run_pipeline(tasks)
-            await self._commit.durable()  # the round's documents on disk before any is answered
-        finally:
-            self._unanswered = []
-        again = transient("LightRAG aborted the round; the document is processed again", None)
-        return {doc_id: again if doc_id in self._redone else outcome for doc_id, outcome in results.items()}
-
-    async def _run_pipeline(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
-        ids = [task.doc_id for task in tasks]
-        plan = plan_round(tasks, await self._rag.aget_docs_by_ids(ids))
-        await self._reset_failed(plan.reset)
-        if plan.insert:
-            await self._rag.ainsert(
-                [task.text for task in plan.insert],
-                ids=[task.doc_id for task in plan.insert],
-                file_paths=[document_path(task) for task in plan.insert],
-                track_id=f"shield-{uuid4().hex}",
-            )
-        elif plan.reset or plan.running:
-            await self._rag.apipeline_process_enqueue_documents()
-        return await self._outcomes(tasks, plan)
-
-    async def _on_drop(self) -> None:
-        """The group commit's on_drop: LightRAG dropped its pending buffers (its
-        abort on an internal storage error), so a document of the round it marked
-        PROCESSED may miss data: back to PENDING, processed again."""
-        updates = await self._pending_updates(self._unanswered, "processed")
-        if updates:
-            log.warning("LightRAG aborted a round: %d documents of it are processed again", len(updates))
-            await self._rag.doc_status.upsert(updates)
-            self._redone.update(updates)
+            self._gate.trip(STORAGE, f"LightRAG's storages do not answer while documents are in flight: {reason}")
 
     async def _holders(self, tasks: Sequence[ChunkTask]) -> dict[str, str]:
         """For chunks not in LightRAG under their own id: the document that already
@@ -315,39 +647,6 @@ class LightRAGFeeder:
             updates[doc_id] = update
         return updates
 
-    async def _outcomes(self, tasks: Sequence[ChunkTask], plan: RoundPlan) -> dict[str, Outcome]:
-        """Every document's outcome after the pipeline ran. A chunk LightRAG took as
-        a content duplicate has no document of its own: the document that holds
-        its text (found by content hash, however long the chain of duplicates)
-        answers for it."""
-        docs = await self._rag.aget_docs_by_ids([task.doc_id for task in tasks])
-        holders = await self._holders(
-            [task for task in tasks if task.doc_id not in plan.done and not docs.get(task.doc_id)]
-        )
-        if holders:
-            docs = {**docs, **(await self._holder_docs(sorted(set(holders.values()))))}
-        results: dict[str, Outcome] = dict(plan.done)
-        for task in tasks:
-            if task.doc_id in results:
-                continue
-            holder = holders.get(task.doc_id)
-            if holder is not None:
-                results[task.doc_id] = outcome_of(docs.get(holder), f"identical text as document {holder}")
-            else:
-                results[task.doc_id] = outcome_of(docs.get(task.doc_id), f"document {task.doc_id}")
-        return results
-
-    async def _holder_docs(self, holder_ids: list[str]) -> Mapping[str, DocRecord]:
-        """The holders' records; a holder an earlier attempt left FAILED is
-        processed again first (its own chunk may be long gone)."""
-        docs = await self._rag.aget_docs_by_ids(holder_ids)
-        failed = [doc_id for doc_id in holder_ids if doc_status(docs.get(doc_id)) == "failed"]
-        if failed:
-            await self._reset_failed(failed)
-            await self._rag.apipeline_process_enqueue_documents()
-            docs = await self._rag.aget_docs_by_ids(holder_ids)
-        return docs
-
 
 def _status_object(doc: DocRecord) -> StatusObject:
     """LightRAG's reset helper wants a DocProcessingStatus; JSON storages answer dicts."""
@@ -358,3 +657,10 @@ def _status_object(doc: DocRecord) -> StatusObject:
     fields = DocProcessingStatus.__dataclass_fields__
     status: StatusObject = DocProcessingStatus(**{key: value for key, value in doc.items() if key in fields})
     return status
+
+
+def _by_job(items: Sequence[_Queued]) -> dict[str, list[_Queued]]:
+    jobs: dict[str, list[_Queued]] = defaultdict(list)
+    for item in items:
+        jobs[item.task.job_id].append(item)
+    return jobs

@@ -17,8 +17,8 @@ LightRAG (1.5.7, pinned) has no call that lists the ids of a KV or vector
 storage: `stored_ids` reads them where each backend keeps them (the JSON KV's
 shared dict, nano-vectordb's rows, the PostgreSQL table of the workspace),
 buffered writes of a vector storage included. The caller runs the check
-between two feeder rounds (under the workspace lock): mid-round, documents in
-flight would show as inconsistencies.
+with the feeder quiesced (nothing in flight, under the workspace lock): a
+document half merged would show as inconsistencies.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 LightRAG's pipeline takes every PENDING/PROCESSING document of the shared
 doc-status table: two hosts running it at once would reset and process each
-other's in-flight documents. Each feeder round runs under this lock.
+other's in-flight documents. The feeder holds this lock for a session: from its
+first admission until nothing is in flight, or, when another host waits
+(`contended`), until its session has run SESSION_SECONDS and drained.
 
 - One host (local storages): an asyncio lock; nothing else writes the workspace.
 - Several hosts (PostgreSQL storages): a lease in Redis. SET NX PX takes it with
@@ -96,6 +98,13 @@ class RedisLeaseLock:
             return
         if contended:
             self._released_contended_at = time.monotonic()
+
+    async def contended(self) -> bool:
+        """Whether another host waits for the lock (the feeder then ends its session)."""
+        try:
+            return bool(await self._redis.exists(f"{self._key}:contended"))
+        except RedisError:
+            return False
 
     async def _renew(self, token: str) -> None:
         period = self._ttl_ms / 3000

@@ -13,18 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 import httpx
 
 from ..jobs.history import ssl_context
+from ..queue.keys import RedisKeys
 from ..queue.tasks import ChunkTask
 from ..settings import Settings
 from ..workers.breaker import DependencyGate, DependencyReport
-from ..workers.faults import EMBEDDING, LLM, STORAGE
-from ..workers.processor import BatchResult
+from ..workers.faults import EMBEDDING, LLM, STORAGE, Failure
+from ..workers.processor import Admission, BatchResult
 from ..workers.stalls import CallWatch
 from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
@@ -133,6 +134,17 @@ def storage_classes(settings: Settings) -> dict[str, str]:
     return {}
 
 
+def high_priority(stream: str) -> Callable[[ChunkTask], bool]:
+    """Whether a task came in on the high-priority stream."""
+    return lambda task: task.stream == stream
+
+
+def pipeline_window(s: Settings) -> int:
+    """Documents in LightRAG at once: two per LLM slot, so that while one waits for
+    its merge another is extracting, and the slots stay busy."""
+    return max(4, 2 * s.llm_max_async)
+
+
 COSINE_THRESHOLD = 0.2  # LightRAG's own default; PGVectorStorage insists on being told
 
 
@@ -146,7 +158,8 @@ class LightRAGProcessor:
     (LightRAGVersionError otherwise, before anything is patched); a chunk is
     answered done only when its document is PROCESSED, and committed on the file
     storages (an interrupted commit rolled back before they are opened); stop
-    commits what a round cut short left in memory, then finalises the storages."""
+    ends the feeder, then commits what is in memory (documents cut short stay
+    PROCESSING with LightRAG's recovery anchors), then finalises the storages."""
 
     def __init__(
         self,
@@ -198,7 +211,10 @@ class LightRAGProcessor:
             self._gate,
             content_hash,
             self._storage_answers,
-            round_timeout=s.task_timeout_seconds,
+            task_timeout=s.task_timeout_seconds,
+            window=pipeline_window(s),
+            ahead=pipeline_window(s) // 2,
+            urgent=high_priority(RedisKeys.from_settings(s).high),
             commit=self._commit,
         )
         self._feeder.start()
@@ -221,10 +237,16 @@ class LightRAGProcessor:
             if isinstance(flush, GroupFlush) and flush.requests:
                 log.info("LightRAG storage flushes: %d for %d documents", flush.flushes, flush.requests)
             if self._commit is not None:
-                # A round cut short by the stop: its state goes to disk as one
-                # snapshot (documents still PROCESSING are resumed by LightRAG at
-                # the next start; none of them was answered, so they come back).
+                # Documents cut short by the stop are on disk as PROCESSING, with
+                # LightRAG's recovery anchors: at the next start LightRAG cleans
+                # and processes them again (none was answered, so their chunks
+                # come back).
                 await self._commit.stop()
+                log.info(
+                    "LightRAG storage commits: %d, grouped, instead of %d flushes",
+                    self._commit.commits,
+                    self._commit.deferred,
+                )
             await self.rag.finalize_storages()
             self.rag = None
             log.info("LightRAG storages finalised")
@@ -232,9 +254,29 @@ class LightRAGProcessor:
         await self._endpoints.close()
 
     async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
+        return await self._running_feeder().process(tasks)
+
+    def submit(
+        self, tasks: Sequence[ChunkTask], admit: Admission, reserved: int = 0
+    ) -> Mapping[str, asyncio.Future[Failure | None]]:
+        """Each task's outcome as soon as its document is done (the continuous pipeline)."""
+        return self._running_feeder().submit(tasks, admit, reserved)
+
+    async def reserve(self, want: int, stopping: asyncio.Event) -> int:
+        return await self._running_feeder().reserve(want, stopping)
+
+    def release(self, count: int) -> None:
+        if self._feeder is not None:
+            self._feeder.release(count)
+
+    def begin_stop(self) -> None:
+        if self._feeder is not None:
+            self._feeder.begin_stop()
+
+    def _running_feeder(self) -> LightRAGFeeder:
         if self._feeder is None:
             raise RuntimeError("LightRAG storages are not initialised")
-        return await self._feeder.process(tasks)
+        return self._feeder
 
     async def verify(self, job_id: str, chunks_total: int) -> JobVerification:
         """Read the job's chunks back from LightRAG's storages (verify.py)."""
@@ -243,17 +285,21 @@ class LightRAGProcessor:
         return await verify_job(self.rag, job_id, chunks_total)
 
     async def verify_graph(self, dump: bool = False) -> GraphVerification:
-        """Cross-check the whole workspace (graph_check.py) between two rounds: under
-        the workspace lock, so no document is in flight meanwhile."""
-        if self.rag is None:
+        """Cross-check the whole workspace (graph_check.py) with nothing in flight: the
+        feeder quiesced (its documents ended, committed), under the workspace lock."""
+        if self.rag is None or self._feeder is None:
             raise GraphUnreadable("LightRAG storages are not initialised")
-        async with self._lock:
+        async with self._feeder.quiesced(), self._lock:
             return await check_graph(self.rag, dump)
 
     async def check(self) -> list[DependencyReport]:
         """Health of LightRAG's storages and of the LLM / embedding endpoints."""
         s = self._s
-        reports = [DependencyReport("lightrag", self._feeder is not None, required=True)]
+        feeder = self._feeder
+        pipeline: dict[str, str | int | float] = (
+            {"in_flight": feeder.in_flight, "window": feeder.window, "held": feeder.held} if feeder else {}
+        )
+        reports = [DependencyReport("lightrag", feeder is not None, True, pipeline)]
         try:
             storage_up = await asyncio.wait_for(self._storage_answers(), ENDPOINT_CHECK_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - any failure of the probe means down
@@ -378,7 +424,8 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
         embedding_func_max_async=s.embedding_max_async,
         default_embedding_timeout=int(s.embedding_timeout_seconds),
         tokenizer=_offline_tokenizer(),
-        max_parallel_insert=max(2, s.pool_size),
+        # Every document the feeder admits starts at once: LightRAG runs its whole window.
+        max_parallel_insert=pipeline_window(s),
         vector_db_storage_cls_kwargs={"cosine_better_than_threshold": COSINE_THRESHOLD},
         # The LLM response cache spares LLM calls only when the same prompt comes
         # again; with the local storages it is a JSON file rewritten whole after
