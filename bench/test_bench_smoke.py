@@ -154,7 +154,8 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     at_cancel, final = median(cancel["chunks_at_cancel"]), median(cancel["chunks_in_lightrag_final"])
     assert 0 <= at_cancel <= final <= median(cancel["chunks"]), cancel
     assert median(cancel["beyond_cancel_chunks"]) == final - at_cancel
-    assert median(cancel["answer_exact"]) in (0, 1) and median(cancel["cancel_to_idle_s"]) >= 0, cancel
+    # Admission is atomic with the cancel (issue 19): what the answer counts is what ends in LightRAG.
+    assert median(cancel["answer_exact"]) == 1 and median(cancel["cancel_to_idle_s"]) >= 0, cancel
     w7rag = workloads["w7rag_priority"]
     assert median(w7rag["complete"]) == 1 and median(w7rag["high_seconds"]) > 0, w7rag
     assert 0 <= median(w7rag["high_backlog_left"]) <= w7rag["backlog"], w7rag
