@@ -81,28 +81,40 @@ class Worker:
         self.consumer = self.s.consumer_name(number)
         self.inbox = inbox
         self.tasks_done = 0
-        self._reserved = 0  # places of the pipeline reserved for the entries being handled
+        self._batches: set[asyncio.Task[None]] = set()  # read from the stream, in the pipeline
         self.state = "starting"
 
     async def run(self) -> WorkerExit:
-        """Consume until the pool stops, or until the task budget is spent (recycle)."""
-        await self._drain_own_pending()
-        while not self.stopping.is_set():
-            self.state = "paused" if self.gate.paused else "idle"
-            if not await self.gate.wait_closed(self.stopping):
-                break
-            while not self.inbox.empty():
-                await self.handle(self.inbox.get_nowait(), delivered_before=True)
-            self.state = "idle"
-            await self._read_and_handle()
-            if self.tasks_done >= self.s.recycle_after_tasks:
-                return WorkerExit.RECYCLE
-        return WorkerExit.STOPPED
+        """Consume until the pool stops, or until the task budget is spent (recycle).
+        With a pipeline processor the worker goes on reading while the batches it
+        read are in the pipeline (as much as the pipeline has room for); it returns
+        only once they are settled, or left pending by a stop."""
+        try:
+            await self._drain_own_pending()
+            while not self.stopping.is_set():
+                self._reap()
+                self.state = "paused" if self.gate.paused else "idle"
+                if not await self.gate.wait_closed(self.stopping):
+                    break
+                while not self.inbox.empty():
+                    await self.handle(self.inbox.get_nowait(), delivered_before=True)
+                self.state = "idle"
+                await self._read_and_handle()
+                if self.tasks_done >= self.s.recycle_after_tasks:
+                    await self._settle_batches()
+                    return WorkerExit.RECYCLE
+            await self._settle_batches()
+            return WorkerExit.STOPPED
+        finally:
+            for batch in self._batches:  # cancelled past the pool's grace: they stay pending
+                batch.cancel()
 
     async def _read_and_handle(self) -> None:
         """Read new entries and handle them. A pipeline processor is read for only as
         much as it can start (its reservation): what stays in the stream can still be
-        cancelled, and a high-priority entry is read before the backlog."""
+        cancelled, and a high-priority entry is read before the backlog. Its batch is
+        handled beside the next reads, not before them: a batch whose chunks wait for
+        their commit does not hold the worker back."""
         if self.pipeline is None:
             entries = await self.stream.read_new(self.consumer, self.s.batch_size, self.s.block_ms)
             if entries:
@@ -118,13 +130,24 @@ class Worker:
         except BaseException:
             self.pipeline.release(reserved)
             raise
-        self._reserved = reserved
-        try:
-            if entries:
-                await self.handle(entries, delivered_before=False)
-        finally:
-            self.pipeline.release(self._reserved)
-            self._reserved = 0
+        self.pipeline.release(reserved - len(entries))
+        if entries:
+            batch = asyncio.create_task(self.handle(entries, delivered_before=False, reserved=len(entries)))
+            self._batches.add(batch)
+
+    def _reap(self) -> None:
+        """Forget the batches that ended; one that raised raises here (the pool restarts the worker)."""
+        for batch in [batch for batch in self._batches if batch.done()]:
+            self._batches.discard(batch)
+            error = None if batch.cancelled() else batch.exception()
+            if error is not None:
+                raise error
+
+    async def _settle_batches(self) -> None:
+        if self._batches:
+            self.state = "processing"
+            await asyncio.wait(self._batches)
+        self._reap()
 
     async def _drain_own_pending(self) -> None:
         """Finish the entries this consumer was given but never acked (a crash or kill)."""
@@ -135,18 +158,24 @@ class Worker:
             log.info("consumer=%s resuming %d own pending entries", self.consumer, len(entries))
             await self.handle(entries, delivered_before=True)
 
-    async def handle(self, entries: Sequence[StreamEntry], *, delivered_before: bool) -> None:
-        tasks = await self._tasks_of(entries)
-        if tasks and delivered_before:
-            tasks = await self._drop_exhausted(tasks)
-        if not tasks:
-            return
-        self.state = "processing"
-        tasks = await self.outcomes.start_jobs(tasks, self.consumer, skip_cancelled=self.pipeline is None)
-        if not tasks:
-            return
-        await self.process_with_retries(tasks)
-        self.tasks_done += len(tasks)
+    async def handle(self, entries: Sequence[StreamEntry], *, delivered_before: bool, reserved: int = 0) -> None:
+        """Process the entries' chunks to their outcomes; `reserved` places of the
+        pipeline were reserved for them (spent by the chunks, the rest given back)."""
+        try:
+            tasks = await self._tasks_of(entries)
+            if tasks and delivered_before:
+                tasks = await self._drop_exhausted(tasks)
+            if tasks:
+                self.state = "processing"
+                tasks = await self.outcomes.start_jobs(tasks, self.consumer, skip_cancelled=self.pipeline is None)
+            if not tasks:
+                return
+            spent, reserved = min(reserved, len(tasks)), reserved - min(reserved, len(tasks))
+            await self.process_with_retries(tasks, spent)
+            self.tasks_done += len(tasks)
+        finally:
+            if reserved and self.pipeline is not None:
+                self.pipeline.release(reserved)
 
     async def _tasks_of(self, entries: Sequence[StreamEntry]) -> list[ChunkTask]:
         """The chunk tasks among the entries; acks deleted ones, dead-letters malformed ones."""
@@ -178,7 +207,7 @@ class Worker:
             await self.outcomes.dead_letter(exhausted, {task.doc_id: error for task in exhausted}, {}, self.consumer)
         return [task for task in held if task not in exhausted]
 
-    async def _attempt(self, tasks: list[ChunkTask]) -> AsyncIterator[BatchResult]:
+    async def _attempt(self, tasks: list[ChunkTask], reserved: int = 0) -> AsyncIterator[BatchResult]:
         """The tasks' outcomes, in parts: all at once from a batch processor, each as
         soon as it is known (several known together, together) from a pipeline."""
         started = time.monotonic()
@@ -192,10 +221,10 @@ class Worker:
             self.metrics.processing_seconds.observe((time.monotonic() - started) / len(tasks))
             yield {task.doc_id: result[task.doc_id] if task.doc_id in result else missing for task in tasks}
             return
-        reserved, self._reserved = min(self._reserved, len(tasks)), self._reserved - min(self._reserved, len(tasks))
         try:
             futures = self.pipeline.submit(tasks, self.admit, reserved)
         except Exception as exc:  # noqa: BLE001 - as above
+            self.pipeline.release(reserved)
             failure = classify_exception(exc, "processor")
             yield {task.doc_id: failure for task in tasks}
             return
@@ -212,14 +241,15 @@ class Worker:
                 self.metrics.processing_seconds.observe(elapsed)
             yield part
 
-    async def process_with_retries(self, tasks: list[ChunkTask]) -> None:
+    async def process_with_retries(self, tasks: list[ChunkTask], reserved: int = 0) -> None:
         """Until every task is done, dead-lettered, skipped for a cancelled job, or left
-        pending by a stop. Each part of the outcomes is recorded as it comes."""
+        pending by a stop. Each part of the outcomes is recorded as it comes; the
+        first attempt spends the `reserved` places of the pipeline."""
         attempts: dict[str, int] = defaultdict(int)
         pending, transient_rounds = tasks, 0
         while pending:
             failed: dict[str, Failure] = {}
-            async for outcome in self._attempt(pending):
+            async for outcome in self._attempt(pending, reserved):
                 part = [task for task in pending if task.doc_id in outcome]
                 done = [task for task in part if outcome[task.doc_id] is None]
                 if done:
@@ -244,7 +274,7 @@ class Worker:
                     "consumer=%s leaving %d chunks pending for the next run (shutting down)", self.consumer, len(retry)
                 )
                 return
-            pending = retry
+            pending, reserved = retry, 0
 
     async def _settle_failures(
         self, failed: list[ChunkTask], failures: dict[str, Failure], attempts: dict[str, int]
