@@ -37,6 +37,28 @@ from .processor import Admission, BatchResult, ChunkProcessor, PipelineProcessor
 log = logging.getLogger("shield_orchestrator.workers")
 
 MAX_TRANSIENT_BACKOFF = 30.0
+# Batches a worker has in a pipeline at once: each settles its chunks on its own
+# Redis connection, and a group commit answers many of them at the same moment.
+MAX_BATCHES = 4
+
+
+class Reservation:
+    """Places of a pipeline reserved for one batch: those its chunks spend are handed
+    to the pipeline with them; `release` gives back the rest, once."""
+
+    def __init__(self, pipeline: PipelineProcessor, count: int) -> None:
+        self._pipeline = pipeline
+        self._count = count
+
+    def take(self, wanted: int) -> int:
+        taken = min(wanted, self._count)
+        self._count -= taken
+        return taken
+
+    def release(self) -> None:
+        count, self._count = self._count, 0
+        if count:
+            self._pipeline.release(count)
 
 
 class WorkerExit(StrEnum):
@@ -120,6 +142,10 @@ class Worker:
             if entries:
                 await self.handle(entries, delivered_before=False)
             return
+        if len(self._batches) >= MAX_BATCHES:
+            self.state = "processing"
+            await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
+            self._reap()
         self.state = "waiting"  # for room in the pipeline
         reserved = await self.pipeline.reserve(self.s.batch_size, self.stopping)
         if not reserved:
@@ -132,7 +158,10 @@ class Worker:
             raise
         self.pipeline.release(reserved - len(entries))
         if entries:
-            batch = asyncio.create_task(self.handle(entries, delivered_before=False, reserved=len(entries)))
+            reservation = Reservation(self.pipeline, len(entries))
+            batch = asyncio.create_task(self.handle(entries, delivered_before=False, reservation=reservation))
+            # Given back however the batch ends, even cancelled before it ran.
+            batch.add_done_callback(lambda _batch: reservation.release())
             self._batches.add(batch)
 
     def _reap(self) -> None:
@@ -158,9 +187,11 @@ class Worker:
             log.info("consumer=%s resuming %d own pending entries", self.consumer, len(entries))
             await self.handle(entries, delivered_before=True)
 
-    async def handle(self, entries: Sequence[StreamEntry], *, delivered_before: bool, reserved: int = 0) -> None:
-        """Process the entries' chunks to their outcomes; `reserved` places of the
-        pipeline were reserved for them (spent by the chunks, the rest given back)."""
+    async def handle(
+        self, entries: Sequence[StreamEntry], *, delivered_before: bool, reservation: Reservation | None = None
+    ) -> None:
+        """Process the entries' chunks to their outcomes; `reservation` holds the places
+        of the pipeline reserved for them (spent by the chunks, the rest given back)."""
         try:
             tasks = await self._tasks_of(entries)
             if tasks and delivered_before:
@@ -170,12 +201,14 @@ class Worker:
                 tasks = await self.outcomes.start_jobs(tasks, self.consumer, skip_cancelled=self.pipeline is None)
             if not tasks:
                 return
-            spent, reserved = min(reserved, len(tasks)), reserved - min(reserved, len(tasks))
+            spent = reservation.take(len(tasks)) if reservation is not None else 0
+            if reservation is not None:
+                reservation.release()
             await self.process_with_retries(tasks, spent)
             self.tasks_done += len(tasks)
         finally:
-            if reserved and self.pipeline is not None:
-                self.pipeline.release(reserved)
+            if reservation is not None:
+                reservation.release()
 
     async def _tasks_of(self, entries: Sequence[StreamEntry]) -> list[ChunkTask]:
         """The chunk tasks among the entries; acks deleted ones, dead-letters malformed ones."""
