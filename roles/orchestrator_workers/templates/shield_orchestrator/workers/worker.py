@@ -21,7 +21,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ..metrics import Metrics
@@ -37,9 +37,25 @@ from .processor import Admission, BatchResult, ChunkProcessor, PipelineProcessor
 log = logging.getLogger("shield_orchestrator.workers")
 
 MAX_TRANSIENT_BACKOFF = 30.0
-# Batches a worker has in a pipeline at once: each settles its chunks on its own
-# Redis connection, and a group commit answers many of them at the same moment.
-MAX_BATCHES = 4
+BATCHES_IN_PIPELINE = 32  # per pool; the Redis client's pool holds 64 connections at least
+
+
+async def _acquire(semaphore: asyncio.Semaphore, stopping: asyncio.Event) -> bool:
+    """Acquire, unless `stopping` is set first (False then, nothing acquired)."""
+    if not semaphore.locked():
+        await semaphore.acquire()
+        return True
+    acquiring = asyncio.ensure_future(semaphore.acquire())
+    stop = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if acquiring.done() and not acquiring.cancelled():
+        if stopping.is_set():
+            semaphore.release()
+            return False
+        return True
+    acquiring.cancel()
+    return False
 
 
 class Reservation:
@@ -82,6 +98,9 @@ class WorkerDeps:
     metrics: Metrics
     stopping: asyncio.Event
     admit: Admission
+    # Batches the pool's workers have in a pipeline at once: each settles its chunks
+    # on a Redis connection of its own, and a group commit answers many together.
+    batch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BATCHES_IN_PIPELINE))
 
 
 class Worker:
@@ -99,6 +118,7 @@ class Worker:
         self.metrics = deps.metrics
         self.stopping = deps.stopping
         self.admit = deps.admit
+        self.batch_slots = deps.batch_slots
         self.pipeline = self.processor if isinstance(self.processor, PipelineProcessor) else None
         self.consumer = self.s.consumer_name(number)
         self.inbox = inbox
@@ -142,27 +162,36 @@ class Worker:
             if entries:
                 await self.handle(entries, delivered_before=False)
             return
-        if len(self._batches) >= MAX_BATCHES:
-            self.state = "processing"
-            await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
-            self._reap()
-        self.state = "waiting"  # for room in the pipeline
-        reserved = await self.pipeline.reserve(self.s.batch_size, self.stopping)
-        if not reserved:
+        self.state = "processing"  # waiting for a batch of this pool to end
+        if not await _acquire(self.batch_slots, self.stopping):
             return
-        self.state = "idle"
+        slot = True
         try:
-            entries = await self.stream.read_new(self.consumer, reserved, self.s.block_ms)
-        except BaseException:
-            self.pipeline.release(reserved)
-            raise
-        self.pipeline.release(reserved - len(entries))
-        if entries:
-            reservation = Reservation(self.pipeline, len(entries))
-            batch = asyncio.create_task(self.handle(entries, delivered_before=False, reservation=reservation))
-            # Given back however the batch ends, even cancelled before it ran.
-            batch.add_done_callback(lambda _batch: reservation.release())
-            self._batches.add(batch)
+            self.state = "waiting"  # for room in the pipeline
+            reserved = await self.pipeline.reserve(self.s.batch_size, self.stopping)
+            if not reserved:
+                return
+            self.state = "idle"
+            try:
+                entries = await self.stream.read_new(self.consumer, reserved, self.s.block_ms)
+            except BaseException:
+                self.pipeline.release(reserved)
+                raise
+            self.pipeline.release(reserved - len(entries))
+            if entries:
+                reservation = Reservation(self.pipeline, len(entries))
+                batch = asyncio.create_task(self.handle(entries, delivered_before=False, reservation=reservation))
+                # Given back however the batch ends, even cancelled before it ran.
+                batch.add_done_callback(lambda _batch: self._batch_ended(reservation))
+                self._batches.add(batch)
+                slot = False
+        finally:
+            if slot:
+                self.batch_slots.release()
+
+    def _batch_ended(self, reservation: Reservation) -> None:
+        reservation.release()
+        self.batch_slots.release()
 
     def _reap(self) -> None:
         """Forget the batches that ended; one that raised raises here (the pool restarts the worker)."""
