@@ -12,6 +12,7 @@ counts twice and an ack is never lost for a counted chunk.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from ..queue.tasks import ChunkTask
 log = logging.getLogger("shield_orchestrator.workers")
 
 PROGRESS_JOBS_KEPT = 4096
+CONCURRENT_WRITES = 16
 
 
 class OutcomeSettler:
@@ -59,6 +61,9 @@ class OutcomeSettler:
         # Per job, the highest count published: the workers of a process settle
         # chunks concurrently and their replies can come back out of order.
         self._progress_published: dict[str, int] = {}
+        # Outcomes written at once: a group commit answers many batches together,
+        # and each write takes a connection of the Redis client's pool.
+        self._writes = asyncio.Semaphore(CONCURRENT_WRITES)
 
     async def start_jobs(
         self, tasks: Sequence[ChunkTask], consumer: str, *, skip_cancelled: bool = True
@@ -82,7 +87,8 @@ class OutcomeSettler:
         """Chunks of cancelled jobs, never handed to LightRAG: acked unprocessed."""
         if not tasks:
             return
-        await self._stream.ack([(task.stream, task.entry_id) for task in tasks])
+        async with self._writes:
+            await self._stream.ack([(task.stream, task.entry_id) for task in tasks])
         jobs = sorted({task.job_id for task in tasks})
         log.info("consumer=%s skipped %d chunks of cancelled jobs %s", consumer, len(tasks), jobs)
         self._metrics.chunks_skipped.inc(len(tasks))
@@ -109,7 +115,7 @@ class OutcomeSettler:
         for task in tasks:
             by_job[task.job_id].append(ChunkOutcome(task.index, True))
         now = utcnow()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._writes, self._redis.pipeline(transaction=False) as pipe:
             for job_id, outcomes in by_job.items():
                 await self._tracker.stage_record(pipe, job_id, outcomes, now)
             self._stream.stage_ack(pipe, [(task.stream, task.entry_id) for task in tasks])
@@ -144,7 +150,8 @@ class OutcomeSettler:
         by_job: dict[str, list[ChunkOutcome]] = defaultdict(list)
         for task in tasks:
             by_job[task.job_id].append(ChunkOutcome(task.index, False, errors[task.doc_id]))
-        progress = [await self._tracker.record(job_id, outcomes) for job_id, outcomes in by_job.items()]
+        async with self._writes:
+            progress = [await self._tracker.record(job_id, outcomes) for job_id, outcomes in by_job.items()]
         for task in tasks:
             used = attempts.get(task.doc_id, 0)
             log.error(

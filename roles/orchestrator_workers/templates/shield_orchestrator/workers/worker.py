@@ -37,7 +37,9 @@ from .processor import Admission, BatchResult, ChunkProcessor, PipelineProcessor
 log = logging.getLogger("shield_orchestrator.workers")
 
 MAX_TRANSIENT_BACKOFF = 30.0
-BATCHES_IN_PIPELINE = 32  # per pool; the Redis client's pool holds 64 connections at least
+# Batches of a pool in a pipeline at once: chunks waiting for a group commit are in
+# them (the pipeline's room bounds what is read; the settler, the Redis writes).
+BATCHES_IN_PIPELINE = 256
 
 
 async def _acquire(semaphore: asyncio.Semaphore, stopping: asyncio.Event) -> bool:
@@ -98,8 +100,6 @@ class WorkerDeps:
     metrics: Metrics
     stopping: asyncio.Event
     admit: Admission
-    # Batches the pool's workers have in a pipeline at once: each settles its chunks
-    # on a Redis connection of its own, and a group commit answers many together.
     batch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BATCHES_IN_PIPELINE))
 
 
