@@ -124,6 +124,7 @@ class Worker:
         self.inbox = inbox
         self.tasks_done = 0
         self._batches: set[asyncio.Task[None]] = set()  # read from the stream, in the pipeline
+        self._taken = 0  # entries read into those batches, ended or not
         self.state = "starting"
 
     async def run(self) -> WorkerExit:
@@ -142,7 +143,7 @@ class Worker:
                     await self.handle(self.inbox.get_nowait(), delivered_before=True)
                 self.state = "idle"
                 await self._read_and_handle()
-                if self.tasks_done >= self.s.recycle_after_tasks:
+                if max(self.tasks_done, self._taken) >= self.s.recycle_after_tasks:
                     await self._settle_batches()
                     return WorkerExit.RECYCLE
             await self._settle_batches()
@@ -178,6 +179,7 @@ class Worker:
                 self.pipeline.release(reserved)
                 raise
             self.pipeline.release(reserved - len(entries))
+            self._taken += len(entries)  # counted toward the recycle when read: its batch ends later
             if entries:
                 reservation = Reservation(self.pipeline, len(entries))
                 batch = asyncio.create_task(self.handle(entries, delivered_before=False, reservation=reservation))
