@@ -307,8 +307,10 @@ async def test_the_next_commit_is_spaced_by_the_duty_cycle(ws: Workspace) -> Non
         await commit.stop()
     for (_, end), (asked, done) in itertools.pairwise(times):
         assert done - end >= 0.3 + 0.1 - 0.02, times  # spacing, then the commit itself
-        assert done - end < 0.3 + 0.1 + 0.25, times  # and no later: the waiting caller triggers it
-        assert asked - end < 0.1  # asked for at once: the wait was the spacing
+        # ...and no later than a loaded machine explains: the waiting caller triggers it,
+        # not the timer (5 s)
+        assert done - end < 0.3 + 0.1 + 1.5, times
+        assert asked - end < 1.0  # asked for at once: the wait was the spacing
     assert commit.commits == 3
 
 
