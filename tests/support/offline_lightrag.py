@@ -55,10 +55,13 @@ class OfflineModels:
 
     fail_on: set[str] = field(default_factory=set)
     calls: int = 0
+    kinds: list[str] = field(default_factory=list)  # what each call was, as the stand-in classifies it
     embedding_down: bool = False
 
 
-def offline_rag(working_dir: Path, models: OfflineModels, workspace: str = "", **extra: Any) -> Any:
+def offline_rag(
+    working_dir: Path, models: OfflineModels, workspace: str = "", *, extract_cache: bool = False, **extra: Any
+) -> Any:
     """A LightRAG on its file storages under `working_dir`, built as the service
     builds it (processor.open_lightrag) but for the endpoints; not yet initialised.
     Its LLM and embedding functions are plain functions (LightRAG deep-copies its
@@ -78,7 +81,8 @@ def offline_rag(working_dir: Path, models: OfflineModels, workspace: str = "", *
         if any(marker in prompt for marker in models.fail_on):
             raise LLMRefusal("the in-process LLM refuses this text")
         wants_json = bool(kwargs.get("keyword_extraction") or kwargs.get("response_format"))
-        _kind, answer = standin().answer_chat(chat_messages(prompt, system_prompt, history_messages), wants_json)
+        kind, answer = standin().answer_chat(chat_messages(prompt, system_prompt, history_messages), wants_json)
+        models.kinds.append(str(kind))
         return str(answer)
 
     async def embed(texts: list[str], **_kwargs: Any) -> np.ndarray:
@@ -98,7 +102,7 @@ def offline_rag(working_dir: Path, models: OfflineModels, workspace: str = "", *
         tokenizer=_offline_tokenizer(),
         vector_db_storage_cls_kwargs={"cosine_better_than_threshold": COSINE_THRESHOLD},
         enable_llm_cache=False,
-        enable_llm_cache_for_entity_extract=False,
+        enable_llm_cache_for_entity_extract=extract_cache,
         **extra,
     )
 

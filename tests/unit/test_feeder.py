@@ -145,10 +145,35 @@ async def _always() -> bool:
     return True
 
 
-def _feeder(rag: _FakePipeline, window: int = 4, ahead: int = 2, timeout: float = 60.0) -> LightRAGFeeder:
+class _FakeExtractor:
+    """Extraction ahead of the pipeline taking `seconds` per text; records what it
+    extracted and whether the document had entered LightRAG by then."""
+
+    def __init__(self, rag: _FakePipeline, seconds: float = 0.05) -> None:
+        self.rag = rag
+        self.seconds = seconds
+        self.extracted: list[str] = []
+        self.entered_before: list[str] = []
+
+    async def extract(self, text: str) -> bool:
+        await asyncio.sleep(self.seconds)
+        if text in self.rag.started:
+            self.entered_before.append(text)
+        self.extracted.append(text)
+        return True
+
+
+def _feeder(
+    rag: _FakePipeline,
+    window: int = 4,
+    ahead: int = 2,
+    timeout: float = 60.0,
+    lock: asyncio.Lock | None = None,
+    extractor: _FakeExtractor | None = None,
+) -> LightRAGFeeder:
     return LightRAGFeeder(
         rag,  # type: ignore[arg-type]
-        asyncio.Lock(),
+        lock or asyncio.Lock(),
         DependencyGate(lambda _change: None),
         str,
         _always,
@@ -156,6 +181,7 @@ def _feeder(rag: _FakePipeline, window: int = 4, ahead: int = 2, timeout: float 
         window=window,
         ahead=ahead,
         urgent=lambda t: t.stream == "high",
+        extractor=extractor,  # type: ignore[arg-type]
     )
 
 
@@ -347,5 +373,53 @@ def test_a_contended_session_drains_lets_the_lock_go_and_takes_it_again(monkeypa
         takes = lock.events.count("take")
         assert takes >= 2, lock.events  # let go at least once mid-way, taken again
         assert lock.events == ["take", "release"] * takes  # never held twice, never released unheld
+
+    asyncio.run(scenario())
+
+
+def test_extraction_runs_ahead_while_another_holds_the_lock_and_before_each_document_enters() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline({f"t{i}": 0.02 for i in range(6)})
+        lock = asyncio.Lock()
+        extractor = _FakeExtractor(rag)
+        feeder = _feeder(rag, window=4, ahead=4, lock=lock, extractor=extractor)
+        feeder.start()
+        await lock.acquire()  # another host's session
+        futures = feeder.submit([text_task(i, f"t{i}") for i in range(6)])
+        await asyncio.sleep(0.3)
+        assert sorted(extractor.extracted) == [f"t{i}" for i in range(6)]  # a window at a time, none waiting
+        assert rag.started == [] and feeder.in_flight == 0 and feeder.held == 6  # waiting for the lock
+        lock.release()
+        assert await _none(futures)
+        assert sorted(rag.started) == sorted(extractor.extracted) and extractor.entered_before == []
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+async def _none(futures: dict[str, asyncio.Future[Any]]) -> bool:
+    """Whether every future ended done (None)."""
+    return all(result is None for result in await asyncio.gather(*futures.values()))
+
+
+def test_a_cancelled_jobs_chunks_are_not_extracted_and_a_stop_answers_those_being_extracted() -> None:
+    async def refuse_job_c(job_id: str, indexes: Any) -> bool:
+        return job_id != "c"
+
+    async def scenario() -> None:
+        rag = _FakePipeline()
+        extractor = _FakeExtractor(rag, seconds=0.3)
+        feeder = _feeder(rag, window=2, extractor=extractor)
+        feeder.start()
+        dropped = feeder.submit([text_task(0, "dropped", job="c")], refuse_job_c)
+        assert (await dropped["chunk-c-0"]).kind is FaultKind.CANCELLED  # type: ignore[union-attr]
+        futures = feeder.submit([text_task(i, f"t{i}") for i in range(1, 4)])
+        await asyncio.sleep(0.1)
+        assert feeder.extracting == 2
+        feeder.begin_stop()
+        outcomes = [future.result() for future in futures.values()]
+        assert all(outcome is not None and outcome.transient for outcome in outcomes)
+        await feeder.stop()
+        assert extractor.extracted == [] and rag.started == []
 
     asyncio.run(scenario())

@@ -28,8 +28,10 @@ from nano_vectordb import NanoVectorDB
 from shield_orchestrator.lightrag import boundary
 from shield_orchestrator.lightrag.commit import CommitError, commit_continuously, patch_vector_save, share_flushes
 from shield_orchestrator.lightrag.commit.journal import FILE_STORAGES, JOURNAL, PREV, file_spec, storage_file
+from shield_orchestrator.lightrag.extract import Extractor
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
 from shield_orchestrator.lightrag.graph_check import GraphVerification, check_graph
+from shield_orchestrator.lightrag.llm_cache import sqlite_cache
 from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
 from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.workers.breaker import DependencyGate
@@ -538,3 +540,52 @@ async def test_a_lost_connection_resets_the_pool_and_the_reconnect_gives_up_prom
         await asyncio.wait_for(db._run_with_retry(select_one), 2)
     assert lost.closed and db.pool is None
     assert not db._pool_reconnect_lock.locked()
+
+
+# --- extraction ahead of the pipeline (extract.py) and the SQLite LLM cache (llm_cache.py) ---
+
+
+@pytest.fixture
+async def cached_rag(tmp_path: Path, models: OfflineModels) -> AsyncIterator[Any]:
+    """A LightRAG with its extraction cache on, kept in the service's SQLite cache."""
+    instance = offline_rag(tmp_path, models, extract_cache=True)
+    instance.llm_response_cache = sqlite_cache(instance.llm_response_cache, str(tmp_path))
+    await instance.initialize_storages()
+    yield instance
+    await instance.finalize_storages()
+
+
+async def test_extraction_ahead_leaves_the_pipeline_no_extraction_to_pay(
+    cached_rag: Any, models: OfflineModels
+) -> None:
+    extractor = Extractor(cached_rag)
+    for doc_id in IDS:
+        assert await extractor.extract(TEXTS[doc_id])
+    ahead = list(models.kinds)
+    assert ahead.count("extraction") == len(IDS) and ahead.count("gleaning") == len(IDS)
+    await insert(cached_rag, IDS)
+    in_pipeline = models.kinds[len(ahead) :]
+    assert "extraction" not in in_pipeline and "gleaning" not in in_pipeline, in_pipeline
+    docs = await cached_rag.aget_docs_by_ids(IDS)
+    assert {status_value(doc) for doc in docs.values()} == {"processed"}
+    assert (await cached_rag.chunk_entity_relation_graph.get_node("Amara Osei")) is not None
+
+
+async def test_the_sqlite_cache_keeps_every_answer_for_a_new_instance(
+    cached_rag: Any, models: OfflineModels, tmp_path: Path
+) -> None:
+    await insert(cached_rag, IDS)
+    paid = len(models.kinds)
+    await cached_rag.finalize_storages()
+    again = OfflineModels()
+    reopened = offline_rag(tmp_path, again, cached_rag.workspace, extract_cache=True)
+    reopened.llm_response_cache = sqlite_cache(reopened.llm_response_cache, str(tmp_path))
+    await reopened.initialize_storages()
+    try:
+        extractor = Extractor(reopened)
+        for doc_id in IDS:
+            assert await extractor.extract(TEXTS[doc_id])
+        assert paid > 0 and again.kinds == []
+    finally:
+        await reopened.finalize_storages()
+        await cached_rag.initialize_storages()  # the fixture finalises it

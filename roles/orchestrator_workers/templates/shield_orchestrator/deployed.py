@@ -66,7 +66,7 @@ DEFAULTS: Final[dict[str, str | int | float | bool]] = {
     "lightrag_storage": "local",
     "lightrag_workspace": "shield",
     "lightrag_lock_ttl_seconds": 10.0,
-    "lightrag_llm_cache": False,
+    "lightrag_llm_cache": True,
     # LLM and embeddings (OpenAI-compatible endpoints)
     "llm_base_url": "http://127.0.0.1:11434/v1",
     "llm_model": "qwen2.5:7b-instruct",

@@ -60,6 +60,7 @@ from .commit import CommitError
 
 if TYPE_CHECKING:
     from .commit import GroupCommit
+    from .extract import Extractor
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
@@ -132,6 +133,8 @@ class _Queued:
     task: ChunkTask
     future: asyncio.Future[Outcome]
     admit: Admission
+    rank: tuple[int, int] = (1, 0)  # its place in the queues: (0 urgent | 1, arrival)
+    admitted: bool = False  # by its job's admission, before its extraction ahead
 
 
 @dataclass
@@ -175,9 +178,11 @@ class LightRAGFeeder:
         ahead: int,
         urgent: Callable[[ChunkTask], bool] = lambda task: False,
         commit: GroupCommit | None = None,
+        extractor: Extractor | None = None,
     ) -> None:
         self._rag = rag
         self._commit = commit
+        self._extractor = extractor
         self._storage_probe = storage_probe
         self._task_timeout = task_timeout
         self._lock = lock
@@ -188,6 +193,10 @@ class LightRAGFeeder:
         self._ahead = ahead
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
         self._queue: list[tuple[int, int, _Queued]] = []  # a heap: (0 urgent | 1, arrival, item)
+        # Extracted ahead (extract.py), waiting for the window: a heap as the queue.
+        self._ready: list[tuple[int, int, _Queued]] = []
+        self._extractions: dict[asyncio.Task[None], _Queued] = {}
+        self._extract_more = asyncio.Event()
         self._arrivals = itertools.count()
         self._flights: dict[str, _Flight] = {}  # by the document watched
         self._awaiting: dict[str, list[_Queued]] = {}  # PROCESSED, answered once committed
@@ -215,15 +224,30 @@ class LightRAGFeeder:
         return len(self._flights)
 
     @property
+    def extracting(self) -> int:
+        """Documents being extracted ahead of the pipeline."""
+        return len(self._extractions)
+
+    @property
+    def ready(self) -> int:
+        """Documents extracted ahead, waiting for a place in the window."""
+        return len(self._ready)
+
+    @property
     def held(self) -> int:
-        """Places taken: reserved by workers, queued, being admitted, in flight."""
-        return self._reserved + len(self._queue) + self._admitting + len(self._flights)
+        """Places taken: reserved by workers, queued, extracted or being so, being
+        admitted, in flight."""
+        waiting = len(self._queue) + len(self._extractions) + len(self._ready)
+        return self._reserved + waiting + self._admitting + len(self._flights)
 
     def start(self) -> None:
         self._watch_status_writes()
         if self._commit is not None:
             self._commit.on_drop = self._reprocess_uncommitted
-        for name, loop in (("admitter", self._admit_loop), ("driver", self._drive), ("watcher", self._watch)):
+        loops = [("admitter", self._admit_loop), ("driver", self._drive), ("watcher", self._watch)]
+        if self._extractor is not None:
+            loops.append(("extractor", self._extract_loop))
+        for name, loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=f"lightrag-feeder-{name}"))
 
     def begin_stop(self) -> None:
@@ -231,17 +255,21 @@ class LightRAGFeeder:
         stream), documents in flight run on until stop()."""
         self._stopping = True
         stopping = transient("the service is stopping; the chunk stays pending for the next run", None)
-        while self._queue:
-            self._answer([heapq.heappop(self._queue)[2]], stopping)
+        for heap in (self._queue, self._ready):
+            while heap:
+                self._answer([heapq.heappop(heap)[2]], stopping)
+        for extraction, item in list(self._extractions.items()):
+            extraction.cancel()
+            self._answer([item], stopping)
         self._room.set()
         self._wakeup.set()
 
     async def stop(self) -> None:
         self.begin_stop()
         self._stop.set()
-        for task in [*self._tasks, *self._answering]:
+        for task in [*self._tasks, *self._answering, *self._extractions]:
             task.cancel()
-        for task in [*self._tasks, *self._answering]:
+        for task in [*self._tasks, *self._answering, *self._extractions]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -294,10 +322,11 @@ class LightRAGFeeder:
                     future.set_result(transient("the service is stopping; the chunk stays pending", None))
                 else:
                     self._futures[task.doc_id] = future
-                    rank = 0 if self._urgent(task) else 1
-                    heapq.heappush(self._queue, (rank, next(self._arrivals), item))
+                    item.rank = (0 if self._urgent(task) else 1, next(self._arrivals))
+                    heapq.heappush(self._queue, (*item.rank, item))
             futures[task.doc_id] = future
         self._wakeup.set()
+        self._extract_more.set()
         return futures
 
     async def process(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
@@ -329,14 +358,15 @@ class LightRAGFeeder:
             self._wakeup.clear()
             if not await self._gate.wait_closed(self._stop):
                 return
+            entering = self._entering
             idle = not self._flights and not self._awaiting
-            if self._session and idle and (self._paused or self._yielding or not self._queue):
+            if self._session and idle and (self._paused or self._yielding or not entering):
                 await self._end_session()
                 self._yielding = False
-                if self._queue:
+                if entering:
                     self._wakeup.set()
                 continue
-            if self._paused or self._stopping or self._yielding or not self._queue:
+            if self._paused or self._stopping or self._yielding or not entering:
                 continue
             if self._session and loop.time() - self._session_since > SESSION_SECONDS and await self._contended():
                 log.info("another host waits for the workspace lock: this one drains and lets it go")
@@ -346,7 +376,7 @@ class LightRAGFeeder:
             room = self.window - len(self._flights)
             if room <= 0:
                 continue
-            batch = [heapq.heappop(self._queue)[2] for _ in range(min(room, len(self._queue)))]
+            batch = [heapq.heappop(entering)[2] for _ in range(min(room, len(entering)))]
             self._admitting = len(batch)
             try:
                 if not self._session:
@@ -360,8 +390,56 @@ class LightRAGFeeder:
             finally:
                 self._admitting = 0
             self._room.set()
-            if self._queue:
+            self._extract_more.set()
+            if entering:
                 self._wakeup.set()
+
+    @property
+    def _entering(self) -> list[tuple[int, int, _Queued]]:
+        """What enters the window next: the extracted documents when extracting
+        ahead, else the queue."""
+        return self._ready if self._extractor is not None else self._queue
+
+    # --- extraction ahead of the pipeline (extract.py) --------------------------------
+    async def _extract_loop(self) -> None:
+        """Start the extraction of queued documents, high priority first, while fewer
+        than `window` are being extracted: their LLM work needs no lock."""
+        while not self._stop.is_set():
+            await self._extract_more.wait()
+            self._extract_more.clear()
+            if not await self._gate.wait_closed(self._stop):
+                return
+            free = self.window - len(self._extractions)
+            if self._stopping or free <= 0 or not self._queue:
+                continue
+            batch = [heapq.heappop(self._queue)[2] for _ in range(min(free, len(self._queue)))]
+            try:
+                admitted = await self._admitted(batch)
+            except Exception as exc:  # noqa: BLE001 - Redis (admission) failed
+                failure = classify_exception(exc, STORAGE)
+                log.warning("%d chunks not admitted into LightRAG: %s", len(batch), failure.message[:300])
+                self._answer(batch, failure)
+                self._room.set()
+                await asyncio.sleep(1)
+                self._extract_more.set()
+                continue
+            for item in admitted:
+                extraction = asyncio.create_task(self._extract(item), name="lightrag-extract-ahead")
+                self._extractions[extraction] = item
+            self._room.set()
+            if self._queue:
+                self._extract_more.set()
+
+    async def _extract(self, item: _Queued) -> None:
+        assert self._extractor is not None
+        try:
+            await self._extractor.extract(item.task.text)
+        finally:
+            self._extractions.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+        if not item.future.done() and not self._stopping:
+            heapq.heappush(self._ready, (*item.rank, item))
+        self._wakeup.set()
+        self._extract_more.set()
 
     async def _begin_session(self) -> None:
         await self._lock.__aenter__()
@@ -375,15 +453,22 @@ class LightRAGFeeder:
         contended = getattr(self._lock, "contended", None)
         return bool(await contended()) if contended is not None else False
 
-    async def _admit(self, batch: list[_Queued]) -> None:
-        """Into LightRAG: the batch's admitted tasks, by their documents' statuses."""
-        admitted: list[_Queued] = []
-        for job_id, items in _by_job(batch).items():
+    async def _admitted(self, batch: list[_Queued]) -> list[_Queued]:
+        """The batch's tasks their jobs admit (a cancelled job's are answered so)."""
+        admitted = [item for item in batch if item.admitted]
+        for job_id, items in _by_job([item for item in batch if not item.admitted]).items():
             if await items[0].admit(job_id, [item.task.index for item in items]):
                 admitted += items
+                for item in items:
+                    item.admitted = True
             else:
                 log.info("job %s is cancelled: %d of its chunks do not enter LightRAG", job_id, len(items))
                 self._answer(items, job_cancelled(job_id))
+        return admitted
+
+    async def _admit(self, batch: list[_Queued]) -> None:
+        """Into LightRAG: the batch's admitted tasks, by their documents' statuses."""
+        admitted = await self._admitted(batch)
         if not admitted:
             return
         self.admitted += len(admitted)

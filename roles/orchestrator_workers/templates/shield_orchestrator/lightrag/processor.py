@@ -30,8 +30,10 @@ from ..workers.stalls import CallWatch
 from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
 from .commit import KILL_AT_ENV, GroupCommit, GroupFlush, commit_continuously, patch_vector_save, recover, share_flushes
+from .extract import Extractor
 from .feeder import LightRAGFeeder
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
+from .llm_cache import sqlite_cache
 from .token_memo import MemoEncoding
 from .verify import JobVerification, verify_job
 
@@ -205,6 +207,11 @@ class LightRAGProcessor:
             # KILL_AT_ENV: test-only (commit/faults.py).
             self._commit = commit_continuously(self.rag, s.lightrag_working_dir, os.environ.get(KILL_AT_ENV))
             self._commit.start()
+        # With the LLM cache, each document's extraction runs ahead of the pipeline,
+        # outside the workspace lock (extract.py), up to a window of documents
+        # besides the window in LightRAG; without it, the pipeline extracts.
+        extractor = Extractor(self.rag) if s.lightrag_llm_cache else None
+        window = pipeline_window(s)
         self._feeder = LightRAGFeeder(
             self.rag,
             self._lock,
@@ -212,10 +219,11 @@ class LightRAGProcessor:
             content_hash,
             self._storage_answers,
             task_timeout=s.task_timeout_seconds,
-            window=pipeline_window(s),
-            ahead=pipeline_window(s) // 2,
+            window=window,
+            ahead=window if extractor is not None else window // 2,
             urgent=high_priority(RedisKeys.from_settings(s).high),
             commit=self._commit,
+            extractor=extractor,
         )
         self._feeder.start()
         log.info(
@@ -297,7 +305,15 @@ class LightRAGProcessor:
         s = self._s
         feeder = self._feeder
         pipeline: dict[str, str | int | float] = (
-            {"in_flight": feeder.in_flight, "window": feeder.window, "held": feeder.held} if feeder else {}
+            {
+                "in_flight": feeder.in_flight,
+                "window": feeder.window,
+                "held": feeder.held,
+                "extracting_ahead": feeder.extracting,
+                "extracted_waiting": feeder.ready,
+            }
+            if feeder
+            else {}
         )
         reports = [DependencyReport("lightrag", feeder is not None, True, pipeline)]
         try:
@@ -427,14 +443,17 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
         # Every document the feeder admits starts at once: LightRAG runs its whole window.
         max_parallel_insert=pipeline_window(s),
         vector_db_storage_cls_kwargs={"cosine_better_than_threshold": COSINE_THRESHOLD},
-        # The LLM response cache spares LLM calls only when the same prompt comes
-        # again; with the local storages it is a JSON file rewritten whole after
-        # every document (the largest one: 10 MB after 300 chunks, a third of
-        # the CPU). Off unless asked for (lightrag_llm_cache).
+        # The extraction cache (LightRAG's LLM response cache for extraction, gleaning
+        # and summaries): what the extraction ahead of the pipeline fills, and what
+        # spares the LLM when a chunk is processed again. On the file storages
+        # it is a SQLite file, durable on write (llm_cache.py), instead of
+        # LightRAG's JSON file rewritten whole at every flush.
         enable_llm_cache=s.lightrag_llm_cache,
         enable_llm_cache_for_entity_extract=s.lightrag_llm_cache,
         **storage_classes(s),
     )
+    if s.lightrag_llm_cache and s.lightrag_storage != "postgres":
+        rag.llm_response_cache = sqlite_cache(rag.llm_response_cache, s.lightrag_working_dir)
     await rag.initialize_storages()
     return rag
 
