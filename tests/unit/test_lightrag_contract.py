@@ -32,6 +32,7 @@ from shield_orchestrator.lightrag.extract import Extractor
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
 from shield_orchestrator.lightrag.graph_check import GraphVerification, check_graph
 from shield_orchestrator.lightrag.llm_cache import sqlite_cache
+from shield_orchestrator.lightrag.merge_locks import lock_endpoint_reads, relation_locks
 from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
 from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.workers.breaker import DependencyGate
@@ -589,3 +590,57 @@ async def test_the_sqlite_cache_keeps_every_answer_for_a_new_instance(
     finally:
         await reopened.finalize_storages()
         await cached_rag.initialize_storages()  # the fixture finalises it
+
+
+# --- relation merges locked per relation (merge_locks.py) ---
+
+
+async def test_a_relation_merge_holds_its_endpoints_only_from_their_read(rag: Any, monkeypatch: Any) -> None:
+    from lightrag import operate
+
+    monkeypatch.setattr(operate, "get_storage_keyed_lock", relation_locks(operate.get_storage_keyed_lock))
+    lock_endpoint_reads(rag.chunk_entity_relation_graph)
+    locks, graph = operate.get_storage_keyed_lock, rag.chunk_entity_relation_graph
+
+    async def relation(a: str, b: str, seconds: float, read: bool) -> None:
+        async with locks(sorted([a, b]), namespace="GraphDB"):
+            if read:
+                await graph.get_node(a)
+            await asyncio.sleep(seconds)  # its summary, or its writes
+
+    async def entity(name: str) -> float:
+        began = asyncio.get_running_loop().time()
+        async with locks([name], namespace="GraphDB"):
+            return asyncio.get_running_loop().time() - began
+
+    summarising = asyncio.create_task(relation("E", "F", 0.4, read=False))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(relation("E", "G", 0, read=True), 0.2)  # E is not held by (E, F)'s summary
+    assert await asyncio.wait_for(entity("E"), 0.2) < 0.1
+    same_relation = asyncio.create_task(relation("F", "E", 0, read=False))
+    await asyncio.sleep(0.1)
+    assert not same_relation.done()  # one relation's merges still run one at a time
+    await summarising
+    await same_relation
+    writing = asyncio.create_task(relation("E", "F", 0.3, read=True))
+    await asyncio.sleep(0.05)
+    assert await entity("E") >= 0.2  # an endpoint read by a relation's merge waits for its end
+    await writing
+
+
+async def test_the_graph_is_the_same_with_relations_locked_per_relation(tmp_path: Path, monkeypatch: Any) -> None:
+    from lightrag import operate
+
+    async def ingest(folder: Path) -> Any:
+        instance = offline_rag(folder, OfflineModels())
+        await instance.initialize_storages()
+        lock_endpoint_reads(instance.chunk_entity_relation_graph)
+        await insert(instance, IDS)
+        report = await check_graph(instance, dump=True)
+        await instance.finalize_storages()
+        assert report["consistent"] is True, report["problems"]
+        return report["dump"]
+
+    as_lightrag = await ingest(tmp_path / "lightrag")
+    monkeypatch.setattr(operate, "get_storage_keyed_lock", relation_locks(operate.get_storage_keyed_lock))
+    assert await ingest(tmp_path / "per-relation") == as_lightrag

@@ -34,6 +34,7 @@ from .extract import Extractor
 from .feeder import LightRAGFeeder
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .llm_cache import sqlite_cache
+from .merge_locks import lock_endpoint_reads, patch_relation_locks
 from .token_memo import MemoEncoding
 from .verify import JobVerification, verify_job
 
@@ -454,6 +455,10 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
     )
     if s.lightrag_llm_cache and s.lightrag_storage != "postgres":
         rag.llm_response_cache = sqlite_cache(rag.llm_response_cache, s.lightrag_working_dir)
+    # A relation's merge holds its own key, and its endpoints only for the writes that
+    # touch them, not for its LLM summary (merge_locks.py).
+    patch_relation_locks()
+    lock_endpoint_reads(rag.chunk_entity_relation_graph)
     await rag.initialize_storages()
     return rag
 
