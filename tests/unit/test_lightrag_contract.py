@@ -628,19 +628,49 @@ async def test_a_relation_merge_holds_its_endpoints_only_from_their_read(rag: An
     await writing
 
 
+async def ingested_dump(folder: Path, models: OfflineModels, prepare: Any = None) -> Any:
+    """The canonical dump of TEXTS ingested by LightRAG's pipeline into a new
+    workspace (after `prepare(instance)`), checked consistent. One document at a
+    time: LightRAG's merge breaks ties by order (an entity's type when two
+    documents disagree), so documents merged concurrently may differ there."""
+    instance = offline_rag(folder, models, extract_cache=True)
+    instance.llm_response_cache = sqlite_cache(instance.llm_response_cache, str(folder))
+    await instance.initialize_storages()
+    try:
+        if prepare is not None:
+            await prepare(instance)
+        for doc_id in IDS:
+            await insert(instance, [doc_id])
+        report = await check_graph(instance, dump=True)
+    finally:
+        await instance.finalize_storages()
+    assert report["consistent"] is True, report["problems"]
+    return report["dump"]
+
+
 async def test_the_graph_is_the_same_with_relations_locked_per_relation(tmp_path: Path, monkeypatch: Any) -> None:
     from lightrag import operate
 
-    async def ingest(folder: Path) -> Any:
-        instance = offline_rag(folder, OfflineModels())
-        await instance.initialize_storages()
+    async def lock_reads(instance: Any) -> None:
         lock_endpoint_reads(instance.chunk_entity_relation_graph)
-        await insert(instance, IDS)
-        report = await check_graph(instance, dump=True)
-        await instance.finalize_storages()
-        assert report["consistent"] is True, report["problems"]
-        return report["dump"]
 
-    as_lightrag = await ingest(tmp_path / "lightrag")
+    as_lightrag = await ingested_dump(tmp_path / "lightrag", OfflineModels())
     monkeypatch.setattr(operate, "get_storage_keyed_lock", relation_locks(operate.get_storage_keyed_lock))
-    assert await ingest(tmp_path / "per-relation") == as_lightrag
+    assert await ingested_dump(tmp_path / "per-relation", OfflineModels(), lock_reads) == as_lightrag
+
+
+async def test_the_pipeline_takes_the_results_extracted_ahead_and_makes_the_same_graph(tmp_path: Path) -> None:
+    extractors: list[Extractor] = []
+
+    async def extract_ahead(instance: Any) -> None:
+        extractor = Extractor(instance)
+        extractor.serve_pipeline()
+        for doc_id in IDS:
+            assert await extractor.extract(TEXTS[doc_id])
+        extractors.append(extractor)
+
+    as_lightrag = await ingested_dump(tmp_path / "lightrag", OfflineModels())
+    models = OfflineModels()
+    assert await ingested_dump(tmp_path / "ahead", models, extract_ahead) == as_lightrag
+    assert extractors[0].reused == len(IDS)
+    assert models.kinds.count("extraction") == len(IDS)  # each paid once, ahead

@@ -10,7 +10,9 @@ instance's configuration and LLM function, into LightRAG's own LLM response
 cache (on the PostgreSQL storages LightRAG's table, on the file storages a
 SQLite file: llm_cache.py; both durable on write). The pipeline's extraction
 of the document then finds every answer in the cache and calls no LLM: only
-the merge (and its summaries) run under the lock. Every later pass over the
+the merge (and its summaries) run under the lock; on the host that extracted a
+document, the pipeline takes the parsed results themselves (`serve_pipeline`),
+so the extraction is not even parsed twice. Every later pass over the
 same text, prompt and model (a redelivery, a retry, a replay, another host's
 takeover, a restart) finds the same answers: the LLM is not paid twice.
 
@@ -20,28 +22,57 @@ an extraction that fails is the pipeline's to do again (and to report).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .boundary import LightRAGInstance
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
+ChunkResult = tuple[dict[str, list[dict[str, Any]]], dict[tuple[str, str], list[dict[str, Any]]]]
+KEPT_RESULTS = 4096  # chunk results kept for the pipeline, the oldest dropped first (it then reads the cache)
+
+
+def _content_key(content: str) -> str:
+    return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _as_chunk(result: ChunkResult, chunk_id: str, file_path: str) -> ChunkResult:
+    """A result extracted ahead, as the pipeline's extraction of chunk `chunk_id` of
+    the document at `file_path` would have made it: the same entities and relations,
+    each record naming that chunk and that file."""
+    nodes, edges = result
+    where = {"source_id": chunk_id, "file_path": file_path}
+    return (
+        {name: [{**record, **where} for record in records] for name, records in nodes.items()},
+        {pair: [{**record, **where} for record in records] for pair, records in edges.items()},
+    )
+
 
 class Extractor:
     """Extraction of texts into LightRAG's LLM response cache, outside the pipeline.
 
-    Owns nothing but counts (`extracted`, `failed`); the LLM slots are the
-    instance's (its LLM function's limiter, shared with the pipeline, whose
-    merge summaries go first). Guarantees: the chunks extracted are those the
-    pipeline makes of the same text (LightRAG's chunking function and sizes,
-    on the text as LightRAG stores it), so each answer lands under the key the
-    pipeline looks up; nothing but the cache is written."""
+    Owns the results extracted ahead, by chunk text, until the pipeline takes them
+    (at most KEPT_RESULTS), and counts (`extracted`, `failed`, `reused`); the LLM
+    slots are the instance's (its LLM function's limiter, shared with the
+    pipeline, whose merge summaries go first). Guarantees: the chunks extracted
+    are those the pipeline makes of the same text (LightRAG's chunking function
+    and sizes, on the text as LightRAG stores it), so each answer lands under
+    the key the pipeline looks up; once `serve_pipeline` is called, the
+    pipeline's extraction of a document whose every chunk was extracted ahead
+    takes those results (relabelled with its chunk ids and file path) and does
+    no work again, and any other goes through LightRAG's own extraction (the
+    cache); nothing but the cache is written."""
 
     def __init__(self, rag: LightRAGInstance) -> None:
         self._rag = rag
+        self._results: OrderedDict[str, ChunkResult] = OrderedDict()
         self.extracted = 0
         self.failed = 0
+        self.reused = 0
 
     def chunks(self, text: str) -> dict[str, dict[str, Any]]:
         """LightRAG's chunks of `text`, by chunk id, as its pipeline makes them from a
@@ -64,9 +95,10 @@ class Extractor:
         from lightrag.operate import extract_entities
 
         rag: Any = self._rag
+        chunks = self.chunks(text)
         try:
-            await extract_entities(
-                self.chunks(text),
+            results = await extract_entities(
+                chunks,
                 global_config=rag._build_global_config(),
                 llm_response_cache=rag.llm_response_cache,
             )
@@ -74,5 +106,31 @@ class Extractor:
             self.failed += 1
             log.info("extraction ahead of the pipeline failed (the pipeline extracts again): %s", str(exc)[:200])
             return False
+        for chunk, result in zip(chunks.values(), results, strict=True):
+            self._keep(_content_key(chunk["content"]), result)
         self.extracted += 1
         return True
+
+    def _keep(self, key: str, result: ChunkResult) -> None:
+        self._results[key] = result
+        self._results.move_to_end(key)
+        while len(self._results) > KEPT_RESULTS:
+            self._results.popitem(last=False)
+
+    def serve_pipeline(self) -> None:
+        """Let the pipeline's extraction (`_process_extract_entities`, replaced on the
+        instance) take the results extracted ahead."""
+        rag: Any = self._rag
+        own: Callable[..., Awaitable[list[ChunkResult]]] = rag._process_extract_entities
+
+        async def extract_or_reuse(chunks: dict[str, dict[str, Any]], *args: Any, **kwargs: Any) -> list[ChunkResult]:
+            keys = [_content_key(str(chunk.get("content", ""))) for chunk in chunks.values()]
+            if not keys or any(key not in self._results for key in keys):
+                return await own(chunks, *args, **kwargs)
+            self.reused += 1
+            return [
+                _as_chunk(self._results.pop(key), chunk_id, str(chunk.get("file_path", "")))
+                for key, (chunk_id, chunk) in zip(keys, chunks.items(), strict=True)
+            ]
+
+        rag._process_extract_entities = extract_or_reuse

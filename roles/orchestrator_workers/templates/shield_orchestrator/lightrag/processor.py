@@ -212,6 +212,8 @@ class LightRAGProcessor:
         # outside the workspace lock (extract.py), up to a window of documents
         # besides the window in LightRAG; without it, the pipeline extracts.
         extractor = Extractor(self.rag) if s.lightrag_llm_cache else None
+        if extractor is not None:
+            extractor.serve_pipeline()
         window = pipeline_window(s)
         self._feeder = LightRAGFeeder(
             self.rag,
