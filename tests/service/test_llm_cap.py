@@ -6,6 +6,10 @@ never hold more than the cap between them; a holder killed -9 mid-call frees
 its slot when its lease lapses; a long call keeps its slot by renewing it;
 releasing is idempotent and frees nobody else's slot; with Redis unreachable a
 call waits, then gives up with a transient failure of the LLM.
+
+Against the lab/test LLM stand-in (roles/lab_llm_standin, not a language model)
+told to answer 429 with Retry-After: the host backs off, so its next chat call
+waits the Retry-After out instead of meeting the 429 too, and the 429 is counted.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from types import ModuleType
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.servers import RedisServer, free_port
+from tests.support.servers import RedisServer, Standin, free_port, wait_until
+
+DIM = 64
 
 
 @pytest.fixture
@@ -203,3 +209,53 @@ async def test_without_redis_a_call_waits_then_fails_transient(cap: ModuleType) 
 
     failure = classify_message(str(caught.value))
     assert failure.transient and failure.dependency == LLM
+
+
+# --- 429 with Retry-After, against the lab/test stand-in ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
+    """The lab/test stand-in for the LLM endpoint (not a language model), of this module's own."""
+    server = Standin.start(tmp_path_factory.mktemp("standin-429"), embedding_dim=DIM)
+    yield server
+    server.stop()
+
+
+async def test_a_429_backs_the_host_off_and_is_counted(cap: ModuleType, standin: Standin) -> None:
+    from shield_orchestrator.lightrag.clients import Endpoint, llm_function
+    from shield_orchestrator.metrics import Metrics
+    from shield_orchestrator.workers.breaker import DependencyGate
+    from shield_orchestrator.workers.faults import LLM
+    from shield_orchestrator.workers.stalls import CallWatch
+
+    metrics = Metrics()
+    slots = cap.LLMSlots(4, metrics=metrics)
+    endpoint = Endpoint(
+        name=LLM,
+        base_url=standin.base_url,
+        api_key="",
+        timeout=30,
+        concurrency=4,
+        watch=CallWatch(60, {LLM: standin.base_url}),
+        hooks=slots.http_hooks(),
+    )
+    complete = llm_function(endpoint, "lab-standin-chat", DependencyGate(lambda _change: None), slots)
+    await complete("warm up")  # LightRAG's utilities imported, a connection open
+    try:
+        # Every /v1/ route answers 429 (Retry-After: 2) for 1 s.
+        await asyncio.to_thread(standin.outage, 429, 1.0, 2)
+        first = asyncio.create_task(complete("The first call meets the 429; the SDK retries it after 2 s."))
+        await asyncio.to_thread(wait_until, lambda: slots.rate_limited_total >= 1, 10, "the first 429")
+        met = time.monotonic()
+        assert (await slots.report()).backoff_seconds > 1
+        # Sent at once, this call would meet the 429 too (the outage lasts 1 s);
+        # the back-off holds it until the Retry-After has passed.
+        second = await complete("The second call starts during the back-off.")
+        waited = time.monotonic() - met
+        assert second and await first
+    finally:
+        await endpoint.close()
+    assert waited >= 1.5, f"the next call went out {waited:.2f} s after the 429 (Retry-After: 2 s)"
+    assert slots.rate_limited_total == 1, "the next call met the 429 as well: it did not wait the back-off out"
+    assert metrics.registry.get_sample_value("shield_llm_rate_limited_total") == 1

@@ -173,3 +173,52 @@ def test_a_cap_without_redis_leaves_the_calls_uncapped() -> None:
     """The CLI's commands (no Redis) make no chat call: their slots are the process's alone."""
     settings = Settings.load({"ORCHESTRATOR_LLM_CLUSTER_MAX_ASYNC": "8"}, DEFAULTS, BOUNDS)
     assert LLMSlots.build(settings).cluster is None
+
+
+async def test_the_llm_endpoints_health_entry_says_how_its_slots_are_used() -> None:
+    """/health/detailed: the `llm_endpoint` dependency carries the slots' report."""
+    from shield_orchestrator.lightrag.processor import LightRAGProcessor
+    from shield_orchestrator.workers.breaker import DependencyGate
+
+    settings = Settings.load({}, DEFAULTS, BOUNDS)
+    slots = LLMSlots(3, host=settings.hostname)
+    slots.rate_limited(30.0)
+    processor = LightRAGProcessor(settings, DependencyGate(lambda _change: None), asyncio.Lock(), slots=slots)
+
+    async def answers(*_args: object) -> tuple[bool, int]:
+        return True, 200
+
+    async def storage() -> bool:
+        return True
+
+    processor._models_answer = answers  # type: ignore[method-assign]
+    processor._storage_answers = storage  # type: ignore[method-assign]
+    try:
+        reports = {report.name: report for report in await processor.check()}
+    finally:
+        await processor.stop()
+    detail = reports["llm_endpoint"].as_dict()
+    assert detail["status"] == "up" and detail["http_status"] == 200
+    assert (detail["slots"], detail["slots_in_use"], detail["cluster_max_async"]) == (3, 0, 0)
+    assert detail["rate_limited"] == 1 and detail["backoff_seconds"] > 29
+    assert "slots" not in reports["embedding_endpoint"].detail
+
+
+def test_the_console_reads_the_slots_at_get_llm() -> None:
+    from dataclasses import fields, replace
+
+    from fastapi.testclient import TestClient
+    from shield_orchestrator.api.app import create_app
+    from shield_orchestrator.api.context import AppContext
+
+    settings = Settings.load({"ORCHESTRATOR_API_TOKEN": "unit-token"}, DEFAULTS, BOUNDS)
+    slots = LLMSlots(5, host="worker-1")
+    slots.rate_limited(None)
+    absent: object = None
+    context = replace(AppContext(settings, *([absent] * (len(fields(AppContext)) - 1))), llm=slots)  # type: ignore[arg-type]
+    client = TestClient(create_app(context))
+    assert client.get("/llm").status_code == 401
+    body = client.get("/llm", headers={"Authorization": "Bearer unit-token"}).json()
+    assert body["host"] == "worker-1" and (body["slots"], body["slots_in_use"], body["rate_limited"]) == (5, 0, 1)
+    assert body["cluster_max_async"] == 0 and body["cluster_slots_in_use"] is None
+    assert body["cluster_slots_by_host"] == {} and 0 < body["backoff_seconds"] <= DEFAULT_BACKOFF_SECONDS
