@@ -10,6 +10,9 @@ call waits, then gives up with a transient failure of the LLM.
 Against the lab/test LLM stand-in (roles/lab_llm_standin, not a language model)
 told to answer 429 with Retry-After: the host backs off, so its next chat call
 waits the Retry-After out instead of meeting the 429 too, and the 429 is counted.
+
+The whole service with a cluster cap: its chat calls take cluster slots, and
+GET /llm, /health/detailed and /metrics say so.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from types import ModuleType
 import pytest
 from redis.asyncio import Redis
 
+from tests.service.conftest import ServiceFactory
+from tests.support.helpers import ingest, make_chunks, wait_job
 from tests.support.servers import RedisServer, Standin, free_port, wait_until
 
 DIM = 64
@@ -259,3 +264,28 @@ async def test_a_429_backs_the_host_off_and_is_counted(cap: ModuleType, standin:
     assert waited >= 1.5, f"the next call went out {waited:.2f} s after the 429 (Retry-After: 2 s)"
     assert slots.rate_limited_total == 1, "the next call met the 429 as well: it did not wait the back-off out"
     assert metrics.registry.get_sample_value("shield_llm_rate_limited_total") == 1
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> float:
+    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(line.split()[1])
+
+
+def test_the_services_chat_calls_take_cluster_slots_and_every_view_says_so(service_factory: ServiceFactory) -> None:
+    svc = service_factory(llm_cluster_max_async=2, llm_max_async=3, batch_size=5).start()
+    client = svc.client()
+    job = wait_job(client, ingest(client, make_chunks(6, prefix="llmcap"))["job_id"])
+    assert job["status"] == "completed", job
+    text = client.get("/metrics").text
+    # Every cluster slot taken counts its wait, however short: the calls took slots.
+    assert metric(text, "shield_llm_cluster_slot_wait_seconds_total") > 0
+    assert (metric(text, "shield_llm_cluster_max_async"), metric(text, "shield_llm_slots")) == (2, 3)
+    assert metric(text, "shield_llm_cluster_slots_in_use") == 0 == metric(text, "shield_llm_slots_in_use")
+    view = client.get("/llm").json()
+    assert (view["slots"], view["cluster_max_async"], view["cluster_slots_in_use"]) == (3, 2, 0), view
+    assert view["host"] == "testhost" and view["rate_limited"] == 0 and view["backoff_seconds"] == 0, view
+    llm = client.get("/health/detailed").json()["dependencies"]["llm_endpoint"]
+    assert llm["status"] == "up" and (llm["slots"], llm["cluster_max_async"], llm["cluster_slots_in_use"]) == (3, 2, 0)
