@@ -13,6 +13,7 @@ from shield_orchestrator.workers.faults import (
     classify_exception,
     classify_message,
     parse_retry_after,
+    retry_after_of,
 )
 
 
@@ -72,6 +73,32 @@ def test_http_status_decides(status: int, transient: bool) -> None:
 def test_retry_after_is_honoured() -> None:
     failure = classify_exception(status_error(429, {"Retry-After": "2"}), EMBEDDING)
     assert failure.transient and failure.dependency == EMBEDDING and failure.retry_after == 2.0
+
+
+def test_retry_after_ms_comes_first() -> None:
+    """OpenAI's Retry-After-Ms, as the SDK reads it, before Retry-After."""
+    assert retry_after_of({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_of({"retry-after": "3"}) == 3.0
+    assert retry_after_of({"retry-after-ms": "soon", "retry-after": "3"}) == 3.0
+    assert retry_after_of({}) is None
+    failure = classify_exception(status_error(429, {"Retry-After-Ms": "1500"}), LLM)
+    assert failure.retry_after == 1.5
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # As LLMSlotUnavailable says it, and as LightRAG records it on the document.
+        "LLM slot wait timed out after 240 s: the cluster's 8 slots stayed taken "
+        "(orchestrator_workers_llm_cluster_max_async)",
+        "Failed to extract entities and relationships: LLM slot wait timed out after 240 s: Redis, which holds "
+        "the cluster's LLM slots, did not answer (ConnectionError: Error 111 connecting to 10.0.0.5:6379.)",
+    ],
+)
+def test_a_call_that_found_no_llm_slot_is_the_llms_transient_failure(message: str) -> None:
+    """Nothing is spent: the document waits for a later round, the pool pauses on the LLM."""
+    failure = classify_message(message)
+    assert (failure.kind, failure.dependency) == (FaultKind.TRANSIENT, LLM)
 
 
 def test_transport_errors_are_the_dependency() -> None:

@@ -75,6 +75,7 @@ def test_unreadable_value_names_the_environment_and_role_variable() -> None:
         ({"listen_port": "70000"}, "orchestrator_workers_listen_port) must be <= 65535, got 70000"),
         ({"retry_attempts": "0"}, "orchestrator_workers_retry_attempts) must be >= 1"),
         ({"pg_sync_interval": "0"}, "orchestrator_workers_pg_sync_interval) must be >= 0.1"),
+        ({"llm_cluster_max_async": "-1"}, "orchestrator_workers_llm_cluster_max_async) must be >= 0, got -1"),
         ({"log_level": "LOUD"}, "orchestrator_workers_log_level) must be one of DEBUG, INFO, WARNING, ERROR"),
         ({"postgres_sslmode": "prefer"}, "must be one of disable, require, verify-ca, verify-full"),
         ({"lightrag_storage": "mongo"}, "orchestrator_workers_lightrag_storage) must be one of local, postgres"),

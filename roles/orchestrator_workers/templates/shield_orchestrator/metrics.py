@@ -77,6 +77,7 @@ class Metrics:
         )
         self.sse_clients = Gauge("shield_sse_clients", "Connected Server-Sent Events clients", registry=r)
         self._endpoint_and_build_metrics(r)
+        self._llm_slot_metrics(r)
 
     def _endpoint_and_build_metrics(self, r: CollectorRegistry) -> None:
         """The calls to the LLM and embedding endpoints (workers/stalls.py) and the code this process runs."""
@@ -103,6 +104,42 @@ class Metrics:
             "1, labelled with the version and the SHA-256 of the package's file tree this process runs",
             ["version", "tree_sha256"],
             registry=r,
+        )
+
+    def _llm_slot_metrics(self, r: CollectorRegistry) -> None:
+        """The chat calls' slots, on this host and across the cluster, and the 429 back-off (lightrag/llm_cap.py)."""
+        self.llm_slots = Gauge(
+            "shield_llm_slots", "Chat calls this host may make at once (orchestrator_workers_llm_max_async)", registry=r
+        )
+        self.llm_slots_in_use = Gauge(
+            "shield_llm_slots_in_use",
+            "This host's LLM slots taken: chat calls in the endpoint, or waiting for the 429 back-off "
+            "or a cluster slot",
+            registry=r,
+        )
+        self.llm_cluster_max_async = Gauge(
+            "shield_llm_cluster_max_async",
+            "The cap on chat calls at once across the hosts sharing Redis (orchestrator_workers_llm_cluster_max_async; "
+            "0: none)",
+            registry=r,
+        )
+        self.llm_cluster_slots_in_use = Gauge(
+            "shield_llm_cluster_slots_in_use",
+            "Cluster slots leased in Redis by every host, read at the scrape (0 without a cap)",
+            registry=r,
+        )
+        self.llm_cluster_slot_wait_seconds = Counter(
+            "shield_llm_cluster_slot_wait_seconds",
+            "Seconds this host's chat calls waited for a cluster slot (its rate: calls waiting, on average)",
+            registry=r,
+        )
+        self.llm_rate_limited = Counter(
+            "shield_llm_rate_limited",
+            "429 answers of the LLM endpoint, the SDK's retried ones included (each starts or extends the back-off)",
+            registry=r,
+        )
+        self.llm_backoff_seconds = Gauge(
+            "shield_llm_backoff_seconds", "Seconds left of this host's 429 back-off (0: none)", registry=r
         )
 
     def render(self, stats: QueueStats, sse_clients: int) -> bytes:

@@ -34,6 +34,7 @@ from .jobs.history import JobHistory, create_engine
 from .jobs.intake import JobIntake
 from .jobs.projection import JobProjection
 from .jobs.tracker import JobTracker
+from .lightrag.llm_cap import LLMSlots
 from .lightrag.locks import RedisLeaseLock
 from .lightrag.processor import LightRAGProcessor, endpoint_addresses
 from .lightrag.verify import JobVerifier
@@ -56,7 +57,7 @@ class ProcessorFactory(Protocol):
     """Makes the processor the pool calls: LightRAG's in production, another in the bench."""
 
     def __call__(
-        self, settings: Settings, gate: DependencyGate, lock: WorkspaceLock, watch: CallWatch
+        self, settings: Settings, gate: DependencyGate, lock: WorkspaceLock, watch: CallWatch, slots: LLMSlots
     ) -> ChunkProcessor: ...
 
 
@@ -140,7 +141,8 @@ class Service:
         )
         gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
         watch = CallWatch(settings.llm_stall_seconds, endpoint_addresses(settings), metrics)
-        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys), watch)
+        slots = LLMSlots.build(settings, redis, metrics)
+        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys), watch, slots)
         heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(
             redis=redis,
@@ -191,6 +193,7 @@ class Service:
             dead_letters=DeadLetters(redis, keys, tracker, history),
             heartbeats=heartbeats,
             on_job_change=projection.request_sync,
+            llm=slots,
         )
         return cls(settings, redis, engine, processor, projection, publisher, hub, pool, context)
 
@@ -210,7 +213,7 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         log.info(
-            "starting %s %s host=%s redis=%s:%d postgres=%s:%d/%s sslmode=%s",
+            "starting %s %s host=%s redis=%s:%d postgres=%s:%d/%s sslmode=%s llm_slots=%d llm_cluster_max_async=%d",
             s.service_name,
             __version__,
             s.hostname,
@@ -220,6 +223,8 @@ class Service:
             s.postgres_port,
             s.postgres_db,
             s.postgres_sslmode,
+            s.llm_max_async,
+            s.llm_cluster_max_async,
         )
         await self.redis.ping()
         self.publisher.start()

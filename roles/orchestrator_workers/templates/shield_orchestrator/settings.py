@@ -106,6 +106,7 @@ class Settings:
     llm_model: str
     llm_timeout_seconds: float
     llm_max_async: int
+    llm_cluster_max_async: int
     llm_required: bool
     embedding_base_url: str
     embedding_model: str

@@ -14,6 +14,7 @@ from ..jobs.dead_letters import DeadLetters
 from ..jobs.history import JobHistory
 from ..jobs.intake import JobIntake
 from ..jobs.tracker import JobTracker
+from ..lightrag.llm_cap import LLMSlots
 from ..lightrag.verify import JobVerifier
 from ..metrics import Metrics, RateMeter
 from ..queue.liveness import Heartbeats
@@ -25,7 +26,8 @@ from ..settings import Settings
 class AppContext:
     """Everything the routers use, built once by Service.build and attached to the
     app (routes read it back through `Context`). Frozen: no request swaps a component;
-    `verifier` is None when the processor cannot read the graph back."""
+    `verifier` is None when the processor cannot read the graph back; `llm` holds the
+    chat calls' slots (the processor's, whichever it is)."""
 
     settings: Settings
     intake: JobIntake
@@ -41,6 +43,7 @@ class AppContext:
     dead_letters: DeadLetters
     heartbeats: Heartbeats
     on_job_change: Callable[[], None]
+    llm: LLMSlots
 
     def attach(self, app: FastAPI) -> None:
         app.state.context = self

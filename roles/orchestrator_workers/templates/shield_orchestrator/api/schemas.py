@@ -188,6 +188,27 @@ class WorkerList(BaseModel):
     count: int
 
 
+class LLMSlotsView(BaseModel):
+    """GET /llm: the chat calls' slots - this host's and its 429 back-off, the cluster's cap and
+    its leases by host (lightrag/llm_cap.py)."""
+
+    host: str
+    slots: Annotated[int, Field(description="chat calls this host may make at once (llm_max_async)")]
+    slots_in_use: Annotated[
+        int, Field(description="this host's slots taken: in the endpoint, or waiting (back-off, cluster slot)")
+    ]
+    cluster_max_async: Annotated[int, Field(description="the cap across the hosts sharing Redis; 0: none")]
+    cluster_slots_in_use: Annotated[
+        int | None, Field(description="leases live in Redis, every host's; null without a cap or when Redis is down")
+    ]
+    cluster_slots_this_host: int | None
+    cluster_slots_by_host: dict[str, int]
+    cluster_error: Annotated[str | None, Field(description="why the cluster's leases could not be read")]
+    rate_limited: Annotated[int, Field(description="429 answers of the LLM endpoint since this process started")]
+    backoff_seconds: Annotated[float, Field(description="seconds left of this host's 429 back-off; 0: none")]
+    last_rate_limited_at: str | None
+
+
 class DeadLetterView(BaseModel):
     """A chunk that failed for good: its job and index, the start of its text, the error
     it was dead-lettered with and the attempts it spent."""

@@ -9,6 +9,9 @@ a passing blip. The requests are the same OpenAI-compatible requests: the
 messages LightRAG builds, its JSON mode (response_format), streaming off;
 LightRAG's extraction cache sits above these functions and is untouched.
 What a call runs into is reported to the breakers (faults.py, breaker.py).
+Every chat call holds its LLM slots while it runs: this host's, past the 429
+back-off, and the cluster's when capped (llm_cap.py); the LLM client's hooks
+see every 429, the SDK's retried ones included.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import openai
 from ..workers.breaker import DependencyGate
 from ..workers.faults import EMBEDDING, LLM, classify_exception
 from ..workers.stalls import CallWatch
+from .llm_cap import HttpHook, LLMSlots
 
 # The chat parameters LightRAG may pass through that an OpenAI-compatible
 # endpoint understands; its own bookkeeping arguments are not sent.
@@ -43,7 +47,15 @@ class Endpoint:
     """One OpenAI-compatible endpoint and its long-lived client."""
 
     def __init__(
-        self, *, name: str, base_url: str, api_key: str, timeout: float, concurrency: int, watch: CallWatch
+        self,
+        *,
+        name: str,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        concurrency: int,
+        watch: CallWatch,
+        hooks: dict[str, list[HttpHook]] | None = None,
     ) -> None:
         self.name = name
         self.watch = watch
@@ -53,6 +65,7 @@ class Endpoint:
                 max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=KEEPALIVE_SECONDS
             ),
             timeout=httpx2.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+            event_hooks=hooks,
         )
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
@@ -103,9 +116,11 @@ def answer_text(response: Any) -> str:
     return str(content)
 
 
-def llm_function(endpoint: Endpoint, model: str, gate: DependencyGate) -> LLMFunction:
+def llm_function(endpoint: Endpoint, model: str, gate: DependencyGate, slots: LLMSlots) -> LLMFunction:
     """LightRAG's LLM function. A plain function, not a method: LightRAG deep-copies
-    its configuration, functions included."""
+    its configuration, functions included. Each call holds its slots (llm_cap.py);
+    finding none (LLMSlotUnavailable) is not the endpoint's failure and trips no
+    breaker here (the document's outcome says it, transient)."""
 
     async def complete(
         prompt: str,
@@ -113,17 +128,18 @@ def llm_function(endpoint: Endpoint, model: str, gate: DependencyGate) -> LLMFun
         history_messages: list[Message] | None = None,
         **kwargs: Any,  # LightRAG's keywords: chat_parameters() picks what is sent
     ) -> str:
-        try:
-            with endpoint.watch.track(endpoint.name):
-                response = await endpoint.client.chat.completions.create(
-                    model=model,
-                    messages=chat_messages(prompt, system_prompt, history_messages),  # type: ignore[arg-type]
-                    stream=False,
-                    **chat_parameters(kwargs),
-                )
-        except Exception as exc:
-            _report(gate, LLM, exc)
-            raise
+        async with slots.call():
+            try:
+                with endpoint.watch.track(endpoint.name):
+                    response = await endpoint.client.chat.completions.create(
+                        model=model,
+                        messages=chat_messages(prompt, system_prompt, history_messages),  # type: ignore[arg-type]
+                        stream=False,
+                        **chat_parameters(kwargs),
+                    )
+            except Exception as exc:
+                _report(gate, LLM, exc)
+                raise
         return answer_text(response)
 
     return complete

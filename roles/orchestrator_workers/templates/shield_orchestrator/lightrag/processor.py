@@ -34,6 +34,7 @@ from .extract import Extractor
 from .feeder import LightRAGFeeder
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .llm_cache import sqlite_cache
+from .llm_cap import LLMSlots
 from .merge_locks import lock_endpoint_reads, patch_relation_locks
 from .token_memo import MemoEncoding
 from .verify import JobVerification, verify_job
@@ -156,8 +157,9 @@ class LightRAGProcessor:
 
     Owns the LightRAG instance (built, patched and initialised at start, finalised
     at stop), its feeder and, on the file storages, its group commit; the LLM and
-    embedding clients; the breaker probes of the LLM, the embedding endpoint and
-    the storages. Guarantees: it starts only on the pinned LightRAG
+    embedding clients (the chat calls through the LLM slots it is given); the
+    breaker probes of the LLM, the embedding endpoint and the storages.
+    Guarantees: it starts only on the pinned LightRAG
     (LightRAGVersionError otherwise, before anything is patched); a chunk is
     answered done only when its document is PROCESSED, and committed on the file
     storages (an interrupted commit rolled back before they are opened); stop
@@ -170,6 +172,7 @@ class LightRAGProcessor:
         gate: DependencyGate,
         lock: AbstractAsyncContextManager[object],
         watch: CallWatch | None = None,
+        slots: LLMSlots | None = None,
     ) -> None:
         self._s = settings
         self._gate = gate
@@ -178,7 +181,7 @@ class LightRAGProcessor:
         self._feeder: LightRAGFeeder | None = None
         self._commit: GroupCommit | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
-        self._endpoints = Endpoints(settings, watch)
+        self._endpoints = Endpoints(settings, watch, slots)
         gate.register(LLM, lambda: self._endpoint_answers(settings.llm_base_url, settings.llm_api_key))
         gate.register(
             EMBEDDING, lambda: self._endpoint_answers(settings.embedding_base_url, settings.embedding_api_key)
@@ -325,11 +328,11 @@ class LightRAGProcessor:
             reports.append(DependencyReport(STORAGE, False, True, {"error": f"{type(exc).__name__}: {exc}"[:200]}))
         else:
             reports.append(DependencyReport(STORAGE, storage_up, True, {"kind": self._s.lightrag_storage}))
-        for name, base_url, key in (
-            (LLM, s.llm_base_url, s.llm_api_key),
-            (EMBEDDING, s.embedding_base_url, s.embedding_api_key),
-        ):
-            reports.append(await self._check_endpoint(name, base_url, key))
+        llm = await self._check_endpoint(LLM, s.llm_base_url, s.llm_api_key)
+        # The LLM's entry also says how its slots are used (llm_cap.py).
+        slots = (await self._endpoints.slots.report()).flat()
+        reports.append(DependencyReport(llm.name, llm.up, llm.required, {**llm.detail, **slots}))
+        reports.append(await self._check_endpoint(EMBEDDING, s.embedding_base_url, s.embedding_api_key))
         return reports
 
     async def _check_endpoint(self, name: str, base_url: str, key: str) -> DependencyReport:
@@ -382,11 +385,14 @@ def endpoint_addresses(s: Settings) -> dict[str, str]:
 
 
 class Endpoints:
-    """The LLM and embedding endpoints' long-lived clients (clients.py)."""
+    """The LLM and embedding endpoints' long-lived clients (clients.py), and the LLM
+    slots the chat calls hold (llm_cap.py)."""
 
-    def __init__(self, s: Settings, watch: CallWatch | None = None) -> None:
-        # The CLI's commands watch their calls too (the journal), without metrics.
+    def __init__(self, s: Settings, watch: CallWatch | None = None, slots: LLMSlots | None = None) -> None:
+        # The CLI's commands watch their calls too (the journal), without metrics;
+        # they make no chat call, and their slots are this process's alone.
         self.watch = watch or CallWatch(s.llm_stall_seconds, endpoint_addresses(s))
+        self.slots = slots or LLMSlots.build(s)
         self.llm = Endpoint(
             name=LLM,
             base_url=s.llm_base_url,
@@ -394,6 +400,7 @@ class Endpoints:
             timeout=s.llm_timeout_seconds,
             concurrency=s.llm_max_async,
             watch=self.watch,
+            hooks=self.slots.http_hooks(),
         )
         self.embedding = Endpoint(
             name=EMBEDDING,
@@ -430,7 +437,7 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
     rag: LightRAGInstance = LightRAG(
         working_dir=s.lightrag_working_dir,
         workspace=s.lightrag_workspace,
-        llm_model_func=llm_function(endpoints.llm, s.llm_model, gate),
+        llm_model_func=llm_function(endpoints.llm, s.llm_model, gate, endpoints.slots),
         llm_model_name=s.llm_model,
         llm_model_max_async=s.llm_max_async,
         default_llm_timeout=int(s.llm_timeout_seconds),

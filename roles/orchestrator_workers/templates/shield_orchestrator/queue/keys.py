@@ -74,6 +74,11 @@ class RedisKeys:
         return f"{self.prefix}lightrag:lock:{workspace}"
 
     @property
+    def llm_slots(self) -> str:
+        """Sorted set of the cluster's LLM slots: holder tokens scored by lease expiry (lightrag/llm_cap.py)."""
+        return f"{self.prefix}llm:slots"
+
+    @property
     def jobs_recent(self) -> str:
         """Sorted set of job ids by creation time (GET /jobs while PostgreSQL is down)."""
         return f"{self.prefix}jobs:recent"

@@ -9,6 +9,7 @@ because of one of those) pauses the pool on that dependency instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -61,10 +62,14 @@ def transient(message: str, dependency: str | None, retry_after: float | None = 
     return Failure(message, FaultKind.TRANSIENT, dependency, retry_after)
 
 
+# What a chat call that found no LLM slot says (lightrag/llm_cap.py): every slot of
+# the cluster's cap stayed taken, or Redis, which holds them, did not answer.
+LLM_SLOT_SIGNATURE = "LLM slot wait timed out"
+
 # Signatures of transient failures in error texts (LightRAG's doc-status
 # error_msg, exception messages), then hints at which dependency failed.
 _TRANSIENT = re.compile(
-    r"(?i)(APIConnectionError|APITimeoutError|RateLimitError|ServiceUnavailable|"
+    r"(?i)(APIConnectionError|APITimeoutError|RateLimitError|ServiceUnavailable|" + LLM_SLOT_SIGNATURE + "|"
     r"Error code: (408|429|502|503|504)\b|status code (408|429|502|503|504)\b|"
     r"Connection (refused|reset|error|aborted)|ConnectError|ConnectTimeout|ReadTimeout|RemoteProtocolError|"
     r"timed out|TimeoutError|Temporary failure in name resolution|IndexFlushError|index flush failed|"
@@ -75,8 +80,11 @@ _TRANSIENT = re.compile(
 )
 # "Connection error." is the OpenAI client's APIConnectionError as LightRAG quotes
 # it (e.g. a vector storage's flush, which embeds what it holds, failing on the
-# embedding endpoint); the storages' own drivers word theirs differently.
-_CLIENT_ERROR = re.compile(r"APIConnectionError|APITimeoutError|RateLimitError|Error code: \d{3}|\bConnection error\.")
+# embedding endpoint); the storages' own drivers word theirs differently. A chat
+# call that found no LLM slot counts as the LLM endpoint's (it is its capacity).
+_CLIENT_ERROR = re.compile(
+    r"APIConnectionError|APITimeoutError|RateLimitError|Error code: \d{3}|\bConnection error\.|" + LLM_SLOT_SIGNATURE
+)
 _EMBEDDING_HINT = re.compile(r"(?i)(embed|VectorDB|Vector\w*Storage|vdb)")
 
 
@@ -113,6 +121,12 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """The wait an HTTP answer asks for, in seconds: Retry-After-Ms (OpenAI's), else Retry-After."""
+    milliseconds = parse_retry_after(headers.get("retry-after-ms"))
+    return milliseconds / 1000 if milliseconds is not None else parse_retry_after(headers.get("retry-after"))
+
+
 def classify_exception(exc: BaseException, dependency: str) -> Failure:
     """A failure from an exception raised while talking to `dependency` (an
     OpenAI-compatible endpoint, or LightRAG's storages)."""
@@ -122,7 +136,7 @@ def classify_exception(exc: BaseException, dependency: str) -> Failure:
     cause = _unwrap(exc)
     message = f"{type(cause).__name__}: {cause}"[:2000]
     if isinstance(cause, openai.APIStatusError):
-        retry_after = parse_retry_after(cause.response.headers.get("retry-after"))
+        retry_after = retry_after_of(cause.response.headers)
         return http_failure(cause.status_code, message, dependency, retry_after)
     if isinstance(cause, openai.APIConnectionError | httpx.TransportError | OSError | TimeoutError):
         return transient(message, dependency)

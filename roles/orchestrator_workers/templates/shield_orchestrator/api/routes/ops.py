@@ -1,4 +1,4 @@
-"""Health, metrics and the console's views: /health (no token), /health/detailed, /metrics, /queue, /workers."""
+"""Health, metrics and the console's views: /health (no token), /health/detailed, /metrics, /queue, /workers, /llm."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from ...lightrag.graph_check import GraphUnreadable, GraphVerification, GraphVerifier
 from ..context import Context
 from ..errors import error_responses
-from ..schemas import ApiError, QueueView, WorkerList, WorkerView
+from ..schemas import ApiError, LLMSlotsView, QueueView, WorkerList, WorkerView
 
 public = APIRouter(tags=["health"])
 router = APIRouter(tags=["health"])
@@ -87,6 +87,7 @@ async def get_metrics(context: Context) -> Response:
         stats = await context.stream.stats()
     except RedisError as exc:
         raise ApiError(503, f"redis: unavailable ({exc})", RETRY) from None
+    await context.llm.refresh_metrics()
     return MetricsResponse(context.metrics.render(stats, context.hub.client_count))
 
 
@@ -133,6 +134,13 @@ async def get_workers(context: Context) -> WorkerList:
             )
         )
     return WorkerList(workers=workers, count=len(workers))
+
+
+@router.get("/llm")
+async def get_llm(context: Context) -> LLMSlotsView:
+    """The chat calls' slots at a glance (the console): this host's and its 429 back-off, the
+    cluster's cap and its leases by host. Answers while Redis is down (`cluster_error` says so)."""
+    return LLMSlotsView.model_validate(vars(await context.llm.report()))
 
 
 @router.get("/graph/verify", tags=["graph"], responses=error_responses(422, 503))

@@ -1,8 +1,8 @@
 // The operator's console of shield-orchestrator: plain JavaScript, no build step,
 // no third-party code. Everything comes from the service's own API; jobs change
 // through its event stream (GET /events/stream, read with fetch() because
-// EventSource cannot send the Authorization header). The queue and the workers
-// have no events: they are refreshed every few seconds.
+// EventSource cannot send the Authorization header). The queue, the workers and
+// the LLM calls have no events: they are refreshed every few seconds.
 //
 // The token lives in sessionStorage (this tab only) and travels only in the
 // Authorization header: never in an address, never in the browser's console.
@@ -141,9 +141,10 @@ function start() {
   connect();
 }
 
-// --- queue and workers (no events: a slow refresh) -------------------------------
+// --- queue, workers and LLM calls (no events: a slow refresh) -------------------------
 
 async function refresh() {
+  refreshLLM();
   try {
     const [queue, workers] = await Promise.all([api("/queue"), api("/workers")]);
     showQueue(queue);
@@ -151,6 +152,32 @@ async function refresh() {
   } catch (err) {
     if (!(err instanceof Unauthorized)) $("stream-state").textContent = `refresh failed: ${err.message}`;
   }
+}
+
+async function refreshLLM() {
+  try {
+    showLLM(await api("/llm"));
+  } catch (err) {
+    if (!(err instanceof Unauthorized)) $("llm-hosts").textContent = `LLM calls: ${err.message}`;
+  }
+}
+
+// This host's slots and 429 back-off; the cluster's cap and its leases on every host.
+function showLLM(llm) {
+  $("llm-slots").textContent = `${llm.slots_in_use} of ${llm.slots}`;
+  let cluster = "no cap";
+  if (llm.cluster_max_async && llm.cluster_slots_in_use === null) cluster = `? of ${llm.cluster_max_async}`;
+  else if (llm.cluster_max_async) cluster = `${llm.cluster_slots_in_use} of ${llm.cluster_max_async}`;
+  $("llm-cluster").textContent = cluster;
+  $("llm-rate-limited").textContent = llm.rate_limited;
+  $("llm-rate-limited").title = llm.last_rate_limited_at ? `last: ${when(llm.last_rate_limited_at)}` : "";
+  const backingOff = llm.backoff_seconds > 0;
+  $("llm-backoff").textContent = backingOff ? `${llm.backoff_seconds.toFixed(1)} s left` : "none";
+  $("llm-backoff").classList.toggle("error", backingOff);
+  const hosts = Object.entries(llm.cluster_slots_by_host).map(([host, count]) => `${host} ${count}`);
+  let note = hosts.length ? `Cluster slots by host: ${hosts.join(", ")}.` : "";
+  if (llm.cluster_error) note = `Cluster slots unknown: ${llm.cluster_error}`;
+  $("llm-hosts").textContent = note;
 }
 
 function showQueue(queue) {
