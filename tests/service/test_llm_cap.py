@@ -1,4 +1,4 @@
-"""The LLM's slots against real servers (lightrag/llm_cap.py).
+"""The LLM's slots against real servers (lightrag/llm/slots.py).
 
 On a real Redis, the cluster's slots (a sorted set of leases, llm_slots.lua):
 two "hosts" (two ClusterSlots on their own clients, as two processes would be)
@@ -41,9 +41,9 @@ DIM = 64
 
 @pytest.fixture
 def cap(rendered: Path) -> ModuleType:
-    """lightrag/llm_cap.py of the package as the role renders it."""
+    """lightrag/llm/slots.py of the package as the role renders it."""
     sys.path.insert(0, str(rendered))
-    from shield_orchestrator.lightrag import llm_cap
+    from shield_orchestrator.lightrag.llm import slots as llm_cap
 
     return llm_cap
 
@@ -106,7 +106,7 @@ async def test_the_report_reads_every_hosts_leases(cap: ModuleType, clients: tup
 HOLDER = """
 import asyncio, sys
 from redis.asyncio import Redis
-from shield_orchestrator.lightrag.llm_cap import ClusterSlots
+from shield_orchestrator.lightrag.llm.slots import ClusterSlots
 
 async def main() -> None:
     redis = Redis(host="127.0.0.1", port=int(sys.argv[1]), decode_responses=True)

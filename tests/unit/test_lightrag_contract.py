@@ -31,7 +31,7 @@ from shield_orchestrator.lightrag.commit.journal import FILE_STORAGES, JOURNAL, 
 from shield_orchestrator.lightrag.extract import Extractor
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
 from shield_orchestrator.lightrag.graph_check import GraphVerification, check_graph
-from shield_orchestrator.lightrag.llm_cache import sqlite_cache
+from shield_orchestrator.lightrag.llm.cache import sqlite_cache
 from shield_orchestrator.lightrag.merge_locks import lock_endpoint_reads, relation_locks
 from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
 from shield_orchestrator.queue.tasks import ChunkTask
@@ -543,7 +543,7 @@ async def test_a_lost_connection_resets_the_pool_and_the_reconnect_gives_up_prom
     assert not db._pool_reconnect_lock.locked()
 
 
-# --- extraction ahead of the pipeline (extract.py) and the SQLite LLM cache (llm_cache.py) ---
+# --- extraction ahead of the pipeline (extract.py) and the SQLite LLM cache (llm/cache.py) ---
 
 
 @pytest.fixture

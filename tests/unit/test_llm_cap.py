@@ -1,4 +1,4 @@
-"""The LLM's slots without Redis (lightrag/llm_cap.py): this host's slots, the 429
+"""The LLM's slots without Redis (lightrag/llm/slots.py): this host's slots, the 429
 back-off that holds every chat call of the host, the order a call takes them in,
 and what is reported. The cluster's slots on a real Redis: tests/service/test_llm_cap.py."""
 
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import httpx2
 import pytest
 from shield_orchestrator.deployed import BOUNDS, DEFAULTS
-from shield_orchestrator.lightrag.llm_cap import (
+from shield_orchestrator.lightrag.llm.slots import (
     DEFAULT_BACKOFF_SECONDS,
     MAX_BACKOFF_SECONDS,
     LLMSlots,

@@ -107,7 +107,7 @@ class Metrics:
         )
 
     def _llm_slot_metrics(self, r: CollectorRegistry) -> None:
-        """The chat calls' slots, on this host and across the cluster, and the 429 back-off (lightrag/llm_cap.py)."""
+        """The chat calls' slots, on this host and across the cluster, and the 429 back-off (lightrag/llm/slots.py)."""
         self.llm_slots = Gauge(
             "shield_llm_slots", "Chat calls this host may make at once (orchestrator_workers_llm_max_async)", registry=r
         )

@@ -34,7 +34,7 @@ from .jobs.history import JobHistory, create_engine
 from .jobs.intake import JobIntake
 from .jobs.projection import JobProjection
 from .jobs.tracker import JobTracker
-from .lightrag.llm_cap import LLMSlots
+from .lightrag.llm.slots import LLMSlots
 from .lightrag.locks import RedisLeaseLock
 from .lightrag.processor import LightRAGProcessor, endpoint_addresses
 from .lightrag.verify import JobVerifier

@@ -14,7 +14,7 @@ from ..jobs.dead_letters import DeadLetters
 from ..jobs.history import JobHistory
 from ..jobs.intake import JobIntake
 from ..jobs.tracker import JobTracker
-from ..lightrag.llm_cap import LLMSlots
+from ..lightrag.llm.slots import LLMSlots
 from ..lightrag.verify import JobVerifier
 from ..metrics import Metrics, RateMeter
 from ..queue.liveness import Heartbeats

@@ -190,7 +190,7 @@ class WorkerList(BaseModel):
 
 class LLMSlotsView(BaseModel):
     """GET /llm: the chat calls' slots - this host's and its 429 back-off, the cluster's cap and
-    its leases by host (lightrag/llm_cap.py)."""
+    its leases by host (lightrag/llm/slots.py)."""
 
     host: str
     slots: Annotated[int, Field(description="chat calls this host may make at once (llm_max_async)")]

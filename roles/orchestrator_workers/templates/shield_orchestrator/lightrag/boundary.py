@@ -140,7 +140,7 @@ class LightRAGInstance(Protocol):
     entities_vdb: VectorStore
     relationships_vdb: VectorStore
     chunk_entity_relation_graph: GraphStore
-    # Extraction, gleaning and summary answers (replaced on the file storages: llm_cache.py).
+    # Extraction, gleaning and summary answers (replaced on the file storages: llm/cache.py).
     llm_response_cache: KVStore
     # Every storage flushed, at the end of each document (GroupFlush replaces it).
     _insert_done: Callable[..., Awaitable[None]]

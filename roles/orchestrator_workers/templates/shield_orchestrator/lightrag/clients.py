@@ -10,7 +10,7 @@ messages LightRAG builds, its JSON mode (response_format), streaming off;
 LightRAG's extraction cache sits above these functions and is untouched.
 What a call runs into is reported to the breakers (faults.py, breaker.py).
 Every chat call holds its LLM slots while it runs: this host's, past the 429
-back-off, and the cluster's when capped (llm_cap.py); the LLM client's hooks
+back-off, and the cluster's when capped (llm/slots.py); the LLM client's hooks
 see every 429, the SDK's retried ones included.
 """
 
@@ -27,7 +27,7 @@ import openai
 from ..workers.breaker import DependencyGate
 from ..workers.faults import EMBEDDING, LLM, classify_exception
 from ..workers.stalls import CallWatch
-from .llm_cap import HttpHook, LLMSlots
+from .llm.slots import HttpHook, LLMSlots
 
 # The chat parameters LightRAG may pass through that an OpenAI-compatible
 # endpoint understands; its own bookkeeping arguments are not sent.
@@ -118,7 +118,7 @@ def answer_text(response: Any) -> str:
 
 def llm_function(endpoint: Endpoint, model: str, gate: DependencyGate, slots: LLMSlots) -> LLMFunction:
     """LightRAG's LLM function. A plain function, not a method: LightRAG deep-copies
-    its configuration, functions included. Each call holds its slots (llm_cap.py);
+    its configuration, functions included. Each call holds its slots (llm/slots.py);
     finding none (LLMSlotUnavailable) is not the endpoint's failure and trips no
     breaker here (the document's outcome says it, transient)."""
 

@@ -8,7 +8,7 @@ extraction before a document enters the pipeline, with LightRAG's own function
 (`operate.extract_entities`), on LightRAG's own chunks of the text, with the
 instance's configuration and LLM function, into LightRAG's own LLM response
 cache (on the PostgreSQL storages LightRAG's table, on the file storages a
-SQLite file: llm_cache.py; both durable on write). The pipeline's extraction
+SQLite file: llm/cache.py; both durable on write). The pipeline's extraction
 of the document then finds every answer in the cache and calls no LLM: only
 the merge (and its summaries) run under the lock; on the host that extracted a
 document, the pipeline takes the parsed results themselves (`serve_pipeline`),

@@ -33,8 +33,8 @@ from .commit import KILL_AT_ENV, GroupCommit, GroupFlush, commit_continuously, p
 from .extract import Extractor
 from .feeder import LightRAGFeeder
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
-from .llm_cache import sqlite_cache
-from .llm_cap import LLMSlots
+from .llm.cache import sqlite_cache
+from .llm.slots import LLMSlots
 from .merge_locks import lock_endpoint_reads, patch_relation_locks
 from .token_memo import MemoEncoding
 from .verify import JobVerification, verify_job
@@ -329,7 +329,7 @@ class LightRAGProcessor:
         else:
             reports.append(DependencyReport(STORAGE, storage_up, True, {"kind": self._s.lightrag_storage}))
         llm = await self._check_endpoint(LLM, s.llm_base_url, s.llm_api_key)
-        # The LLM's entry also says how its slots are used (llm_cap.py).
+        # The LLM's entry also says how its slots are used (llm/slots.py).
         slots = (await self._endpoints.slots.report()).flat()
         reports.append(DependencyReport(llm.name, llm.up, llm.required, {**llm.detail, **slots}))
         reports.append(await self._check_endpoint(EMBEDDING, s.embedding_base_url, s.embedding_api_key))
@@ -386,7 +386,7 @@ def endpoint_addresses(s: Settings) -> dict[str, str]:
 
 class Endpoints:
     """The LLM and embedding endpoints' long-lived clients (clients.py), and the LLM
-    slots the chat calls hold (llm_cap.py)."""
+    slots the chat calls hold (llm/slots.py)."""
 
     def __init__(self, s: Settings, watch: CallWatch | None = None, slots: LLMSlots | None = None) -> None:
         # The CLI's commands watch their calls too (the journal), without metrics;
@@ -456,7 +456,7 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
         # The extraction cache (LightRAG's LLM response cache for extraction, gleaning
         # and summaries): what the extraction ahead of the pipeline fills, and what
         # spares the LLM when a chunk is processed again. On the file storages
-        # it is a SQLite file, durable on write (llm_cache.py), instead of
+        # it is a SQLite file, durable on write (llm/cache.py), instead of
         # LightRAG's JSON file rewritten whole at every flush.
         enable_llm_cache=s.lightrag_llm_cache,
         enable_llm_cache_for_entity_extract=s.lightrag_llm_cache,

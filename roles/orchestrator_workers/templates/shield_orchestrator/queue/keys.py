@@ -75,7 +75,7 @@ class RedisKeys:
 
     @property
     def llm_slots(self) -> str:
-        """Sorted set of the cluster's LLM slots: holder tokens scored by lease expiry (lightrag/llm_cap.py)."""
+        """Sorted set of the cluster's LLM slots: holder tokens scored by lease expiry (lightrag/llm/slots.py)."""
         return f"{self.prefix}llm:slots"
 
     @property

@@ -62,7 +62,7 @@ def transient(message: str, dependency: str | None, retry_after: float | None = 
     return Failure(message, FaultKind.TRANSIENT, dependency, retry_after)
 
 
-# What a chat call that found no LLM slot says (lightrag/llm_cap.py): every slot of
+# What a chat call that found no LLM slot says (lightrag/llm/slots.py): every slot of
 # the cluster's cap stayed taken, or Redis, which holds them, did not answer.
 LLM_SLOT_SIGNATURE = "LLM slot wait timed out"
 

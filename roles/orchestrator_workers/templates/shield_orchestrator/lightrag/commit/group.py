@@ -407,6 +407,6 @@ def _retrieved(task: asyncio.Task[None]) -> None:
 def commit_continuously(rag: LightRAGInstance, working_dir: str, fault: str | None) -> GroupCommit:
     """Route every storage of the LightRAG instance through one GroupCommit
     (not started), but those durable on write (the LLM cache's SQLite file,
-    llm_cache.py); `working_dir` is LightRAG's, where the journal lives."""
+    llm/cache.py); `working_dir` is LightRAG's, where the journal lives."""
     storages = [storage for storage in rag._index_storages() if not getattr(storage, "durable_on_write", False)]
     return GroupCommit(storages, rag.doc_status, working_dir, fault=fault)

@@ -39,11 +39,11 @@ import httpx2
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..metrics import Metrics
-from ..queue import lua
-from ..queue.keys import RedisKeys
-from ..settings import Settings
-from ..workers.faults import LLM_SLOT_SIGNATURE, retry_after_of
+from ...metrics import Metrics
+from ...queue import lua
+from ...queue.keys import RedisKeys
+from ...settings import Settings
+from ...workers.faults import LLM_SLOT_SIGNATURE, retry_after_of
 
 log = logging.getLogger("shield_orchestrator.llm_slots")
 

@@ -1,0 +1,3 @@
+"""The LLM as the service spends it: the slots its chat calls hold, on this host and
+across the cluster, with the 429 back-off (slots.py); and the cache of its answers
+on the file storages (cache.py)."""
