@@ -54,6 +54,7 @@ from ingest import (
 )
 from pg_container import EMPTY, PgvectorServer
 from pipeline import cancel_run, progress_run, w7rag_run
+from scaleout import run_w8
 from workloads import (
     PEERS,
     W4_STAGES,
@@ -106,13 +107,14 @@ class Sizes:
     cancel_chunks: int  # issue 19: one job, cancelled
     w7rag_backlog: int  # issue 19: W7 on LightRAG
     w7rag_urgent: int
+    w8_chunks: int  # issue 20: one job through 1 and 2 worker hosts on PostgreSQL
 
 
-FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000), 2_000, 5, 200, 200, 2_000, 5)
+FULL = Sizes(20_000, 1_000, 1_000, 200, 200, 100, 1_000, 300, (0, 2_000, 5_000), 2_000, 5, 200, 200, 2_000, 5, 200)
 # progress and cancel: more than one worker's batch (the role's batch_size, 50), so that
 # the job gives at least two progress events and is still running at the cancel
-SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20), 300, 5, 60, 60, 60, 5)
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w6pg", "w7", "progress", "cancel", "w7rag")
+SMOKE = Sizes(1_000, 500, 6, 4, 20, 10, 50, 4, (0, 20), 300, 5, 60, 60, 60, 5, 8)
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w6pg", "w7", "progress", "cancel", "w7rag", "w8")
 PIPELINE = ("progress", "cancel", "w7rag")  # issue 19's workloads (bench/pipeline.py): LightRAG, the stand-in slowed
 
 
@@ -149,6 +151,8 @@ class Config:
     w7rag_delay_ms: int
     pipeline_embedding_delay_ms: int
     pipeline_limit_s: float
+    w8_delays_ms: tuple[int, ...]  # W8: one set of cells per chat latency
+    w8_cluster_cap: int
     w2_limit_s: float
     w3_limit_s: float
     w6_limit_s: float
@@ -208,6 +212,8 @@ def parse_args(argv: list[str]) -> Config:
         w7rag_delay_ms=int(os.environ.get("BENCH_W7RAG_DELAY_MS", slow)),
         pipeline_embedding_delay_ms=int(os.environ.get("BENCH_PIPELINE_EMBEDDING_DELAY_MS", embed)),
         pipeline_limit_s=float(os.environ.get("BENCH_PIPELINE_LIMIT_S", "600")),
+        w8_delays_ms=tuple(int(v) for v in os.environ.get("BENCH_W8_DELAYS_MS", slow).split(",") if v.strip()),
+        w8_cluster_cap=int(os.environ.get("BENCH_W8_CLUSTER_CAP", "4")),
         w2_limit_s=float(os.environ.get("BENCH_W2_LIMIT_S", "300")),
         w3_limit_s=float(os.environ.get("BENCH_W3_LIMIT_S", "600")),
         w6_limit_s=float(os.environ.get("BENCH_W6_LIMIT_S", "900")),
@@ -764,6 +770,8 @@ def build_table(results: dict[str, Any]) -> str:
         rows.append(row("", "service peak RSS (VmHWM)", rss, "MB", f"< {target:.0f} MB", met))
     if "w3_llm_bound" in w:
         rows += w3_rows(w["w3_llm_bound"])
+    if "w8_scaleout" in w:
+        rows += w8_rows(w["w8_scaleout"])
     if "w4_latency" in w:
         w4 = w["w4_latency"]
         label = f"W4 latency ({w4['jobs']} 1-chunk jobs)"
@@ -814,6 +822,43 @@ def build_table(results: dict[str, Any]) -> str:
     lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def w8_args(cfg: Config) -> tuple[int, tuple[int, ...], int, float]:
+    return cfg.sizes.w8_chunks, cfg.w8_delays_ms, cfg.w8_cluster_cap, cfg.pipeline_limit_s
+
+
+def w8_rows(w8: dict[str, Any]) -> list[list[str]]:
+    """Per chat latency: each cell's chunks/s and its ratio to one host; LLM busy; chat calls per chunk."""
+    rows: list[list[str]] = []
+    targets = w8["targets"]
+    for chat_ms, cells in w8["by_latency"].items():
+        label = (
+            f"W8 worker hosts ({w8['chunks']} chunks, recurring texts, PostgreSQL, lab stand-in chat {chat_ms} ms, "
+            f"{w8['llm_max_async']} slots per host)"
+        )
+        for name, cell in cells.items():
+            ratio = cell["ratio_to_one_host"]
+            if cell["hosts"] == 1:
+                want, verdict = "", None
+            elif cell["cluster_cap"]:
+                want = f">= {targets['two_hosts_capped_ratio_at_least']:.1f}x"
+                verdict = ratio >= targets["two_hosts_capped_ratio_at_least"]
+            else:
+                want = f">= {targets['two_hosts_ratio_at_least']:.1f}x"
+                verdict = ratio >= targets["two_hosts_ratio_at_least"]
+            figure = {"median": ratio, "min": ratio, "max": ratio}
+            rows.append(row(label, f"{name}: chunks/s to 1 host's", figure, "x", want, verdict))
+            label = ""
+            busy = cell["llm_busy_percent"]
+            note = (
+                f"  {cell['chunks_per_s']:.2f} chunks/s, {cell['seconds']:.1f} s, LLM busy {busy:.0f}% "
+                f"of {cell['slots']:.0f} slots (target >= {targets['llm_busy_percent_at_least']:.0f}%), "
+                f"chat {cell['chat_calls']:.0f} ({cell['chat_calls_per_chunk']:.2f}/chunk), CPU {cell['cpu_s']:.1f} s"
+                + ("" if cell["complete"] else " (INCOMPLETE)")
+            )
+            rows.append(["", note, "", "", "", "", ""])
+    return rows
 
 
 def w3_rows(w3: dict[str, Any]) -> list[list[str]]:
@@ -983,7 +1028,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         ctx = Context(infra, launcher, sys.executable, cfg.concurrency)
         rctx = RealContext(infra, launcher, cfg.service_python, cfg.server_python)
         results["meta"]["lightrag_settings"] = asdict(rctx.settings)
-        if {"w2", "w3", "w6", "w6pg", *PIPELINE} & set(cfg.workloads):
+        if {"w2", "w3", "w6", "w6pg", "w8", *PIPELINE} & set(cfg.workloads):
             versions = {"service_venv": lightrag_version(cfg.service_python)}
             if {"w2", "w3", "w6", "w6pg"} & set(cfg.workloads) and SERVER in cfg.contestants:
                 versions["lightrag_server_venv"] = lightrag_version(cfg.server_python)
@@ -1000,11 +1045,12 @@ async def run(cfg: Config) -> dict[str, Any]:
             ("progress", "progress_events", lambda: run_progress(rctx, cfg)),
             ("cancel", "cancel_job", lambda: run_cancel(rctx, cfg)),
             ("w7rag", "w7rag_priority", lambda: run_w7rag(rctx, cfg)),
+            ("w8", "w8_scaleout", lambda: run_w8(rctx, cfg.service_python, *w8_args(cfg))),
         ]
         for short, key, step in steps:
             if short not in cfg.workloads:
                 continue
-            rounds = cfg.real_rounds if short in ("w2", "w3", "w6", "w6pg", *PIPELINE) else cfg.rounds
+            rounds = cfg.real_rounds if short in ("w2", "w3", "w6", "w6pg", "w8", *PIPELINE) else cfg.rounds
             log(f"{key}: {rounds} round(s)")
             t0 = time.monotonic()
             try:

@@ -244,12 +244,15 @@ class ServiceLauncher:
         llm_url: str = "http://127.0.0.1:9/v1",
         prepare: Callable[[Path], None] | None = None,
         noop_ms_per_chunk: float = 0,
+        reset: bool = True,
         **overrides: Any,
     ) -> Service:
         """A fresh service: empty Redis, new job table, new LightRAG state directory
         (given to `prepare` before the service starts, e.g. to put a graph in it).
-        `noop_ms_per_chunk`: the no-op processor takes that long per chunk (W7)."""
-        self.infra.reset()
+        `noop_ms_per_chunk`: the no-op processor takes that long per chunk (W7).
+        `reset=False`: Redis and the job table as they are (another host of W8)."""
+        if reset:
+            self.infra.reset()
         state = self.infra.root / "state" / name
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
