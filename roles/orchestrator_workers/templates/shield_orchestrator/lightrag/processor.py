@@ -31,6 +31,7 @@ from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinne
 from .clients import Endpoint, embed_function, llm_function
 from .commit import KILL_AT_ENV, GroupCommit, GroupFlush, commit_continuously, patch_vector_save, recover, share_flushes
 from .feeder import LightRAGFeeder
+from .fence import fence_report, fence_writes
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .token_memo import MemoEncoding
 from .verify import JobVerification, verify_job
@@ -218,6 +219,7 @@ class LightRAGProcessor:
             commit=self._commit,
         )
         self._feeder.start()
+        await fence_writes(self._lock, self.rag, self._feeder.fenced_out)  # PostgreSQL: fence.py
         log.info(
             "LightRAG storages initialised storage=%s workspace=%s working_dir=%s llm=%s embedding=%s dim=%d",
             s.lightrag_storage,
@@ -298,7 +300,7 @@ class LightRAGProcessor:
         feeder = self._feeder
         pipeline: dict[str, str | int | float] = (
             {"in_flight": feeder.in_flight, "window": feeder.window, "held": feeder.held} if feeder else {}
-        )
+        ) | fence_report(self._lock)
         reports = [DependencyReport("lightrag", feeder is not None, True, pipeline)]
         try:
             storage_up = await asyncio.wait_for(self._storage_answers(), ENDPOINT_CHECK_TIMEOUT)
