@@ -29,7 +29,7 @@ from shield_orchestrator.lightrag.fence import (
 from shield_orchestrator.workers.breaker import DependencyGate
 from shield_orchestrator.workers.faults import STORAGE, FaultKind, classify_exception
 
-from tests.unit.test_feeder import _FakePipeline, text_task
+from tests.unit.test_feeder import _RECORD, _FakePipeline, text_task
 
 LIGHTRAG_UPDATE_RETURNING = "UPDATE LIGHTRAG_DOC_STATUS SET error_msg = $3 WHERE workspace=$1 AND id=$2 RETURNING id"
 
@@ -252,6 +252,22 @@ async def test_the_feeder_told_its_session_was_superseded_answers_transient_and_
     assert "token 1, fence at 2" in outcome.message
     assert await asyncio.wait_for(futures["chunk-j-1"], 5) is None
     assert lock.takes == 2, "the queued chunk went in under a new take of the lock"
+    await feeder.stop()
+
+
+async def test_a_session_whose_documents_were_answered_at_admission_lets_the_lock_go() -> None:
+    """Already PROCESSED (a redelivery after a takeover): nothing flies, and the
+    session ends at once instead of holding the lock, renewed, until the next
+    submission (the other hosts and verify-graph would wait for it)."""
+    rag = _FakePipeline()
+    rag.doc_status.docs["chunk-j-0"] = {"status": "processed", **_RECORD}
+    lock = CountingLock()
+    gate = DependencyGate(lambda _change: None)
+    feeder = LightRAGFeeder(rag, lock, gate, str, _always, task_timeout=60, window=4, ahead=2)  # type: ignore[arg-type]
+    feeder.start()
+    assert await asyncio.wait_for(feeder.submit([text_task(0, "done")])["chunk-j-0"], 1) is None
+    await asyncio.sleep(0.1)
+    assert (lock.takes, lock.releases) == (1, 1)
     await feeder.stop()
 
 

@@ -373,7 +373,7 @@ class LightRAGFeeder:
             finally:
                 self._admitting = 0
             self._room.set()
-            if self._queue:
+            if self._queue or not self._flights:  # more to admit, or nothing in flight: the session may end
                 self._wakeup.set()
 
     async def _begin_session(self) -> None:
