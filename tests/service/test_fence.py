@@ -11,9 +11,12 @@ Each test says what breaks it.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,28 @@ import asyncpg
 import pytest
 from shield_orchestrator.lightrag.fence import RAISE_SQL, StaleWriter, WriterFence
 
+from tests.support.helpers import ingest, make_chunks, wait_job
 from tests.support.offline_lightrag import TEXTS, OfflineModels, offline_rag
-from tests.support.servers import DB_NAME, DB_USER, PostgresServer
-from tests.support.service import PG_PASSWORD
+from tests.support.servers import (
+    DB_NAME,
+    DB_USER,
+    PGVECTOR_BINDIR_ENV,
+    PostgresServer,
+    RedisServer,
+    Standin,
+    free_port,
+    pgvector_bindir,
+    wait_until,
+)
+from tests.support.service import (
+    EMBEDDING_DIM,
+    PG_PASSWORD,
+    ServiceProcess,
+    build_env,
+    run_cli,
+    run_init_db,
+    settings_env,
+)
 
 IDS = list(TEXTS)
 
@@ -200,3 +222,164 @@ async def test_a_stalled_writer_holds_the_raise_back_for_one_lease_at_most(fence
     with pytest.raises(StaleWriter):
         await asyncio.wait_for(writer, 30)
     assert await fenced.conn.fetchval("SELECT count(*) FROM fence_probe WHERE id = $1", mark) == 0
+
+
+# --- two hosts on one PostgreSQL: the holder stops past its lease ------------------
+
+CHUNKS = 8
+WORKSPACE = "takeover"
+AUDIT = """
+CREATE TABLE fence_audit (id bigserial PRIMARY KEY, tbl text NOT NULL, token bigint);
+CREATE FUNCTION fence_audit_write() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  INSERT INTO fence_audit (tbl, token)
+  VALUES (TG_TABLE_NAME, NULLIF(current_setting('shield.writer_token', true), '')::bigint);
+  RETURN NULL;
+END $$;
+CREATE FUNCTION fence_audit_raise() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  INSERT INTO fence_audit (tbl, token) VALUES (TG_TABLE_NAME, NEW.token);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER fence_audit AFTER INSERT OR UPDATE ON shield_writer_fence
+  FOR EACH ROW EXECUTE FUNCTION fence_audit_raise();
+DO $$
+DECLARE name text;
+BEGIN
+  FOR name IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'lightrag%' LOOP
+    EXECUTE format('CREATE TRIGGER fence_audit AFTER INSERT OR UPDATE OR DELETE ON %I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fence_audit_write()', name);
+  END LOOP;
+END $$;
+"""
+
+
+@pytest.fixture(scope="module")
+def pgvector_server(workdir: Path) -> Iterator[PostgresServer]:
+    bindir = pgvector_bindir(workdir)
+    if bindir is None:
+        pytest.skip(f"no PostgreSQL with pgvector here: install the pgserver wheel or set {PGVECTOR_BINDIR_ENV}")
+    server = PostgresServer.start_new(workdir / "pgvector", PG_PASSWORD, bindir)
+    server.admin("CREATE EXTENSION IF NOT EXISTS vector")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_standin(workdir: Path) -> Iterator[Standin]:
+    """LLM answers that take 1.5 s: a document is in flight for seconds."""
+    extra = ["--delay-ms", "1500", "--embedding-delay-ms", "0"]
+    standin = Standin.start(workdir, embedding_dim=EMBEDDING_DIM, extra=extra, name="standin-slow")
+    yield standin
+    standin.stop()
+
+
+def two_hosts(
+    rendered: Path, redis_server: RedisServer, pg: PostgresServer, standin: Standin, root: Path
+) -> list[ServiceProcess]:
+    env = build_env(rendered, redis_server, pg, standin, root)
+    run_init_db(env)
+    hosts = []
+    for name in ("host-a", "host-b"):
+        state = root / name
+        state.mkdir()
+        host_env = env | settings_env({"hostname": name, "state_dir": state, "listen_port": (port := free_port())})
+        hosts.append(ServiceProcess(host_env, port, root, name=name))
+    settings = {
+        "lightrag_storage": "postgres",
+        "lightrag_workspace": WORKSPACE,
+        "lightrag_lock_ttl_seconds": 3,
+        "llm_max_async": 2,
+        "pool_size": 2,
+    }
+    for host in hosts:  # one after the other: LightRAG's first start creates its tables, racily
+        host.start(**settings)
+    return hosts
+
+
+def lock_holder(redis_server: RedisServer, hosts: list[ServiceProcess]) -> ServiceProcess | None:
+    owner = str(redis_server.client().get(f"shield:lightrag:lock:{WORKSPACE}") or "")
+    pid = int(owner.split(":")[1]) if owner else 0
+    return next((host for host in hosts if host.proc is not None and host.proc.pid == pid), None)
+
+
+def audit(pg: PostgresServer) -> list[tuple[int, str, int | None]]:
+    rows = pg.admin("SELECT id, tbl, coalesce(token, -1) FROM fence_audit ORDER BY id").splitlines()
+    return [(int(i), tbl, None if t == "-1" else int(t)) for i, tbl, t in (row.split("|") for row in rows)]
+
+
+def refused_writes(host: ServiceProcess) -> float:
+    text = host.client().get("/metrics").text
+    line = next(line for line in text.splitlines() if line.startswith("shield_fence_refused_writes_total"))
+    return float(line.split()[-1])
+
+
+def test_a_holder_stopped_past_its_lease_writes_nothing_after_the_takeover(
+    rendered: Path,
+    redis_server: RedisServer,
+    pgvector_server: PostgresServer,
+    slow_standin: Standin,
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP the host that holds the workspace lock with documents in flight; the
+    other takes the lock over and writes; SIGCONT: every write the stopped host
+    tries is refused (none of its token lands after the takeover's raise), its
+    documents are processed again, the job completes, the stopped host works on,
+    and verify-graph finds the graph consistent. Fails without the fence (the
+    stopped host's writes land after the raise: the audit lists them), or when a
+    host keeps the lock with nothing in flight (verify-graph times out)."""
+    pg = pgvector_server
+    hosts = two_hosts(rendered, redis_server, pg, slow_standin, tmp_path)
+    pg.admin(AUDIT)
+    accepted = ingest(hosts[0].client(), make_chunks(CHUNKS, prefix="takeover"))
+
+    def holding_with_documents_in_flight() -> tuple[ServiceProcess, int] | None:
+        holder = lock_holder(redis_server, hosts)
+        token = int(redis_server.client().get(f"shield:lightrag:lock:{WORKSPACE}:fence") or 0)
+        statuses = pg.admin(
+            f"SELECT count(*) FROM lightrag_doc_status WHERE workspace = '{WORKSPACE}' AND status = 'processing'"
+        )
+        held = holder is not None and lock_holder(redis_server, hosts) is holder
+        return (holder, token) if held and holder is not None and int(statuses) > 0 else None
+
+    found = wait_until(holding_with_documents_in_flight, 60, "a host holding the lock, documents in flight", 0.05)
+    stale, stale_token = found
+    other = next(host for host in hosts if host is not stale)
+    assert stale.proc is not None
+    os.kill(stale.proc.pid, signal.SIGSTOP)
+    try:
+
+        def taken_over_and_written() -> int | None:
+            raises = [(i, t) for i, tbl, t in audit(pg) if tbl == "shield_writer_fence" and (t or 0) > stale_token]
+            if not raises:
+                return None
+            raised_at, token = raises[0]
+            written = [i for i, tbl, t in audit(pg) if i > raised_at and t == token and tbl != "shield_writer_fence"]
+            return raised_at if written else None
+
+        raised_at = wait_until(taken_over_and_written, 60, f"{other.name} taking over and writing", 0.2)
+        assert lock_holder(redis_server, hosts) is other
+    finally:
+        os.kill(stale.proc.pid, signal.SIGCONT)
+
+    job = wait_job(hosts[0].client(), accepted["job_id"], timeout=240)
+    assert job["status"] == "completed" and job["chunks_processed"] == CHUNKS, job
+    trail = audit(pg)
+    assert any(t == stale_token for _i, tbl, t in trail if tbl != "shield_writer_fence"), "the holder wrote before"
+    late = [(i, tbl) for i, tbl, t in trail if i > raised_at and t == stale_token]
+    assert not late, f"writes of the stopped host landed after the takeover: {late}"
+    assert refused_writes(stale) > 0, stale.log_text()[-3000:]
+    log = stale.log_text()
+    assert f"this host's token is {stale_token}, PostgreSQL's fence is at" in log, log[-3000:]
+
+    # The stopped host works on: alone now, it processes a job of its own.
+    assert other.terminate() == 0
+    again = ingest(stale.client(), make_chunks(2, offset=CHUNKS, prefix="takeover"))
+    assert wait_job(stale.client(), again["job_id"], timeout=120)["status"] == "completed"
+    lightrag = stale.client().get("/health/detailed").json()["dependencies"]["lightrag"]
+    assert lightrag["fence"] > stale_token and lightrag["fence_refused_writes"] > 0, lightrag
+
+    cli = run_cli(stale.env, "verify-graph", timeout=120)
+    report = json.loads(cli.stdout.splitlines()[-1])
+    assert cli.returncode == 0 and report["consistent"] is True, report
+    assert report["counts"]["documents"]["processed"] == CHUNKS + 2, report["counts"]
