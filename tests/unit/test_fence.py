@@ -10,6 +10,7 @@ import ast
 import asyncio
 import contextlib
 import inspect
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from shield_orchestrator.lightrag.fence import (
     FencedLock,
     StaleWriter,
     WriterFence,
+    _QuietRefusals,
     patch_postgres_fence,
     reads,
 )
@@ -207,6 +209,15 @@ async def test_a_session_ends_after_its_pipeline_run() -> None:
     order.append("released")
     await running
     assert order == ["run ended", "released"]
+
+
+def test_lightrags_own_lines_about_a_refusal_are_held_back() -> None:
+    """The fence's one line per superseded token says it; LightRAG's tracebacks, SQL
+    and data about the same write do not repeat it, its other lines pass."""
+    quiet = _QuietRefusals()
+    refused = logging.LogRecord("lightrag", logging.ERROR, "", 0, "error:%s", (StaleWriter("ws", 1, 2),), None)
+    other = logging.LogRecord("lightrag", logging.ERROR, "", 0, "Merging stage failed in document %d", (1,), None)
+    assert not quiet.filter(refused) and quiet.filter(other)
 
 
 def test_a_refusal_is_transient_and_no_dependencys_failure() -> None:

@@ -28,10 +28,11 @@ fencing counter (`RedisLeaseLock.fence`); here PostgreSQL checks it:
   transactions run with `idle_in_transaction_session_timeout` at the lease's
   TTL, so PostgreSQL ends a transaction whose host has stopped.
 - A refused write is counted (`shield_fence_refused_writes_total`, and
-  `/health/detailed`), logged once per superseded token with both tokens, and
-  the feeder is told: it answers its documents in flight transient (their
-  chunks stay pending and come back) and ends its session; the session's
-  buffered vector writes are dropped; the next admission takes the lock again.
+  `/health/detailed`), logged once per superseded token with both tokens
+  (LightRAG's own lines about it are held back), and the feeder is told: it
+  answers its documents in flight transient (their chunks stay pending and
+  come back) and ends its session; the session's buffered vector writes are
+  dropped; the next admission takes the lock again.
 
 Only the PostgreSQL storages are fenced. The file storages are one host's
 (the deployment refuses several hosts on them), with an in-process lock.
@@ -72,6 +73,7 @@ CHECK_SQL = (
     "set_config('idle_in_transaction_session_timeout', $3, true) FROM shield_writer_fence "
     "WHERE workspace = $1 FOR SHARE"
 )
+REFUSED = "refused by the writer fence"
 RUN_END_WAIT_SECONDS = 30.0  # a session's end waits this long at most for its pipeline run to end
 
 _READ_FIRST = frozenset({"SELECT", "WITH", "SHOW", "VALUES", "TABLE", "EXPLAIN"})
@@ -98,7 +100,7 @@ class StaleWriter(Superseded):
             why = f"no fence is raised for the workspace (this host's token {token})"
         else:
             why = f"this host's token is {token}, PostgreSQL's fence is at {current}: another host took the lock"
-        super().__init__(f"{what} refused by the writer fence of workspace {workspace!r}: {why}")
+        super().__init__(f"{what} {REFUSED} of workspace {workspace!r}: {why}")
 
 
 def reads(sql: str) -> bool:
@@ -151,6 +153,9 @@ class WriterFence:
             _FENCES[db] = self
         self._dbs, self._rag, self._on_stale = dbs, rag, on_stale
         _carry_tokens(rag, self)
+        lightrag_log = logging.getLogger("lightrag")
+        if not any(isinstance(known, _QuietRefusals) for known in lightrag_log.filters):
+            lightrag_log.addFilter(_QuietRefusals())
 
     async def take(self, token: int) -> int:
         """Raise the fence to `token` (waits for the writes in flight under older ones);
@@ -217,6 +222,14 @@ class WriterFence:
 
     def report(self) -> dict[str, str | int | float]:
         return {"fence": self.token or 0, "fence_refused_writes": self.refused}
+
+
+class _QuietRefusals(logging.Filter):
+    """LightRAG's own error lines about a refused write (its tracebacks, the SQL and
+    the data it tried): the fence's one line per superseded token says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return REFUSED not in record.getMessage()
 
 
 class FencedLock:
