@@ -274,17 +274,19 @@ def slow_standin(workdir: Path) -> Iterator[Standin]:
     standin.stop()
 
 
+@pytest.fixture
 def two_hosts(
-    rendered: Path, redis_server: RedisServer, pg: PostgresServer, standin: Standin, root: Path
-) -> list[ServiceProcess]:
-    env = build_env(rendered, redis_server, pg, standin, root)
+    rendered: Path, redis_server: RedisServer, pgvector_server: PostgresServer, slow_standin: Standin, tmp_path: Path
+) -> Iterator[list[ServiceProcess]]:
+    """Two services on one PostgreSQL and one Redis, a 3 s lease; stopped after the test."""
+    env = build_env(rendered, redis_server, pgvector_server, slow_standin, tmp_path)
     run_init_db(env)
     hosts = []
     for name in ("host-a", "host-b"):
-        state = root / name
+        state = tmp_path / name
         state.mkdir()
         host_env = env | settings_env({"hostname": name, "state_dir": state, "listen_port": (port := free_port())})
-        hosts.append(ServiceProcess(host_env, port, root, name=name))
+        hosts.append(ServiceProcess(host_env, port, tmp_path, name=name))
     settings = {
         "lightrag_storage": "postgres",
         "lightrag_workspace": WORKSPACE,
@@ -292,9 +294,15 @@ def two_hosts(
         "llm_max_async": 2,
         "pool_size": 2,
     }
-    for host in hosts:  # one after the other: LightRAG's first start creates its tables, racily
-        host.start(**settings)
-    return hosts
+    try:
+        for host in hosts:  # one after the other: LightRAG's first start creates its tables, racily
+            host.start(**settings)
+        yield hosts
+    finally:
+        for host in hosts:
+            if host.proc is not None and host.proc.alive():
+                os.kill(host.proc.pid, signal.SIGCONT)
+            host.stop()
 
 
 def lock_holder(redis_server: RedisServer, hosts: list[ServiceProcess]) -> ServiceProcess | None:
@@ -315,11 +323,7 @@ def refused_writes(host: ServiceProcess) -> float:
 
 
 def test_a_holder_stopped_past_its_lease_writes_nothing_after_the_takeover(
-    rendered: Path,
-    redis_server: RedisServer,
-    pgvector_server: PostgresServer,
-    slow_standin: Standin,
-    tmp_path: Path,
+    two_hosts: list[ServiceProcess], redis_server: RedisServer, pgvector_server: PostgresServer
 ) -> None:
     """SIGSTOP the host that holds the workspace lock with documents in flight; the
     other takes the lock over and writes; SIGCONT: every write the stopped host
@@ -328,8 +332,7 @@ def test_a_holder_stopped_past_its_lease_writes_nothing_after_the_takeover(
     and verify-graph finds the graph consistent. Fails without the fence (the
     stopped host's writes land after the raise: the audit lists them), or when a
     host keeps the lock with nothing in flight (verify-graph times out)."""
-    pg = pgvector_server
-    hosts = two_hosts(rendered, redis_server, pg, slow_standin, tmp_path)
+    pg, hosts = pgvector_server, two_hosts
     pg.admin(AUDIT)
     accepted = ingest(hosts[0].client(), make_chunks(CHUNKS, prefix="takeover"))
 
