@@ -330,8 +330,10 @@ def test_a_holder_stopped_past_its_lease_writes_nothing_after_the_takeover(
     tries is refused (none of its token lands after the takeover's raise), its
     documents are processed again, the job completes, the stopped host works on,
     and verify-graph finds the graph consistent. Fails without the fence (the
-    stopped host's writes land after the raise: the audit lists them), or when a
-    host keeps the lock with nothing in flight (verify-graph times out)."""
+    stopped host's writes land after the raise: the audit lists them). The
+    feeder's side (answering and ending the superseded session, letting the
+    lock go when nothing is in flight) is held by tests/unit/test_fence.py:
+    here LightRAG's own abort of the refused batch would answer them too."""
     pg, hosts = pgvector_server, two_hosts
     pg.admin(AUDIT)
     accepted = ingest(hosts[0].client(), make_chunks(CHUNKS, prefix="takeover"))
