@@ -159,6 +159,46 @@ def pg_bindir() -> Path:
     return bindir
 
 
+PGVECTOR_BINDIR_ENV = "SHIELD_PGVECTOR_BINDIR"
+
+
+def pgvector_bindir(root: Path) -> Path | None:
+    """A PostgreSQL with the pgvector extension, for LightRAG's PGVectorStorage (Debian
+    12's server has none): $SHIELD_PGVECTOR_BINDIR, else the server the `pgserver`
+    wheel ships (PostgreSQL 16 and pgvector 0.6; copied under `root`, where user
+    postgres can read it), else the installed server if it has the extension;
+    None when there is none."""
+    candidates = [Path(os.environ[PGVECTOR_BINDIR_ENV])] if os.environ.get(PGVECTOR_BINDIR_ENV) else []
+    with contextlib.suppress(ImportError):
+        import pgserver  # type: ignore[import-not-found, unused-ignore]
+
+        candidates.append(_readable_copy(Path(pgserver.__file__).parent, root))
+    candidates.append(pg_bindir())
+    for bindir in candidates:
+        if list((bindir.parent / "share").glob("**/extension/vector.control")) or _sharedir_has_vector(bindir):
+            return bindir
+    return None
+
+
+def _readable_copy(package: Path, root: Path) -> Path:
+    """The wheel's server under `root` (its binaries find their libraries at
+    $ORIGIN/../../../pgserver.libs): the bin directory of the copy."""
+    copy = root / "pgserver-copy"
+    if not copy.exists():
+        shutil.copytree(package / "pginstall", copy / "pgserver" / "pginstall", symlinks=True)
+        shutil.copytree(package.parent / "pgserver.libs", copy / "pgserver.libs", symlinks=True)
+        subprocess.run(["chmod", "-R", "a+rX", str(copy)], check=True, timeout=60)
+    return copy / "pgserver" / "pginstall" / "bin"
+
+
+def _sharedir_has_vector(bindir: Path) -> bool:
+    pg_config = bindir / "pg_config"
+    if not pg_config.exists():
+        return False
+    out = subprocess.run([str(pg_config), "--sharedir"], capture_output=True, text=True, check=False, timeout=30)
+    return (Path(out.stdout.strip()) / "extension" / "vector.control").exists()
+
+
 @dataclass
 class PostgresServer:
     """A cluster of its own, run as user postgres; role `orchestrator` owns database `shield_orchestrator`."""
@@ -170,9 +210,9 @@ class PostgresServer:
     running: bool = False
 
     @classmethod
-    def start_new(cls, root: Path, password: str) -> PostgresServer:
+    def start_new(cls, root: Path, password: str, bindir: Path | None = None) -> PostgresServer:
         root.mkdir(parents=True, exist_ok=True)
-        server = cls(free_port(), root, password, pg_bindir())
+        server = cls(free_port(), root, password, bindir or pg_bindir())
         server.sockdir.mkdir(parents=True)
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(server.sockdir, "postgres", "postgres")

@@ -80,7 +80,8 @@ class Metrics:
         self._llm_slot_metrics(r)
 
     def _endpoint_and_build_metrics(self, r: CollectorRegistry) -> None:
-        """The calls to the LLM and embedding endpoints (workers/stalls.py) and the code this process runs."""
+        """The calls to the LLM and embedding endpoints (workers/stalls.py), the writer fence's refusals
+        (lightrag/fence.py) and the code this process runs."""
         self.endpoint_calls_in_flight = Gauge(
             "shield_endpoint_calls_in_flight",
             "Calls to the endpoint (llm, embedding) waiting for an answer",
@@ -97,6 +98,11 @@ class Metrics:
             "shield_endpoint_stalled_calls",
             "Calls to the endpoint that waited longer than the stall threshold",
             ["endpoint"],
+            registry=r,
+        )
+        self.fence_refused_writes = Counter(
+            "shield_fence_refused_writes",
+            "Writes to LightRAG's PostgreSQL storages refused by the writer fence (another host took the workspace)",
             registry=r,
         )
         self.build_info = Gauge(

@@ -34,6 +34,7 @@ from .jobs.history import JobHistory, create_engine
 from .jobs.intake import JobIntake
 from .jobs.projection import JobProjection
 from .jobs.tracker import JobTracker
+from .lightrag.fence import FencedLock, WriterFence
 from .lightrag.llm.slots import LLMSlots
 from .lightrag.locks import RedisLeaseLock
 from .lightrag.processor import LightRAGProcessor, endpoint_addresses
@@ -92,12 +93,15 @@ def make_redis(settings: Settings) -> Redis:
     return Redis(host=settings.redis_host, port=settings.redis_port, **options)
 
 
-def workspace_lock(settings: Settings, redis: Redis, keys: RedisKeys) -> WorkspaceLock:
+def workspace_lock(settings: Settings, redis: Redis, keys: RedisKeys, metrics: Metrics | None = None) -> WorkspaceLock:
     """One LightRAG pipeline at a time per workspace: in this process for the local
-    storages (one host), across hosts (a lease in Redis) for PostgreSQL's."""
+    storages (one host), across hosts for PostgreSQL's: a lease in Redis, and a
+    writer fence in PostgreSQL that refuses the writes of a superseded holder."""
     if settings.lightrag_storage == "postgres":
         key = keys.workspace_lock(settings.lightrag_workspace)
-        return RedisLeaseLock(redis, key, ttl_seconds=settings.lightrag_lock_ttl_seconds)
+        ttl = settings.lightrag_lock_ttl_seconds
+        fence = WriterFence(settings.lightrag_workspace, ttl, metrics)
+        return FencedLock(RedisLeaseLock(redis, key, ttl_seconds=ttl), fence)
     return asyncio.Lock()
 
 
@@ -142,7 +146,7 @@ class Service:
         gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
         watch = CallWatch(settings.llm_stall_seconds, endpoint_addresses(settings), metrics)
         slots = LLMSlots.build(settings, redis, metrics)
-        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys), watch, slots)
+        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys, metrics), watch, slots)
         heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(
             redis=redis,

@@ -6,7 +6,8 @@ group commit swaps each storage's `index_done_callback` and gates its mutations 
 flush replaces `_insert_done` (commit/flush.py), the feeder resets documents with
 `_build_pending_reset_update` (feeder.py), the file vector storages are saved
 through a patched `NanoVectorDB.save` (commit/vector_save.py), and PostgreSQL's retry
-hook `_before_sleep` is patched against a deadlock (processor.py). Another
+hook `_before_sleep` is patched against a deadlock (processor.py), and its
+`_run_with_retry` hands each operation a fenced connection (fence.py). Another
 version may move any of these, and a patch that no longer bites loses its
 guarantee silently; so LIGHTRAG_VERSION is the one version the service starts
 on (`require_pinned_lightrag`, before LightRAG is built and patched), the
@@ -159,7 +160,8 @@ class LightRAGInstance(Protocol):
         track_id: str | None = None,
     ) -> str: ...
 
-    async def apipeline_process_enqueue_documents(self) -> None: ...
+    # Replaced on the instance by the writer fence, which gives each run its token (fence.py).
+    apipeline_process_enqueue_documents: Callable[[], Awaitable[None]]
 
     def _index_storages(self) -> Sequence[IndexedStorage]: ...
 

@@ -283,6 +283,19 @@ class LightRAGFeeder:
         if self._session:
             await self._end_session()
 
+    def fenced_out(self, reason: str) -> None:
+        """Another host took the workspace lock over while this one held it (a write
+        refused by the writer fence, fence.py): the documents in flight are answered
+        transient (their chunks come back, under the lock), nothing more is admitted,
+        and the session ends; the next admission takes the lock again."""
+        superseded = transient(f"superseded in LightRAG's workspace: {reason}", None)
+        for flight in self._flights.values():
+            self._answer(flight.items, superseded)
+        self._flights.clear()
+        self._yielding = True
+        self._room.set()
+        self._wakeup.set()
+
     async def reserve(self, want: int, stopping: asyncio.Event) -> int:
         """Wait for room (the window and the read-ahead), then reserve up to `want` places."""
         while not (stopping.is_set() or self._stopping):
@@ -391,7 +404,7 @@ class LightRAGFeeder:
                 self._admitting = 0
             self._room.set()
             self._extract_more.set()
-            if entering:
+            if entering or not self._flights:  # more to admit, or nothing in flight: the session may end
                 self._wakeup.set()
 
     @property

@@ -11,9 +11,12 @@ first admission until nothing is in flight, or, when another host waits
   a token of the holder's own; the holder renews it every third of the lease,
   and releases it with a compare-and-delete (lease.lua). A host that dies
   releases it when the lease lapses (seconds). Every take increments a fencing
-  counter, logged with the round: LightRAG's storages cannot check such a
-  token, so a holder that stalls longer than its lease (and fails to renew)
-  stops taking rounds and says so in the journal.
+  counter (`fence`), and PostgreSQL checks it (fence.py): the host that takes
+  the lease raises the workspace's writer fence to its token, and every write
+  of LightRAG's PostgreSQL storages is refused once a newer token is there. A
+  holder that stalls past its lease (a GC pause, a VM stall, a partition)
+  therefore writes nothing after another host took over: its first write is
+  refused, it ends its session, and its documents come back.
 - Fairness: a host that waits for the lock marks it contended; the holder,
   when it releases a contended lock, lets the others try before it takes it
   again.
@@ -60,6 +63,7 @@ class RedisLeaseLock:
         self._token = ""
         self._renewer: asyncio.Task[None] | None = None
         self._release_script = lua.register(redis, "lease", __file__)
+        self._advance_script = lua.register(redis, "fence_counter", __file__)
         self.fence = 0
         self._released_contended_at = 0.0
 
@@ -105,6 +109,12 @@ class RedisLeaseLock:
             return bool(await self._redis.exists(f"{self._key}:contended"))
         except RedisError:
             return False
+
+    async def advance_fence(self, at_least: int) -> None:
+        """Raise the fencing counter to `at_least` (never lower): PostgreSQL's writer
+        fence is ahead of it when Redis lost increments (a failover to a replica
+        that lagged, a flushed database), and every take would be refused."""
+        await self._advance_script(keys=[f"{self._key}:fence"], args=[at_least])
 
     async def _renew(self, token: str) -> None:
         period = self._ttl_ms / 3000

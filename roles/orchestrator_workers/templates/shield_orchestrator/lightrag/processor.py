@@ -32,6 +32,7 @@ from .clients import Endpoint, embed_function, llm_function
 from .commit import KILL_AT_ENV, GroupCommit, GroupFlush, commit_continuously, patch_vector_save, recover, share_flushes
 from .extract import Extractor
 from .feeder import LightRAGFeeder
+from .fence import fence_report, fence_writes
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .llm.cache import sqlite_cache
 from .llm.slots import LLMSlots
@@ -232,6 +233,7 @@ class LightRAGProcessor:
             extractor=extractor,
         )
         self._feeder.start()
+        await fence_writes(self._lock, self.rag, self._feeder.fenced_out)  # PostgreSQL: fence.py
         log.info(
             "LightRAG storages initialised storage=%s workspace=%s working_dir=%s llm=%s embedding=%s dim=%d",
             s.lightrag_storage,
@@ -320,7 +322,7 @@ class LightRAGProcessor:
             }
             if feeder
             else {}
-        )
+        ) | fence_report(self._lock)
         reports = [DependencyReport("lightrag", feeder is not None, True, pipeline)]
         try:
             storage_up = await asyncio.wait_for(self._storage_answers(), ENDPOINT_CHECK_TIMEOUT)

@@ -49,6 +49,13 @@ class Failure:
         return self.kind is FaultKind.CANCELLED
 
 
+class Superseded(Exception):
+    """A write this process may no longer make: another host took the LightRAG
+    workspace over (lightrag/fence.py's StaleWriter). Owns nothing; classified
+    transient and no dependency's failure: the chunk spends no attempt, no
+    breaker opens, and it is tried again under the lock."""
+
+
 def chunk_fault(message: str) -> Failure:
     return Failure(message, FaultKind.CHUNK)
 
@@ -135,6 +142,8 @@ def classify_exception(exc: BaseException, dependency: str) -> Failure:
 
     cause = _unwrap(exc)
     message = f"{type(cause).__name__}: {cause}"[:2000]
+    if _superseded(exc) or _superseded(cause):
+        return transient(message, None)
     if isinstance(cause, openai.APIStatusError):
         retry_after = retry_after_of(cause.response.headers)
         return http_failure(cause.status_code, message, dependency, retry_after)
@@ -142,6 +151,18 @@ def classify_exception(exc: BaseException, dependency: str) -> Failure:
         return transient(message, dependency)
     found = classify_message(message)
     return transient(message, dependency) if found.transient else found
+
+
+def _superseded(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from (LightRAG wraps some), is Superseded."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, Superseded):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _unwrap(exc: BaseException) -> BaseException:
