@@ -258,7 +258,9 @@ END $$;
 def pgvector_server(workdir: Path) -> Iterator[PostgresServer]:
     bindir = pgvector_bindir(workdir)
     if bindir is None:
-        pytest.skip(f"no PostgreSQL with pgvector here: install the pgserver wheel or set {PGVECTOR_BINDIR_ENV}")
+        pytest.fail(
+            f"no PostgreSQL with pgvector: requirements-test.txt installs the pgserver wheel (or set {PGVECTOR_BINDIR_ENV})"
+        )
     server = PostgresServer.start_new(workdir / "pgvector", PG_PASSWORD, bindir)
     server.admin("CREATE EXTENSION IF NOT EXISTS vector")
     yield server
