@@ -839,6 +839,16 @@ def w8_rows(w8: dict[str, Any]) -> list[list[str]]:
         )
         for name, cell in cells.items():
             ratio = cell["ratio_to_one_host"]
+            if cell.get("kills"):
+                spent = cell["chat_calls_to_clean_two_hosts"]
+                most = targets["chat_calls_with_kills_to_clean_at_most"]
+                figure = {"median": spent, "min": spent, "max": spent}
+                rows.append(row(label, f"{name}: chat calls to the clean run's", figure, "x", f"<= {most:.2f}x"))
+                rows[-1][5] = "met" if spent <= most else "MISSED"
+                label = ""
+                note = f"  {cell['kills']:.0f} kills, {cell['seconds']:.1f} s, chat {cell['chat_calls']:.0f}"
+                rows.append(["", note + ("" if cell["complete"] else " (INCOMPLETE)"), "", "", "", "", ""])
+                continue
             if cell["hosts"] == 1:
                 want, verdict = "", None
             elif cell["cluster_cap"]:
