@@ -77,7 +77,7 @@ async def kill_and_restart(
             if int(job["chunks_processed"]) >= share * n or job["status"] in ("completed", "failed", "cancelled"):
                 break
             await asyncio.sleep(0.2)
-        if job["status"] != "running":
+        if job["status"] in ("completed", "failed", "cancelled"):
             break
         victim = hosts[1]
         os.killpg(victim.proc.pid, signal.SIGKILL)
