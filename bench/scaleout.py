@@ -126,7 +126,9 @@ async def run_cell(
                 killed = await kill_and_restart(ctx, http, job_id, len(batch), hosts, cell, start_host)
             end = await watch.wait([job_id], within, first.proc)
             cpu = 0.0 if cell.kills else sum(group_cpu_seconds(host.proc.pid) for host in hosts) - cpu0
-            calls = calls_between(before, standin.stats())
+            after = standin.stats()
+            calls = calls_between(before, after)
+            kinds = {key: after[key] - before.get(key, 0) for key in after if key.startswith("chat:")}
             job = (await http.get(f"/jobs/{job_id}")).json()
     finally:
         for host in hosts:
@@ -151,6 +153,8 @@ async def run_cell(
         "llm_busy_percent": 100 * ideal / seconds if seconds > 0 else 0.0,
         "cpu_s": cpu,  # 0 in the kill cell (a killed host's CPU is not counted)
         "kills": float(killed),
+        # chat calls by what they were (the stand-in's classification): extraction, gleaning, summary
+        **{f"calls_{key.removeprefix('chat:')}": float(count) for key, count in kinds.items()},
     }
 
 
@@ -172,10 +176,12 @@ async def run_w8(
                 for cell in cells(cap):
                     result = await run_cell(ctx, standin, graph, batch, cell, chat_ms, within)
                     figures[cell.name] = result
+                    by_kind = ", ".join(f"{k[6:]} {v:.0f}" for k, v in result.items() if k.startswith("calls_"))
                     log(
                         f"W8 chat {chat_ms} ms, {cell.name}: {result['chunks_per_s']:.2f} chunks/s, "
                         f"{result['seconds']:.1f} s, chat {result['chat_calls']:.0f} "
-                        f"({result['chat_calls_per_chunk']:.2f}/chunk), LLM busy {result['llm_busy_percent']:.0f}%"
+                        f"({result['chat_calls_per_chunk']:.2f}/chunk: {by_kind}), "
+                        f"LLM busy {result['llm_busy_percent']:.0f}%"
                     )
             finally:
                 standin.proc.stop()
