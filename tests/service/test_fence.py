@@ -259,7 +259,8 @@ def pgvector_server(workdir: Path) -> Iterator[PostgresServer]:
     bindir = pgvector_bindir(workdir)
     if bindir is None:
         pytest.fail(
-            f"no PostgreSQL with pgvector: requirements-test.txt installs the pgserver wheel (or set {PGVECTOR_BINDIR_ENV})"
+            f"no PostgreSQL with pgvector: requirements-test.txt installs the pgserver wheel"
+            f" (or set {PGVECTOR_BINDIR_ENV})"
         )
     server = PostgresServer.start_new(workdir / "pgvector", PG_PASSWORD, bindir)
     server.admin("CREATE EXTENSION IF NOT EXISTS vector")

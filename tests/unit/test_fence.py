@@ -25,6 +25,7 @@ from shield_orchestrator.lightrag.fence import (
     StaleWriter,
     WriterFence,
     _QuietRefusals,
+    cache_only,
     patch_postgres_fence,
     reads,
 )
@@ -53,6 +54,20 @@ LIGHTRAG_UPDATE_RETURNING = "UPDATE LIGHTRAG_DOC_STATUS SET error_msg = $3 WHERE
 )
 def test_reads_are_queries_that_name_no_write(sql: str, only_reads: bool) -> None:
     assert reads(sql) is only_reads
+
+
+@pytest.mark.parametrize(
+    ("sql", "unfenced"),
+    [
+        ("INSERT INTO LIGHTRAG_LLM_CACHE(workspace,id,original_prompt) VALUES ($1,$2,$3) ON CONFLICT DO UPDATE", True),
+        ("insert into lightrag_llm_cache (id) values ($1)", True),
+        ("INSERT INTO LIGHTRAG_DOC_FULL (id) VALUES ($1)", False),
+        ("DELETE FROM LIGHTRAG_LLM_CACHE WHERE id IN (SELECT id FROM LIGHTRAG_DOC_CHUNKS)", False),
+        ("UPDATE LIGHTRAG_DOC_STATUS SET status = $1", False),
+    ],
+)
+def test_only_the_llm_caches_writes_go_unfenced(sql: str, unfenced: bool) -> None:
+    assert cache_only(sql) is unfenced
 
 
 class FakeConnection:

@@ -103,6 +103,19 @@ class StaleWriter(Superseded):
         super().__init__(f"{what} {REFUSED} of workspace {workspace!r}: {why}")
 
 
+_TABLES = re.compile(r"(?i)\bLIGHTRAG_[A-Z_]+\b")
+CACHE_TABLE = "LIGHTRAG_LLM_CACHE"
+
+
+def cache_only(sql: str) -> bool:
+    """Whether a statement touches LightRAG's LLM response cache and no other of its
+    tables. Such writes are not fenced: the cache is keyed by what makes an answer
+    (prompt, model), so any host may add to it at any time, and every host's
+    extraction ahead of the pipeline does (extract.py), holding the lock or not."""
+    tables = {name.upper() for name in _TABLES.findall(sql)}
+    return tables == {CACHE_TABLE}
+
+
 def reads(sql: str) -> bool:
     """Whether a statement only reads: it starts as a query and names no writing keyword
     (in doubt it counts as a write, which costs a fenced transaction, nothing more)."""
@@ -321,7 +334,7 @@ class FencedConnection:
                 self._depth -= 1
 
     async def _write(self, method: Callable[..., Awaitable[Any]], sql: str, *args: Any, **kwargs: Any) -> Any:
-        if self._depth:
+        if self._depth or cache_only(sql):
             return await method(sql, *args, **kwargs)
         async with self.transaction():
             return await method(sql, *args, **kwargs)

@@ -180,6 +180,7 @@ class LightRAGProcessor:
         self._lock = lock
         self.rag: LightRAGInstance | None = None
         self._feeder: LightRAGFeeder | None = None
+        self._extractor: Extractor | None = None
         self._commit: GroupCommit | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
         self._endpoints = Endpoints(settings, watch, slots)
@@ -218,6 +219,7 @@ class LightRAGProcessor:
         extractor = Extractor(self.rag) if s.lightrag_llm_cache else None
         if extractor is not None:
             extractor.serve_pipeline()
+        self._extractor = extractor
         window = pipeline_window(s)
         self._feeder = LightRAGFeeder(
             self.rag,
@@ -248,6 +250,15 @@ class LightRAGProcessor:
         if self._feeder is not None:
             await self._feeder.stop()
             self._feeder = None
+        if self._extractor is not None:
+            x = self._extractor
+            log.info(
+                "extraction ahead of the pipeline: %d documents extracted, %d failed (the pipeline extracted "
+                "them), %d taken by the pipeline as extracted",
+                x.extracted,
+                x.failed,
+                x.reused,
+            )
         if self.rag is not None:
             flush = self.rag._insert_done
             if isinstance(flush, GroupFlush) and flush.requests:
