@@ -9,6 +9,9 @@ LightRAG and refills it as each one ends, so the LLM never waits for a round:
   PENDING (a retry that really retries), PENDING/PROCESSING is watched, a new
   one is enqueued into LightRAG's running pipeline (its in-batch feeder takes
   it without waiting for the others).
+- Extraction ahead (with an Extractor: extract.py): an admitted document is
+  extracted before it enters the window, with no lock held, up to `window`
+  documents at once; it enters the window once extracted (high priority first).
 - The driver keeps LightRAG's pipeline running while documents are in flight.
 - The watcher reads the in-flight documents' statuses (woken by LightRAG's own
   status writes, and every POLL_SECONDS): each document is answered on its own
