@@ -71,6 +71,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         "progress_events",
         "cancel_job",
         "w7rag_priority",
+        "w8_scaleout",
     }
 
     w1 = workloads["w1_pool_overhead"]
@@ -161,3 +162,16 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     assert 0 <= median(w7rag["high_backlog_left"]) <= w7rag["backlog"], w7rag
     for key in ("progress_longest_gap_s", "progress_largest_step_chunks", "cancel_beyond_chunks", "w7rag_high_seconds"):
         assert number(results[key]), key
+
+    # issue 20's W8 (bench/scaleout.py): every cell done on PostgreSQL, and each chunk's
+    # extraction paid exactly once on 1 host and on 2 (the LLM cache, written from any host)
+    w8 = workloads["w8_scaleout"]
+    assert w8["by_latency"], w8
+    for chat_ms, cells in w8["by_latency"].items():
+        assert set(cells) >= {"1 host", "2 hosts"}, cells
+        for name, cell in cells.items():
+            assert cell["complete"] == 1 and cell["chunks_done"] == w8["chunks"], (chat_ms, name, cell)
+            assert 0 < cell["llm_busy_percent"] <= 100 and cell["chunks_per_s"] > 0, (chat_ms, name, cell)
+            if not cell["kills"]:
+                assert cell["calls_extraction"] == w8["chunks"], (chat_ms, name, cell)
+        assert cells["1 host"]["ratio_to_one_host"] == 1.0
