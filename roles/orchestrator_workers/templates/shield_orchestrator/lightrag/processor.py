@@ -268,12 +268,7 @@ class LightRAGProcessor:
                 # LightRAG's recovery anchors: at the next start LightRAG cleans
                 # and processes them again (none was answered, so their chunks
                 # come back).
-                await self._commit.stop()
-                log.info(
-                    "LightRAG storage commits: %d, grouped, instead of %d flushes",
-                    self._commit.commits,
-                    self._commit.deferred,
-                )
+                await self._commit.stop()  # it logs its commits and the flushes they replaced
             await self.rag.finalize_storages()
             self.rag = None
             log.info("LightRAG storages finalised")
