@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from shield_orchestrator.lightrag.commit.journal import recover
+from shield_orchestrator.lightrag.llm.cache import CACHE_FILE
 
 from tests.support.helpers import ingest, make_chunks, wait_job
 from tests.support.service import ServiceProcess
@@ -55,7 +56,8 @@ def log_since(svc: ServiceProcess, offset: int) -> str:
 
 def storage_files(folder: Path) -> dict[str, bytes]:
     """LightRAG's files under `folder`, by relative path (not the journal, the
-    links, LightRAG's temporary files, or the storage probe)."""
+    links, LightRAG's temporary files, the storage probe, or the LLM answer cache:
+    a SQLite file written as answers arrive, outside the group commit)."""
     return {
         path.relative_to(folder).as_posix(): path.read_bytes()
         for path in sorted(folder.rglob("*"))
@@ -64,6 +66,7 @@ def storage_files(folder: Path) -> dict[str, bytes]:
         and not path.name.endswith(".shield-prev")
         and ".tmp." not in path.name
         and not path.name.startswith(".shield-storage-probe")
+        and not path.name.startswith(CACHE_FILE)
     }
 
 

@@ -155,12 +155,13 @@ class _FakeExtractor:
         self.extracted: list[str] = []
         self.entered_before: list[str] = []
 
-    async def extract(self, text: str) -> bool:
+    async def extract(self, text: str) -> None:
         await asyncio.sleep(self.seconds)
         if text in self.rag.started:
             self.entered_before.append(text)
+        if text.startswith("refused"):
+            raise RuntimeError("Error code: 400 - lab stand-in: injected failure")
         self.extracted.append(text)
-        return True
 
 
 def _feeder(
@@ -421,5 +422,19 @@ def test_a_cancelled_jobs_chunks_are_not_extracted_and_a_stop_answers_those_bein
         assert all(outcome is not None and outcome.transient for outcome in outcomes)
         await feeder.stop()
         assert extractor.extracted == [] and rag.started == []
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_extraction_ahead_answers_the_chunk_and_keeps_it_out_of_lightrag() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline()
+        feeder = _feeder(rag, extractor=_FakeExtractor(rag))
+        feeder.start()
+        futures = feeder.submit([text_task(0, "refused text"), text_task(1, "fine")])
+        refused, fine = await futures["chunk-j-0"], await futures["chunk-j-1"]
+        assert refused is not None and refused.kind is FaultKind.CHUNK and "injected failure" in refused.message
+        assert fine is None and rag.started == ["fine"]
+        await feeder.stop()
 
     asyncio.run(scenario())

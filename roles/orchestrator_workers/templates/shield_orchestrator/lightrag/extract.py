@@ -16,8 +16,10 @@ so the extraction is not even parsed twice. Every later pass over the
 same text, prompt and model (a redelivery, a retry, a replay, another host's
 takeover, a restart) finds the same answers: the LLM is not paid twice.
 
-Nothing is written to the graph, the chunks or the document statuses here;
-an extraction that fails is the pipeline's to do again (and to report).
+Nothing is written to the graph, the chunks or the document statuses here.
+An extraction that fails raises: the feeder answers the chunk with that failure,
+as the pipeline's would have been (a chunk's own fault spends an attempt, a
+dependency's defers it), and the document does not enter the pipeline.
 """
 
 from __future__ import annotations
@@ -89,9 +91,9 @@ class Extractor:
             for piece in pieces
         }
 
-    async def extract(self, text: str) -> bool:
-        """Extract `text` into the cache; False (logged) when the LLM failed: the
-        pipeline then extracts the document itself and reports why it could not."""
+    async def extract(self, text: str) -> None:
+        """Extract `text` into the cache (and keep the results for the pipeline);
+        what the LLM or the cache raised goes on up (counted in `failed`)."""
         from lightrag.operate import extract_entities
 
         rag: Any = self._rag
@@ -102,14 +104,12 @@ class Extractor:
                 global_config=rag._build_global_config(),
                 llm_response_cache=rag.llm_response_cache,
             )
-        except Exception as exc:  # noqa: BLE001 - the pipeline does it again and reports the fault
+        except Exception:
             self.failed += 1
-            log.info("extraction ahead of the pipeline failed (the pipeline extracts again): %s", str(exc)[:200])
-            return False
+            raise
         for chunk, result in zip(chunks.values(), results, strict=True):
             self._keep(_content_key(chunk["content"]), result)
         self.extracted += 1
-        return True
 
     def _keep(self, key: str, result: ChunkResult) -> None:
         self._results[key] = result

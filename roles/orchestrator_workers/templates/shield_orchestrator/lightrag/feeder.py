@@ -49,6 +49,7 @@ from uuid import uuid4
 from ..queue.tasks import ChunkTask
 from ..workers.breaker import DependencyGate
 from ..workers.faults import (
+    LLM,
     STORAGE,
     Failure,
     chunk_fault,
@@ -447,9 +448,15 @@ class LightRAGFeeder:
                 self._extract_more.set()
 
     async def _extract(self, item: _Queued) -> None:
+        """Extract a document ahead; a failure answers it (it does not enter LightRAG)."""
         assert self._extractor is not None
         try:
             await self._extractor.extract(item.task.text)
+        except Exception as exc:  # noqa: BLE001 - the LLM's failure is the chunk's answer
+            failure = classify_exception(exc, LLM)
+            log.info("extraction of %s ahead of the pipeline failed: %s", item.task.doc_id, failure.message[:300])
+            self._answer([item], failure)
+            self._room.set()
         finally:
             self._extractions.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         if not item.future.done() and not self._stopping:

@@ -253,8 +253,8 @@ class LightRAGProcessor:
         if self._extractor is not None:
             x = self._extractor
             log.info(
-                "extraction ahead of the pipeline: %d documents extracted, %d failed (the pipeline extracted "
-                "them), %d taken by the pipeline as extracted",
+                "extraction ahead of the pipeline: %d documents extracted, %d failed (answered with the "
+                "failure), %d taken by the pipeline as extracted",
                 x.extracted,
                 x.failed,
                 x.reused,
