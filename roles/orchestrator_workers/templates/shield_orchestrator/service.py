@@ -340,5 +340,32 @@ def serve(settings: Settings, processor_factory: ProcessorFactory = LightRAGProc
         if not server.started:
             raise SystemExit(1)
 
-    asyncio.run(run())
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        _end_leftover_tasks(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     return 0
+
+
+LEFTOVER_SECONDS = 5.0  # a task still running once the service stopped gets this long to end when cancelled
+
+
+def _end_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs once the service has stopped, and wait for it at most
+    LEFTOVER_SECONDS (asyncio.run would wait forever). A task of a library that
+    swallows its cancellation (found: one of LightRAG's, after a host was superseded
+    by the writer fence) must not keep a stopped process alive: it is named in the
+    journal and left behind."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    _done, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=LEFTOVER_SECONDS))
+    for task in pending:
+        frames = task.get_stack(limit=1)
+        where = f"{frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames else "?"
+        log.warning("task %s did not end when cancelled after the stop (at %s); left behind", task.get_name(), where)
