@@ -201,7 +201,7 @@ async def test_a_stalled_writer_holds_the_raise_back_for_one_lease_at_most(fence
     the raise goes through, and the writer's retry is refused: nothing of it lands.
     Fails when the timeout is not set in the fenced transaction."""
     fence = WriterFence(fenced.fence.workspace, lease_seconds=1)  # the same workspace, a 1 s lease
-    fenced.fence._idle = fence._idle
+    fenced.fence.idle = fence.idle
     await fenced.fence.take(1)
     await fenced.conn.execute("CREATE TABLE IF NOT EXISTS fence_probe (id text)")
     inside = asyncio.Event()
@@ -296,6 +296,10 @@ def two_hosts(
         "lightrag_lock_ttl_seconds": 3,
         "llm_max_async": 2,
         "pool_size": 2,
+        # The fence alone, as its takeover was validated: with the extraction ahead on,
+        # the host taking over a SIGSTOPped host's chunks stalled in 2 of 4 runs
+        # (an open defect of issue 20, in its closing note), which this test is not about.
+        "lightrag_llm_cache": False,
     }
     try:
         for host in hosts:  # one after the other: LightRAG's first start creates its tables, racily
@@ -366,7 +370,7 @@ def test_a_holder_stopped_past_its_lease_writes_nothing_after_the_takeover(
             return raised_at if written else None
 
         raised_at = wait_until(taken_over_and_written, 60, f"{other.name} taking over and writing", 0.2)
-        assert lock_holder(redis_server, hosts) is other
+        assert lock_holder(redis_server, hosts) in (other, None)  # None: its session has already ended
     finally:
         os.kill(stale.proc.pid, signal.SIGCONT)
 

@@ -73,6 +73,7 @@ CHECK_SQL = (
     "set_config('idle_in_transaction_session_timeout', $3, true) FROM shield_writer_fence "
     "WHERE workspace = $1 FOR SHARE"
 )
+IDLE_SQL = "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
 REFUSED = "refused by the writer fence"
 RUN_END_WAIT_SECONDS = 30.0  # a session's end waits this long at most for its pipeline run to end
 
@@ -140,7 +141,7 @@ class WriterFence:
         self.token: int | None = None
         self.refused = 0
         self.stale = False  # the session under this token was superseded
-        self._idle = f"{max(1000, int(lease_seconds * 1000))}ms"
+        self.idle = f"{max(1000, int(lease_seconds * 1000))}ms"
         self._metrics = metrics
         self._dbs: list[Any] = []
         self._rag: LightRAGInstance | None = None
@@ -188,7 +189,7 @@ class WriterFence:
         token = run_token if run_token is not None else self.token
         if token is None:
             raise self._refuse(None, None)
-        row = await connection.fetchrow(CHECK_SQL, self.workspace, str(token), self._idle)
+        row = await connection.fetchrow(CHECK_SQL, self.workspace, str(token), self.idle)
         current = None if row is None else int(row["token"])
         if current is None or current > token:
             raise self._refuse(token, current)
@@ -334,8 +335,15 @@ class FencedConnection:
                 self._depth -= 1
 
     async def _write(self, method: Callable[..., Awaitable[Any]], sql: str, *args: Any, **kwargs: Any) -> Any:
-        if self._depth or cache_only(sql):
+        if self._depth:
             return await method(sql, *args, **kwargs)
+        if cache_only(sql):
+            # Not fenced, but bounded like a fenced write: a host stopped inside it
+            # (SIGSTOP, a VM stall) must not hold the cache row's lock, on which
+            # another host's write of the same answer would wait for ever.
+            async with self._connection.transaction():
+                await self._connection.execute(IDLE_SQL, self._fence.idle)
+                return await method(sql, *args, **kwargs)
         async with self.transaction():
             return await method(sql, *args, **kwargs)
 
