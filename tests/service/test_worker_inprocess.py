@@ -515,7 +515,8 @@ async def test_with_a_pipeline_each_chunk_is_counted_and_acked_as_soon_as_it_is_
     await until(lambda: rig.job(job) == ("completed", 3, 0, 3), "the job completed")
 
     assert rig.pending() == {}
-    progress_steps = [data["chunks_processed"] for kind, data in await rig.events(job) if kind == "ingestion.progress"]
+    events = await rig.events_until(job, "ingestion.completed")
+    progress_steps = [data["chunks_processed"] for kind, data in events if kind == "ingestion.progress"]
     assert progress_steps == [1, 2, 3]  # one event per chunk, in the order they ended
     rig.stopping.set()
     assert await running == WorkerExit.STOPPED

@@ -341,6 +341,17 @@ class Rig:
                 found.append((event.type, event.data))
         return found
 
+    async def events_until(self, job_id: str, kind: str, within: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
+        """A job's events once one of `kind` is among them: a worker running as a task
+        writes the job's counts to Redis a moment before it publishes their event."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            events = await self.events(job_id)
+            if any(found == kind for found, _data in events):
+                return events
+            assert asyncio.get_running_loop().time() < deadline, f"no {kind} event of job {job_id} within {within}s"
+            await asyncio.sleep(0.02)
+
     async def event_types(self, job_id: str | None = None) -> list[str]:
         return [kind for kind, _data in await self.events(job_id)]
 
