@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -271,9 +270,22 @@ def dump_tasks() -> None:
     tasks = asyncio.all_tasks()
     log.warning("SIGUSR1: %d asyncio tasks", len(tasks))
     for task in sorted(tasks, key=lambda item: item.get_name()):
-        stack = io.StringIO()
-        task.print_stack(limit=25, file=stack)
-        log.warning("task %s:\n%s", task.get_name(), stack.getvalue())
+        log.warning("task %s:\n%s", task.get_name(), "\n".join(await_chain(task)))
+
+
+def await_chain(task: asyncio.Task[Any], limit: int = 25) -> list[str]:
+    """Where a task waits: its coroutine, then each coroutine it awaits, down to
+    the innermost (Task.print_stack shows the outermost frame only)."""
+    lines: list[str] = []
+    link: Any = None if task.done() else task.get_coro()
+    while link is not None and len(lines) < limit:
+        frame = getattr(link, "cr_frame", None) or getattr(link, "gi_frame", None) or getattr(link, "ag_frame", None)
+        if frame is None:
+            lines.append(f"  awaiting {type(link).__name__}")
+            break
+        lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, in {frame.f_code.co_name}')
+        link = getattr(link, "cr_await", None) or getattr(link, "gi_yieldfrom", None) or getattr(link, "ag_await", None)
+    return lines
 
 
 class Server(uvicorn.Server):
