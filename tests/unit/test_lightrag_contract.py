@@ -602,11 +602,13 @@ async def test_a_relation_merge_holds_its_endpoints_only_from_their_read(rag: An
     lock_endpoint_reads(rag.chunk_entity_relation_graph)
     locks, graph = operate.get_storage_keyed_lock, rag.chunk_entity_relation_graph
 
-    async def relation(a: str, b: str, seconds: float, read: bool) -> None:
+    async def relation(a: str, b: str, seconds: float, read: bool, edge_written: bool = False) -> None:
         async with locks(sorted([a, b]), namespace="GraphDB"):
             if read:
                 await graph.get_node(a)
-            await asyncio.sleep(seconds)  # its summary, or its writes
+            if edge_written:
+                await graph.upsert_edge(a, b, edge_data={"weight": 1.0, "description": "d", "source_id": "c"})
+            await asyncio.sleep(seconds)  # its summary, its endpoint writes, or its own vector
 
     async def entity(name: str) -> float:
         began = asyncio.get_running_loop().time()
@@ -624,8 +626,17 @@ async def test_a_relation_merge_holds_its_endpoints_only_from_their_read(rag: An
     await same_relation
     writing = asyncio.create_task(relation("E", "F", 0.3, read=True))
     await asyncio.sleep(0.05)
-    assert await entity("E") >= 0.2  # an endpoint read by a relation's merge waits for its end
+    assert await entity("E") >= 0.2  # an endpoint read by a relation's merge waits until its edge is written
     await writing
+    vectoring = asyncio.create_task(relation("E", "F", 0.3, read=True, edge_written=True))
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(entity("E"), 0.2) < 0.1  # its own vector is written under its key alone
+    assert not vectoring.done()
+    same_relation = asyncio.create_task(relation("F", "E", 0, read=False))
+    await asyncio.sleep(0.1)
+    assert not same_relation.done()  # which it still holds
+    await vectoring
+    await same_relation
 
 
 async def ingested_dump(folder: Path, models: OfflineModels, prepare: Any = None) -> Any:

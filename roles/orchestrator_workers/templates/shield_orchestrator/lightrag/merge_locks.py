@@ -17,13 +17,17 @@ slots busy.
   per key, as an entity's merge is);
 - an endpoint's name from the moment the merge reads that endpoint (the graph's
   `get_node`, which `_merge_edges_then_upsert` calls only to create the endpoint
-  or add the relation's chunks to it) to the end of the merge: the endpoint's
-  read-modify-write stays atomic against that entity's own merges, and no LLM
-  call is made while it is held. Endpoints are taken in sorted order after the
-  relation's key and an entity's merge takes nothing else, so no cycle of waits
-  can form.
+  or add the relation's chunks to it) until the merge writes the relation's own
+  edge (the graph's `upsert_edge`, after every write to the endpoints: the node,
+  its chunk list and its vector): the endpoint's read-modify-write stays atomic
+  against that entity's own merges, and no LLM call is made while it is held.
+  Endpoints are taken in sorted order after the relation's key and an entity's
+  merge takes nothing else, so no cycle of waits can form.
+What follows the edge (the relation's vector, its status message) touches the
+relation alone and runs under its key alone.
 Entity merges are unchanged. The patch replaces `get_storage_keyed_lock` in
-`lightrag.operate` only; each graph storage's `get_node` is wrapped per instance.
+`lightrag.operate` only; each graph storage's `get_node` and `upsert_edge` are
+wrapped per instance.
 """
 
 from __future__ import annotations
@@ -74,6 +78,12 @@ class _RelationMerge:
         finally:
             await self._own.__aexit__(exc_type, exc, tb)
 
+    async def release_endpoints(self) -> None:
+        """The relation's endpoints written: let their other merges go on."""
+        await self._stack.aclose()
+        self._held.clear()
+        self._stack = contextlib.AsyncExitStack()
+
     async def hold(self, node_id: str) -> None:
         """Hold `node_id` (an endpoint) and every endpoint sorted before it."""
         if node_id not in self._endpoints:
@@ -110,9 +120,11 @@ def patch_relation_locks() -> None:
 
 
 def lock_endpoint_reads(graph: Any) -> None:
-    """Wrap a graph storage's `get_node`: inside a relation's merge, reading an
-    endpoint first takes that endpoint's lock (held to the end of the merge)."""
+    """Wrap a graph storage's `get_node` and `upsert_edge`: inside a relation's
+    merge, reading an endpoint first takes that endpoint's lock, held until the
+    relation's edge is written."""
     get_node: Callable[[str], Awaitable[Any]] = graph.get_node
+    upsert_edge: Callable[..., Awaitable[Any]] = graph.upsert_edge
     if getattr(get_node, "__shield_patched__", False):
         return
 
@@ -122,5 +134,13 @@ def lock_endpoint_reads(graph: Any) -> None:
             await merge.hold(node_id)
         return await get_node(node_id)
 
+    async def releasing_upsert_edge(*args: Any, **kwargs: Any) -> Any:
+        result = await upsert_edge(*args, **kwargs)
+        merge = _RELATION.get()
+        if merge is not None:
+            await merge.release_endpoints()
+        return result
+
     locked_get_node.__shield_patched__ = True  # type: ignore[attr-defined]
     graph.get_node = locked_get_node
+    graph.upsert_edge = releasing_upsert_edge
