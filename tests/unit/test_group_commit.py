@@ -378,6 +378,36 @@ async def test_new_mutations_wait_while_a_commit_writes(ws: Workspace) -> None:
     assert ws.full_docs.data == {"doc": 2}
 
 
+class Buffered:
+    """An upsert buffered in LightRAG's file vector storage, its vector unset until embedded."""
+
+    def __init__(self, content: str) -> None:
+        self.record = {"content": content}
+        self.vector: object = None
+
+
+async def test_a_commit_embeds_the_buffered_vectors_before_it_holds_mutations_back(ws: Workspace) -> None:
+    commit = ws.commit()
+    await ws.put(1)
+    ws.vdb._pending_upserts = {"ent-a": Buffered("A"), "ent-b": Buffered("B")}  # type: ignore[attr-defined]
+    embedding, answer = asyncio.Event(), asyncio.Event()
+
+    async def embedding_func(texts: list[str], context: str) -> list[list[float]]:
+        embedding.set()
+        await answer.wait()
+        return [[float(len(text))] for text in texts]
+
+    ws.vdb.embedding_func = embedding_func  # type: ignore[attr-defined]
+    committing = asyncio.create_task(commit.commit())
+    await asyncio.wait_for(embedding.wait(), 1)
+    await asyncio.wait_for(ws.full_docs.upsert({"doc": 2}), 0.5)  # not held back while the commit embeds
+    answer.set()
+    await asyncio.wait_for(committing, 1)
+    assert [list(entry.vector) for entry in ws.vdb._pending_upserts.values()] == [[1.0], [1.0]]  # type: ignore[attr-defined]
+    assert commit.embedded_ahead == 2
+    assert ws.on_disk()["full_docs"] == {"doc": 2}  # the mutation made during the embedding is in the snapshot
+
+
 async def test_a_nested_mutation_during_a_pending_commit_does_not_deadlock(ws: Workspace) -> None:
     """A mutation that calls another, and a task it starts, while a commit waits for it."""
     await ws.put(1)  # before the commit takes the storages over: written at once

@@ -27,6 +27,7 @@ import pytest
 from nano_vectordb import NanoVectorDB
 from shield_orchestrator.lightrag import boundary
 from shield_orchestrator.lightrag.commit import CommitError, commit_continuously, patch_vector_save, share_flushes
+from shield_orchestrator.lightrag.commit.embed_ahead import embed_ahead
 from shield_orchestrator.lightrag.commit.journal import FILE_STORAGES, JOURNAL, PREV, file_spec, storage_file
 from shield_orchestrator.lightrag.extract import Extractor
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
@@ -590,6 +591,35 @@ async def test_the_sqlite_cache_keeps_every_answer_for_a_new_instance(
     finally:
         await reopened.finalize_storages()
         await cached_rag.initialize_storages()  # the fixture finalises it
+
+
+# --- vectors embedded ahead of a commit (commit/embed_ahead.py) ---
+
+
+async def test_vectors_embedded_ahead_of_a_commit_are_the_ones_its_flush_writes(rag: Any) -> None:
+    vdb = rag.entities_vdb
+    embed, calls, asked, answer = vdb.embedding_func, [], asyncio.Event(), asyncio.Event()
+
+    async def held(texts: list[str], **kwargs: Any) -> Any:
+        calls.append(list(texts))
+        asked.set()
+        await answer.wait()
+        return await embed(texts, **kwargs)
+
+    vdb.embedding_func = held
+    record = {"entity_name": "A", "source_id": "c", "file_path": "f"}
+    await vdb.upsert({"ent-a": {**record, "content": "A\nfirst"}, "ent-b": {**record, "content": "B\nfirst"}})
+    ahead = asyncio.create_task(embed_ahead([vdb, rag.text_chunks]))  # a key-value store has nothing to embed
+    await asyncio.wait_for(asked.wait(), 5)
+    await vdb.upsert({"ent-b": {**record, "content": "B\nsecond"}})  # buffered while its first text is embedded
+    answer.set()
+    assert await ahead == 2 and calls == [["A\nfirst", "B\nfirst"]]
+    await vdb.index_done_callback()  # LightRAG's flush: embeds only what is still unset
+    assert calls[1:] == [["B\nsecond"]]
+    stored = await vdb.get_vectors_by_ids(["ent-a", "ent-b"])
+    expected = await embed(["A\nfirst", "B\nsecond"], context="document")
+    assert stored["ent-a"] == pytest.approx(list(expected[0]), abs=1e-2)  # stored as float16
+    assert stored["ent-b"] == pytest.approx(list(expected[1]), abs=1e-2)
 
 
 # --- relation merges locked per relation (merge_locks.py) ---

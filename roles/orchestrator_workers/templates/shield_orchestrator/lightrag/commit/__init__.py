@@ -3,7 +3,8 @@ commit (group.py): every storage's flush noted, and all of them written
 together as one crash-safe snapshot, continuously, behind a gate that holds
 the mutations back while it writes (gate.py), under an undo journal that
 `recover()` rolls back at start (journal.py), with a test-only fault that
-kills the process at a step (faults.py). On PostgreSQL, LightRAG's own
+kills the process at a step (faults.py); the buffered vectors embedded
+before the gate is taken (embed_ahead.py). On PostgreSQL, LightRAG's own
 per-document flush shared by the documents in flight (flush.py). And the
 streaming writer of the file vector storages (vector_save.py)."""
 

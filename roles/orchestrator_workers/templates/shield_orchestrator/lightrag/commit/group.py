@@ -20,7 +20,9 @@ the next one: one commit for all of them.
 A commit is a snapshot of every storage at one instant. Each storage's
 mutating methods hold a gate shared (gate.py); the commit holds it
 exclusively, so it waits for the mutations running and new ones wait for it
-(the LLM calls, which touch no storage, go on). LightRAG writes its recovery
+(the LLM calls, which touch no storage, go on). The vectors buffered in the
+vector storages are embedded before the gate is taken (embed_ahead.py), so
+the gate is held for the writes, not for embedding calls. LightRAG writes its recovery
 anchors (full_entities, full_relations, doc-status kg_write_state) before it
 mutates the graph for a document and purges a reprocessed document's earlier
 attempt through them, so such a snapshot is recoverable even with a document
@@ -56,6 +58,7 @@ from typing import Any
 
 from ...workers.faults import EMBEDDING, STORAGE
 from ..boundary import Flush, IndexedStorage, LightRAGInstance
+from .embed_ahead import embed_ahead
 from .faults import CommitFault
 from .gate import RWGate
 from .journal import JournalError, UndoJournal, file_spec, recover, storage_file
@@ -148,6 +151,7 @@ class GroupCommit:
         self.commits = 0  # commits that wrote
         self.deferred = 0  # flushes noted instead of done
         self.drops = 0  # buffers LightRAG dropped
+        self.embedded_ahead = 0  # vectors embedded before a commit held the gate
         self.fault = CommitFault(fault)
         self._gate = RWGate()
         self._lock = asyncio.Lock()  # one commit at a time
@@ -233,7 +237,10 @@ class GroupCommit:
         except CommitError as exc:
             log.warning("LightRAG storages not committed at stop (their documents are processed again): %s", exc)
         if self.commits:
-            log.info("LightRAG storage commits: %d group commits for %d flushes", self.commits, self.deferred)
+            log.info(
+                "LightRAG storage commits: %d group commits for %d flushes, %d vectors embedded before the gate",
+                *(self.commits, self.deferred, self.embedded_ahead),
+            )
 
     async def durable(self) -> None:
         """Return once a commit that began after this call has succeeded (at once
@@ -315,6 +322,7 @@ class GroupCommit:
             if not self._dirty:
                 return
             attempted = True
+            await self._embed_ahead()
             async with self._gate.exclusive():
                 keys, self._dirty = self._dirty, set()
                 storages = [storage for storage in self._order if id(storage) in keys]
@@ -335,6 +343,13 @@ class GroupCommit:
         finally:
             if attempted:
                 self._space(started, time.monotonic())
+
+    async def _embed_ahead(self) -> None:
+        """The vectors buffered so far, embedded before the gate (embed_ahead.py)."""
+        try:
+            self.embedded_ahead += await embed_ahead([s for s in self._order if id(s) in self._dirty])
+        except Exception as exc:  # noqa: BLE001 - the flush embeds them, and its failure is the commit's
+            log.debug("embedding ahead of commit %d failed: %s", self._started, exc)
 
     async def _run_on_drop(self) -> None:
         if not self._dropped:
