@@ -290,6 +290,43 @@ def test_redis_restarts_and_short_outages_never_answer_500(
     assert job.status_code == 200 and job.json()["status"] == "completed"
 
 
+QUEUE_GAUGES = ("shield_queue_depth", "shield_queue_high_priority_depth", "shield_pending", "shield_dead_letters")
+
+
+def exposed(text: str) -> set[str]:
+    """The metric names of the exposition's samples."""
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_metrics_answer_200_with_redis_up_0_while_redis_is_down(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    """Issue 22: a Redis outage leaves /metrics the process's own series, with
+    shield_redis_up 0 and the queue gauges left out, never a 503."""
+    svc: ServiceProcess = service_factory().start()
+    client = svc.client()
+    before = client.get("/metrics")
+    assert before.status_code == 200 and "shield_redis_up 1.0" in before.text, before.text
+    assert set(QUEUE_GAUGES) <= exposed(before.text)
+    redis_server.stop()
+    try:
+        during = client.get("/metrics", timeout=30)
+        assert during.status_code == 200, during.text
+        assert "shield_redis_up 0.0" in during.text
+        names = exposed(during.text)
+        assert set(QUEUE_GAUGES) & names == set(), "no stale or made-up queue depth"
+        assert {"shield_active_workers", "shield_chunks_processed_total", "shield_build_info"} <= names
+        assert "shield_configured_workers 4.0" in during.text
+    finally:
+        redis_server.restart()
+
+    def redis_back() -> str | None:
+        text = client.get("/metrics").text
+        return text if "shield_redis_up 1.0" in text else None
+
+    assert set(QUEUE_GAUGES) <= exposed(wait_until(redis_back, 30, "shield_redis_up 1"))
+
+
 def test_the_same_text_three_times_in_a_job_completes_in_seconds(
     service_factory: ServiceFactory, redis_server: RedisServer
 ) -> None:
