@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 import uuid
@@ -194,16 +195,23 @@ def test_fail_once_chunks_under_load_are_retried_fail_always_ones_dead_lettered(
     svc: ServiceProcess = service_factory().start()
     client = svc.client()
     chunks = make_chunks(120, prefix="chunkfaults")
-    marked(chunks, list(range(5, 120, 10)), "LAB_STANDIN_FAIL_ONCE")
+    once = list(range(5, 120, 10))
+    marked(chunks, once, "LAB_STANDIN_FAIL_ONCE")
     marked(chunks, [7, 63], "LAB_STANDIN_FAIL_ALWAYS")
-    job = wait_job(client, ingest(client, chunks)["job_id"], timeout=300)
+    job_id = ingest(client, chunks)["job_id"]
+    job = wait_job(client, job_id, timeout=300)
     assert job["status"] == "failed" and job["chunks_processed"] == 118 and job["chunks_failed"] == 2, job
     letters = redis_server.client().xrange(DLQ)
     assert sorted(int(fields["index"]) for _id, fields in letters) == [7, 63]
     assert all(fields["attempts"] == "3" for _id, fields in letters)
     log = svc.log_text()
     assert "worker pool paused" not in log, "a chunk's own fault never pauses the pool"
-    assert log.count("attempt=3/3") == 2
+    # Every fail-once chunk failed its first attempt and its first retry (attempt 2)
+    # succeeded, however many prompts quoted it under load (the stand-in's contract).
+    failures = re.findall(rf"chunk failed job={job_id} chunk=(\d+) attempt=(\d)/3", log)
+    failed = sorted((int(chunk), int(attempt)) for chunk, attempt in failures)
+    always = [(index, attempt) for index in (7, 63) for attempt in (1, 2, 3)]
+    assert failed == sorted([(index, 1) for index in once] + always), failed
 
 
 def test_a_row_postgresql_refuses_does_not_hold_back_the_others(
