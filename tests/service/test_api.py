@@ -57,8 +57,8 @@ def nothing_enqueued(redis_server: RedisServer) -> bool:
         ({"chunks": [{"source_uri": "x"}]}, 422, "chunks[0].text: Field required"),
         ({"chunks": "text"}, 422, "chunks: Input should be a valid list"),
         ({"chunks": [{"text": "a"}], "metadata": []}, 422, "metadata: Input should be a valid dictionary"),
-        ({"chunks": [{"text": f"t{i}"} for i in range(6)]}, 413, "chunks: 6 chunks exceed max_chunks_per_job (5)"),
-        ({"chunks": [{"text": "é" * 101}]}, 413, "chunks[0].text: 202 bytes exceed max_chunk_bytes (200)"),
+        ({"chunks": [{"text": f"t{i}"} for i in range(6)]}, 422, "chunks: 6 chunks exceed max_chunks_per_job (5)"),
+        ({"chunks": [{"text": "é" * 101}]}, 422, "chunks[0].text: 202 bytes exceed max_chunk_bytes (200)"),
     ],
 )
 def test_rejected_ingest_names_the_field_and_enqueues_nothing(
@@ -68,6 +68,7 @@ def test_rejected_ingest_names_the_field_and_enqueues_nothing(
     response = client.post("/lightrag/ingest-async", json=body)
     assert response.status_code == status, response.text
     assert message in response.json()["detail"]
+    assert message.split(": ")[0] in {error["field"] for error in response.json()["errors"]}, response.text
     assert nothing_enqueued(redis_server)
 
 

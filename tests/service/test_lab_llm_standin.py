@@ -371,6 +371,59 @@ async def test_injected_failures(standin: Standin) -> None:
     assert len(retried.data) == 2
 
 
+def _summary_prompt(name: str, descriptions: list[str]) -> str:
+    """LightRAG's description-summary prompt (operate.py's merge of an entity's descriptions)."""
+    from lightrag.prompt import PROMPTS
+
+    return PROMPTS["summarize_entity_descriptions"].format(
+        description_type="Entity",
+        description_name=name,
+        description_list="\n".join(json.dumps({"Description": d}) for d in descriptions),
+        summary_length=500,
+        language="English",
+    )
+
+
+@pytest.mark.asyncio
+async def test_fail_once_fails_a_chunks_first_extraction_and_no_later_call(standin: Standin) -> None:
+    """The marker's contract (issue 22): the first call carrying a marked passage fails,
+    every later one succeeds, whichever of LightRAG's prompts carries the chunk: the
+    retried extraction (text or JSON template), its gleaning, and the description
+    summaries that quote it, cut short or not. A chunk's first retry succeeds."""
+    chunk = "Yara Flicker reported LAB_STANDIN_FAIL_ONCE from the Harbor Station."
+    other = "Marker LAB_STANDIN_FAIL_ONCE number 95 was filed by Quinn Archer at the Tidewater Depot."
+    system, user, cont = _extraction_prompts(chunk)
+    extraction = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    before = _stats(standin).get("injected_failures", 0)
+    async with _client(standin) as client:
+        ask = partial(client.chat.completions.create, model=CHAT_MODEL)
+        with pytest.raises(openai.BadRequestError, match="fail-once"):
+            await ask(messages=extraction)
+        retried = await ask(messages=extraction)
+        assert "Yara Flicker" in (retried.choices[0].message.content or "")
+        gleaning = [
+            *extraction,
+            {"role": "assistant", "content": retried.choices[0].message.content},
+            {"role": "user", "content": cont},
+        ]
+        await ask(messages=gleaning)
+        json_system, json_user, _ = _extraction_prompts(chunk, json_mode=True)
+        await ask(messages=[{"role": "system", "content": json_system}, {"role": "user", "content": json_user}])
+        # Summaries quote descriptions, some cut short (a new passage), some of a chunk
+        # whose extraction has not run here: none of them fails.
+        summary = _summary_prompt(
+            "Quinn Archer",
+            [f"Quinn Archer is a person mentioned in the text: {other[:50]}...", f"... in the text: {other}", chunk],
+        )
+        assert (await ask(messages=[{"role": "user", "content": summary}])).choices[0].message.content
+        # Another marked passage fails its own first extraction, once.
+        other_extraction = [{"role": "user", "content": _extraction_prompts(other)[1]}]
+        with pytest.raises(openai.BadRequestError, match="fail-once"):
+            await ask(messages=other_extraction)
+        await ask(messages=other_extraction)
+    assert _stats(standin)["injected_failures"] - before == 2
+
+
 # --------------------------------------------------------------------------
 # Real LightRAG 1.5.7 with its OpenAI binding
 # --------------------------------------------------------------------------

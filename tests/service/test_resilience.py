@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -137,9 +138,11 @@ def test_transient_failure_is_retried_and_succeeds(service: ServiceProcess, redi
     client = service.client()
     chunks = make_chunks(3, prefix="transient")
     chunks[1]["text"] = "Yara Flicker reported LAB_STANDIN_FAIL_ONCE from the Harbor Station."
-    job = wait_job(client, ingest(client, chunks)["job_id"], timeout=120)
+    job_id = ingest(client, chunks)["job_id"]
+    job = wait_job(client, job_id, timeout=120)
     assert_exactly_once(redis_server, job, 3)
-    assert "attempt=1/3" in service.log_text()
+    # Failed once, and the first retry (attempt 2) succeeded.
+    assert re.findall(rf"chunk failed job={job_id} chunk=(\d+) attempt=(\d)/3", service.log_text()) == [("1", "1")]
 
 
 def test_sigterm_mid_job_then_restart_completes(service_factory: Any, redis_server: RedisServer) -> None:

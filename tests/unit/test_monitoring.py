@@ -147,13 +147,54 @@ def test_the_metrics_list_is_one_plain_name_per_line() -> None:
 
 def registered() -> set[str]:
     """The names the service's own registry exports (counters with _total,
-    histograms by their base name), read from the rendered package."""
+    histograms by their base name), read from the rendered package, after a
+    scrape that read the queue from Redis (the queue gauges exist only then)."""
     from shield_orchestrator.metrics import Metrics
+    from shield_orchestrator.queue.stream import QueueStats
 
+    metrics = Metrics()
+    metrics.render(QueueStats(queue_depth=0, pending=0, dead_letters=0), sse_clients=0)
     names = set()
-    for family in Metrics().registry.collect():
+    for family in metrics.registry.collect():
         names.add(f"{family.name}_total" if family.type == "counter" else family.name)
     return names
+
+
+def samples(text: str) -> dict[str, float]:
+    """The exposition's unlabelled samples, by name."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.split(" ")
+            found[name] = float(value)
+    return found
+
+
+def test_metrics_without_redis_keep_the_process_series_and_leave_the_queue_out() -> None:
+    """Issue 22: a scrape while Redis does not answer is still the process's own series,
+    with shield_redis_up 0 and no queue gauge (not a stale or made-up value)."""
+    from shield_orchestrator.metrics import Metrics, QueueGauges
+    from shield_orchestrator.queue.stream import QueueStats
+
+    metrics = Metrics()
+    metrics.active_workers.set(3)
+    stats = QueueStats(queue_depth=7, pending=2, dead_letters=1, high_priority_depth=4)
+    up = samples(metrics.render(stats, sse_clients=2).decode())
+    queue = {name for name, _, _ in QueueGauges.GAUGES}
+    assert up["shield_redis_up"] == 1 and up["shield_active_workers"] == 3 and up["shield_sse_clients"] == 2
+    assert {name: up[name] for name in queue} == {
+        "shield_queue_depth": 7,
+        "shield_pending": 2,
+        "shield_dead_letters": 1,
+        "shield_queue_high_priority_depth": 4,
+    }
+    down_text = metrics.render(None, sse_clients=1).decode()
+    down = samples(down_text)
+    assert down["shield_redis_up"] == 0 and down["shield_active_workers"] == 3 and down["shield_sse_clients"] == 1
+    assert not [line for line in down_text.splitlines() if any(name in line.split() for name in queue)]
+    assert queue & set(down) == set() and "shield_chunks_processed_total" in down
+    again = samples(metrics.render(stats, sse_clients=0).decode())
+    assert again["shield_redis_up"] == 1 and again["shield_queue_depth"] == 7
 
 
 def test_the_metrics_list_is_what_the_service_registers() -> None:

@@ -171,8 +171,8 @@ def test_unknown_top_level_fields_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("chunks", "status", "message"),
     [
-        ([{"text": f"t{i}"} for i in range(6)], 413, "chunks: 6 chunks exceed max_chunks_per_job (5)"),
-        ([{"text": "é" * 101}], 413, "chunks[0].text: 202 bytes exceed max_chunk_bytes (200)"),
+        ([{"text": f"t{i}"} for i in range(6)], 422, "chunks: 6 chunks exceed max_chunks_per_job (5)"),
+        ([{"text": "é" * 101}], 422, "chunks[0].text: 202 bytes exceed max_chunk_bytes (200)"),
     ],
 )
 def test_deployment_limits(chunks: list[dict[str, str]], status: int, message: str) -> None:

@@ -33,10 +33,20 @@ Every chat and embedding call can be slowed down by ``--delay-ms`` (used by
 benchmarks); ``--embedding-delay-ms`` gives embedding calls a latency of their
 own (by default they wait ``--delay-ms`` too). Failures can be injected for
 error-path tests: a chat request whose last user message contains
-``LAB_STANDIN_FAIL_ALWAYS`` gets HTTP 400 every time, ``LAB_STANDIN_FAIL_ONCE``
-only the first time that marked passage (the marker and the 40 characters after
-it) is seen, in whatever prompt (a failure that a retry clears). ``LAB_STANDIN_EMBED_FAIL_ALWAYS`` and
-``LAB_STANDIN_EMBED_FAIL_ONCE`` do the same for embedding inputs.
+``LAB_STANDIN_FAIL_ALWAYS`` gets HTTP 400 every time. ``LAB_STANDIN_FAIL_ONCE``
+is a failure that the first retry clears, deterministically: it fails the first
+call that carries a given *marked passage* and no later one. The marked passage
+is the marker and what follows it on its line, 40 characters at most, read in
+the extraction prompt's ``---Input Text---`` section when there is one (the
+chunk's own text, whatever the template around it), else in the whole message;
+the key is a SHA-256 of it. LightRAG's description-summary prompts never fail on
+the marker: they quote the descriptions of chunks already extracted (cut short
+at times, which would make a new passage), and their failure would land on
+whichever chunk's merge asked for it. Gleaning prompts carry the chunk only in
+the history, which is not read. So a marked chunk fails its first extraction
+call once and its first retry succeeds, however many prompts quote it later.
+``LAB_STANDIN_EMBED_FAIL_ALWAYS`` and ``LAB_STANDIN_EMBED_FAIL_ONCE`` do the
+same for embedding inputs (each input text read whole).
 ``--no-failure-injection`` turns the markers off. ``POST /admin/outage``
 (``{"status": 503, "seconds": 30, "retry_after": 2}``) makes every ``/v1/``
 route answer that status for a while, as an endpoint that is down or
@@ -73,7 +83,7 @@ DEFAULT_CHAT_MODEL = "lab-standin-chat"
 DEFAULT_EMBEDDING_MODEL = "lab-standin-embedding"
 ENV_PREFIX = "LAB_LLM_STANDIN_"
 # Failure injection for tests of the caller's error handling (route -> markers
-# for "fail every time" and "fail the first time this exact text is seen").
+# for "fail every time" and "fail the first call carrying this marked passage").
 FAILURE_MARKERS = {
     "chat": ("LAB_STANDIN_FAIL_ALWAYS", "LAB_STANDIN_FAIL_ONCE"),
     "embeddings": ("LAB_STANDIN_EMBED_FAIL_ALWAYS", "LAB_STANDIN_EMBED_FAIL_ONCE"),
@@ -627,6 +637,28 @@ class Settings:
     failure_injection: bool = True
 
 
+FAIL_ONCE_PASSAGE_CHARS = 40
+
+
+def fail_once_keys(route: str, text: str) -> list[str]:
+    """The keys of the fail-once passages ``text`` carries (see the module docstring):
+    each marker with the rest of its line, 40 characters at most, read in the
+    extraction prompt's input section when there is one; none in a description
+    summary prompt."""
+    once = FAILURE_MARKERS[route][1]
+    if once not in text:
+        return []
+    if route == "chat":
+        if "Description List:" in text:
+            return []
+        text = input_text_section(text) or text
+    keys = []
+    for match in re.finditer(re.escape(once), text):
+        rest = text[match.end() : match.end() + FAIL_ONCE_PASSAGE_CHARS].split("\n", 1)[0]
+        keys.append(hashlib.sha256(f"{route}\0{once}{rest}".encode()).hexdigest())
+    return keys
+
+
 def _error(status: int, message: str, code: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse(
         status_code=status,
@@ -655,22 +687,16 @@ def create_app(settings: Settings) -> FastAPI:
         """HTTP 400 when a text carries a failure marker (see module docstring)."""
         if not settings.failure_injection:
             return None
-        always, once = FAILURE_MARKERS[route]
+        always = FAILURE_MARKERS[route][0]
         for text in texts:
             if always in text:
                 stats["injected_failures"] += 1
                 return _error(400, "lab stand-in: injected failure (fail-always)")
-            if once in text:
-                # Once per marked passage (the marker and the 40 characters after
-                # it), whatever prompt carries it: a chunk fails once, not once
-                # per extraction, gleaning and summary prompt that quotes it.
-                start = text.index(once)
-                passage = text[start : start + len(once) + 40]
-                key = hashlib.sha256(f"{route}\0{passage}".encode()).hexdigest()
-                if key not in failed_once:
-                    failed_once.add(key)
-                    stats["injected_failures"] += 1
-                    return _error(400, "lab stand-in: injected failure (fail-once)")
+            new = [key for key in fail_once_keys(route, text) if key not in failed_once]
+            if new:
+                failed_once.update(new)
+                stats["injected_failures"] += 1
+                return _error(400, "lab stand-in: injected failure (fail-once)")
         return None
 
     embedding_delay_ms = settings.delay_ms if settings.embedding_delay_ms is None else settings.embedding_delay_ms

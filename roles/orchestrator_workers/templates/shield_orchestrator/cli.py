@@ -26,7 +26,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 
 from . import __version__, commands
 from .deployed import BOUNDS, DEFAULTS
@@ -37,6 +39,10 @@ from .settings import Settings, SettingsError
 
 NOISY_LOGGERS = ("httpx", "httpx2", "openai", "nano-vectordb", "lightrag")
 EXIT_CONFIG = 2  # the service cannot run as configured or as installed
+# LightRAG 1.5.7 (lightrag.py, aget_docs_by_ids) warns this for every batch whose
+# documents it has not stored yet: routine here, and it buried the warnings that are not.
+LIGHTRAG_STATUS_WARNING = "Document statuses not found for the following IDs"
+SUPPRESSED_REPORT_SECONDS = 60.0
 
 
 def read_env_file(text: str) -> dict[str, str]:
@@ -87,6 +93,53 @@ def configure_logging(level: str) -> None:
     if level.upper() != "DEBUG":
         for noisy in NOISY_LOGGERS:
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    lightrag_log = logging.getLogger("lightrag")  # the same logger once lightrag is imported
+    if not any(isinstance(known, CountedSuppression) for known in lightrag_log.filters):
+        lightrag_log.addFilter(CountedSuppression(LIGHTRAG_STATUS_WARNING))
+
+
+class CountedSuppression(logging.Filter):
+    """Drops the records whose message starts with `prefix`, counting them: the first
+    passes (with a note saying so), then at most one record per `every` seconds, the
+    first dropped one after that, is rewritten to `suppressed N '<prefix>' warnings in
+    the last S s`. A burst followed by silence is reported with the next occurrence."""
+
+    def __init__(
+        self, prefix: str, every: float = SUPPRESSED_REPORT_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.every = every
+        self.clock = clock
+        self.pending = 0  # dropped since the last report
+        self.total = 0  # dropped since the start
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.prefix):
+            return True
+        with self._lock:
+            now = self.clock()
+            if self._since is None:
+                self._since = now
+                note = f"the next ones are counted and reported once per {self.every:g} s at most"
+                self._rewrite(record, f"{message[:300]} ({note})")
+                return True
+            self.pending += 1
+            self.total += 1
+            if now - self._since < self.every:
+                return False
+            self._rewrite(
+                record, f"suppressed {self.pending} '{self.prefix}' warnings in the last {now - self._since:.0f} s"
+            )
+            self.pending, self._since = 0, now
+            return True
+
+    @staticmethod
+    def _rewrite(record: logging.LogRecord, message: str) -> None:
+        record.msg, record.args = message, ()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .queue.stream import QueueStats
 
@@ -15,7 +18,8 @@ PROCESSING_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 
 class Metrics:
     """The service's Prometheus series, in a registry of its own (two instances never
-    share one). The queue gauges are set from the stream's statistics at each scrape."""
+    share one). The queue gauges are read from the stream's statistics at each scrape,
+    and left out (shield_redis_up 0) when Redis does not answer it."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -32,11 +36,14 @@ class Metrics:
             buckets=PROCESSING_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge(
-            "shield_queue_depth", "Chunks accepted and not finished (waiting or being processed)", registry=r
+        self.redis_up = Gauge(
+            "shield_redis_up",
+            "1 when this scrape read the queue from Redis; 0 when Redis did not answer (the queue gauges are then "
+            "absent)",
+            registry=r,
         )
-        self.pending = Gauge("shield_pending", "Chunks delivered to a worker and not yet acked", registry=r)
-        self.dead_letters = Gauge("shield_dead_letters", "Entries in the dead-letter stream", registry=r)
+        self.queue = QueueGauges()
+        r.register(self.queue)
         self.chunks_deferred = Counter(
             "shield_chunks_deferred",
             "Chunk attempts that failed because of a dependency (no attempt spent; retried once it answers)",
@@ -54,9 +61,6 @@ class Metrics:
         self.active_workers = Gauge("shield_active_workers", "Workers running in this process", registry=r)
         self.configured_workers = Gauge(
             "shield_configured_workers", "Workers this process is configured to run", registry=r
-        )
-        self.high_priority_depth = Gauge(
-            "shield_queue_high_priority_depth", "Chunks of high-priority jobs not finished yet", registry=r
         )
         self.dependency_up = Gauge(
             "shield_dependency_up",
@@ -148,14 +152,40 @@ class Metrics:
             "shield_llm_backoff_seconds", "Seconds left of this host's 429 back-off (0: none)", registry=r
         )
 
-    def render(self, stats: QueueStats, sse_clients: int) -> bytes:
-        """The text format, with the queue gauges set from `stats`."""
-        self.queue_depth.set(stats.queue_depth)
-        self.pending.set(stats.pending)
-        self.dead_letters.set(stats.dead_letters)
-        self.high_priority_depth.set(stats.high_priority_depth)
+    def render(self, stats: QueueStats | None, sse_clients: int) -> bytes:
+        """The text format, with the queue gauges from `stats`: None (Redis did not answer)
+        leaves them out and sets shield_redis_up to 0; every other series is the process's own."""
+        self.redis_up.set(0 if stats is None else 1)
+        self.queue.stats = stats
         self.sse_clients.set(sse_clients)
         return generate_latest(self.registry)
+
+
+class QueueGauges(Collector):
+    """The gauges read from Redis at the scrape (the streams' statistics): absent from
+    the exposition when Redis did not answer, rather than a stale or made-up value."""
+
+    GAUGES = (
+        ("shield_queue_depth", "Chunks accepted and not finished (waiting or being processed)", "queue_depth"),
+        ("shield_pending", "Chunks delivered to a worker and not yet acked", "pending"),
+        ("shield_dead_letters", "Entries in the dead-letter stream", "dead_letters"),
+        ("shield_queue_high_priority_depth", "Chunks of high-priority jobs not finished yet", "high_priority_depth"),
+    )
+
+    def __init__(self) -> None:
+        self.stats: QueueStats | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(name, documentation) for name, documentation, _ in self.GAUGES]
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats
+        if stats is None:
+            return []
+        return [
+            GaugeMetricFamily(name, documentation, value=getattr(stats, field))
+            for name, documentation, field in self.GAUGES
+        ]
 
 
 class RateMeter:

@@ -30,7 +30,7 @@ DESCRIPTIONS = {
     404: "No such job or path",
     405: "Method not allowed on this path (see the Allow header)",
     409: "Conflicts with the job's current state",
-    413: "The body, a chunk or the number of chunks is over the deployment's limit",
+    413: "The body is over the request limit (a field over its own limit is a 422)",
     422: "A field is invalid: `errors` names each one",
     429: "Too many: the queue backlog or the event stream clients are at their limit; retry after `Retry-After`",
     503: "A dependency (Redis, PostgreSQL, LightRAG) is unavailable; nothing was changed",

@@ -136,10 +136,11 @@ def field_path(loc: Sequence[int | str]) -> str:
 
 
 def validate_ingest(body: IngestRequest, settings: Settings) -> None:
-    """Limits that depend on the deployment; raise ApiError naming the field."""
+    """Limits that depend on the deployment (the document's maxItems and maxLength):
+    a field over its limit is invalid, 422 naming it. 413 is the body limit's alone."""
     if len(body.chunks) > settings.max_chunks_per_job:
         raise ApiError(
-            413,
+            422,
             f"chunks: {len(body.chunks)} chunks exceed max_chunks_per_job ({settings.max_chunks_per_job}); "
             "split the job",
         )
@@ -147,7 +148,7 @@ def validate_ingest(body: IngestRequest, settings: Settings) -> None:
         size = len(chunk.text.encode("utf-8"))
         if size > settings.max_chunk_bytes:
             raise ApiError(
-                413, f"chunks[{index}].text: {size} bytes exceed max_chunk_bytes ({settings.max_chunk_bytes})"
+                422, f"chunks[{index}].text: {size} bytes exceed max_chunk_bytes ({settings.max_chunk_bytes})"
             )
 
 

@@ -26,7 +26,7 @@ class ChunkIn(BaseModel):
         AfterValidator(bounds.check_text),
         Field(
             description="The chunk's text: at most max_chunk_bytes bytes as UTF-8 (maxLength is that bound in "
-            "characters); not only whitespace and HTML entities; no NUL or lone surrogate.",
+            "characters; 422 above); not only whitespace and HTML entities; no NUL or lone surrogate.",
             json_schema_extra={"pattern": bounds.TEXT_PATTERN},
         ),
     ]
@@ -45,7 +45,7 @@ class IngestRequest(BaseModel):
 
     chunks: Annotated[
         list[ChunkIn],
-        Field(min_length=1, description="At least one chunk, at most max_chunks_per_job (413 above)."),
+        Field(min_length=1, description="At least one chunk, at most max_chunks_per_job (422 above)."),
     ]
     source_type: Annotated[
         StrictStr,

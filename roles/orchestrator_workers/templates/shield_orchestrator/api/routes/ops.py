@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, Literal
 
@@ -11,10 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from ...lightrag.graph_check import GraphUnreadable, GraphVerification, GraphVerifier
+from ...queue.stream import QueueStats
 from ..context import Context
 from ..errors import error_responses
 from ..schemas import ApiError, LLMSlotsView, QueueView, WorkerList, WorkerView
 
+log = logging.getLogger("shield_orchestrator.api")
 public = APIRouter(tags=["health"])
 router = APIRouter(tags=["health"])
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
@@ -78,15 +81,20 @@ async def get_health_detailed(context: Context) -> JSONResponse:
     "/metrics",
     response_class=MetricsResponse,
     responses={
-        200: {"description": "Prometheus text exposition format 0.0.4"},
-        **error_responses(503),
+        200: {
+            "description": "Prometheus text exposition format 0.0.4; always the process's own series. "
+            "When Redis does not answer, `shield_redis_up` is 0 and the queue gauges read from it are absent"
+        },
     },
 )
 async def get_metrics(context: Context) -> Response:
+    stats: QueueStats | None
     try:
         stats = await context.stream.stats()
     except RedisError as exc:
-        raise ApiError(503, f"redis: unavailable ({exc})", RETRY) from None
+        # Not a 503: Prometheus would lose every series of the process, not only Redis's.
+        log.debug("/metrics: the queue gauges left out, Redis does not answer (%s)", exc)
+        stats = None
     await context.llm.refresh_metrics()
     return MetricsResponse(context.metrics.render(stats, context.hub.client_count))
 
