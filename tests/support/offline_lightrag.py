@@ -14,6 +14,7 @@ from its files alone.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import json
@@ -57,6 +58,7 @@ class OfflineModels:
     calls: int = 0
     kinds: list[str] = field(default_factory=list)  # what each call was, as the stand-in classifies it
     embedding_down: bool = False
+    delays: dict[str, float] = field(default_factory=dict)  # seconds an answer of that kind takes
 
 
 def offline_rag(
@@ -83,6 +85,8 @@ def offline_rag(
         wants_json = bool(kwargs.get("keyword_extraction") or kwargs.get("response_format"))
         kind, answer = standin().answer_chat(chat_messages(prompt, system_prompt, history_messages), wants_json)
         models.kinds.append(str(kind))
+        if models.delays.get(str(kind)):
+            await asyncio.sleep(models.delays[str(kind)])
         return str(answer)
 
     async def embed(texts: list[str], **_kwargs: Any) -> np.ndarray:

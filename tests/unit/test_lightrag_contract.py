@@ -15,6 +15,7 @@ losing it. Each test says which change of LightRAG would make it fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -33,7 +34,7 @@ from shield_orchestrator.lightrag.extract import Extractor
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
 from shield_orchestrator.lightrag.graph_check import GraphVerification, check_graph
 from shield_orchestrator.lightrag.llm.cache import sqlite_cache
-from shield_orchestrator.lightrag.merge_locks import lock_endpoint_reads, relation_locks
+from shield_orchestrator.lightrag.merge import deferred_summary_patches, lock_endpoint_reads, relation_locks, summaries
 from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
 from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.workers.breaker import DependencyGate
@@ -622,7 +623,7 @@ async def test_vectors_embedded_ahead_of_a_commit_are_the_ones_its_flush_writes(
     assert stored["ent-b"] == pytest.approx(list(expected[1]), abs=1e-2)
 
 
-# --- relation merges locked per relation (merge_locks.py) ---
+# --- relation merges locked per relation (merge/locks.py) ---
 
 
 async def test_a_relation_merge_holds_its_endpoints_only_from_their_read(rag: Any, monkeypatch: Any) -> None:
@@ -669,9 +670,11 @@ async def test_a_relation_merge_holds_its_endpoints_only_from_their_read(rag: An
     await same_relation
 
 
-async def ingested_dump(folder: Path, models: OfflineModels, prepare: Any = None) -> Any:
-    """The canonical dump of TEXTS ingested by LightRAG's pipeline into a new
-    workspace (after `prepare(instance)`), checked consistent. One document at a
+async def ingested_dump(
+    folder: Path, models: OfflineModels, prepare: Any = None, texts: dict[str, str] | None = None
+) -> Any:
+    """The canonical dump of `texts` (TEXTS) ingested by LightRAG's pipeline into a
+    new workspace (after `prepare(instance)`), checked consistent. One document at a
     time: LightRAG's merge breaks ties by order (an entity's type when two
     documents disagree), so documents merged concurrently may differ there."""
     instance = offline_rag(folder, models, extract_cache=True)
@@ -680,8 +683,8 @@ async def ingested_dump(folder: Path, models: OfflineModels, prepare: Any = None
     try:
         if prepare is not None:
             await prepare(instance)
-        for doc_id in IDS:
-            await insert(instance, [doc_id])
+        for doc_id, text in (texts or TEXTS).items():
+            await instance.ainsert([text], ids=[doc_id], file_paths=[f"{doc_id}__inline"], track_id="contract")
         report = await check_graph(instance, dump=True)
     finally:
         await instance.finalize_storages()
@@ -698,6 +701,90 @@ async def test_the_graph_is_the_same_with_relations_locked_per_relation(tmp_path
     as_lightrag = await ingested_dump(tmp_path / "lightrag", OfflineModels())
     monkeypatch.setattr(operate, "get_storage_keyed_lock", relation_locks(operate.get_storage_keyed_lock))
     assert await ingested_dump(tmp_path / "per-relation", OfflineModels(), lock_reads) == as_lightrag
+
+
+# --- merge summaries made after the merge's lock (summaries.py) ---
+
+# Twelve documents on the same people and companies, each saying something of its
+# own about them: their descriptions pass LightRAG's force_llm_summary_on_merge (8).
+RECURRING = {
+    f"recur-{i}": (
+        f"Amara Osei of Northwind Shipping met Tomas Berg in Rotterdam for review {i}. "
+        f"Tomas Berg leads Helios Grid and reported on contract {i} to Amara Osei. "
+        f"Helios Grid supplies Northwind Shipping with panels for depot {i}."
+    )
+    for i in range(12)
+}
+
+
+def lock_holds(monkeypatch: Any, seconds: list[float]) -> None:
+    """The graph's keyed locks as the service takes them (merge/locks.py, summaries
+    deferred as summaries.py does), each acquisition's hold time noted in `seconds`."""
+    from lightrag import operate
+
+    lightrags = operate.get_storage_keyed_lock
+
+    def timed(keys: Any, namespace: str = "default", enable_logging: bool = False) -> Any:
+        inner = lightrags(keys, namespace=namespace, enable_logging=enable_logging)
+
+        @contextlib.asynccontextmanager
+        async def held() -> AsyncIterator[None]:
+            async with inner:
+                began = asyncio.get_running_loop().time()
+                try:
+                    yield
+                finally:
+                    if namespace.endswith("GraphDB"):
+                        seconds.append(asyncio.get_running_loop().time() - began)
+
+        return held()
+
+    monkeypatch.setattr(operate, "get_storage_keyed_lock", relation_locks(timed))
+    for name, function in deferred_summary_patches(operate).items():
+        monkeypatch.setattr(operate, name, function)
+
+
+async def test_merge_summaries_are_made_after_the_lock_and_leave_none_due(tmp_path: Path, monkeypatch: Any) -> None:
+    holds: list[float] = []
+    lock_holds(monkeypatch, holds)
+    models = OfflineModels(delays={"summary": 0.3})
+    instance = offline_rag(tmp_path, models, max_parallel_insert=6)
+    await instance.initialize_storages()
+    deferred = summaries.COUNTS.deferred
+    try:
+        lock_endpoint_reads(instance.chunk_entity_relation_graph)
+        await instance.ainsert(list(RECURRING.values()), ids=list(RECURRING), track_id="contract")
+        report = await check_graph(instance, dump=True)
+    finally:
+        await instance.finalize_storages()
+    assert report["consistent"] is True, report["problems"]
+    assert models.kinds.count("summary") > 0
+    assert holds and max(holds) < 0.3  # no lock held for the length of a summary
+    assert summaries.COUNTS.deferred > deferred
+    assert summaries.COUNTS.in_flight == set()
+    dump = report["dump"]
+    assert dump is not None and dump["documents_processed"] == len(RECURRING)
+    force = instance.force_llm_summary_on_merge
+    due = [item["name"] for item in dump["entities"] if len(item["descriptions"]) >= force]
+    due += [f"{item['source']}-{item['target']}" for item in dump["relations"] if len(item["descriptions"]) >= force]
+    assert due == []  # every summary the rule asks for was made and applied
+
+
+async def test_merge_summaries_made_after_the_lock_give_lightrags_graph(tmp_path: Path, monkeypatch: Any) -> None:
+    from lightrag import operate
+
+    async def lock_reads(instance: Any) -> None:
+        lock_endpoint_reads(instance.chunk_entity_relation_graph)
+
+    as_lightrag, paid = OfflineModels(), OfflineModels()
+    expected = await ingested_dump(tmp_path / "lightrag", as_lightrag, texts=RECURRING)
+    monkeypatch.setattr(operate, "get_storage_keyed_lock", relation_locks(operate.get_storage_keyed_lock))
+    for name, function in deferred_summary_patches(operate).items():
+        monkeypatch.setattr(operate, name, function)
+    deferred = summaries.COUNTS.deferred
+    assert await ingested_dump(tmp_path / "deferred", paid, lock_reads, texts=RECURRING) == expected
+    assert summaries.COUNTS.deferred > deferred
+    assert as_lightrag.kinds.count("summary") > 0 and paid.kinds.count("summary") == as_lightrag.kinds.count("summary")
 
 
 async def test_the_pipeline_takes_the_results_extracted_ahead_and_makes_the_same_graph(tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ from .fence import fence_report, fence_writes
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .llm.cache import sqlite_cache
 from .llm.slots import LLMSlots
-from .merge_locks import lock_endpoint_reads, patch_relation_locks
+from .merge import COUNTS as SUMMARY_COUNTS
+from .merge import lock_endpoint_reads, patch_deferred_summaries, patch_relation_locks
 from .token_memo import MemoEncoding
 from .verify import JobVerification, verify_job
 
@@ -259,6 +260,13 @@ class LightRAGProcessor:
                 x.failed,
                 x.reused,
             )
+        counts = SUMMARY_COUNTS
+        if counts.deferred:
+            log.info(
+                "merge summaries made after the merge's lock: %d (%d applied, %d dropped as rewritten meanwhile); "
+                "%d merges spared a summary while one of their key's was on its way",
+                *(counts.deferred, counts.applied, counts.dropped, counts.spared),
+            )
         if self.rag is not None:
             flush = self.rag._insert_done
             if isinstance(flush, GroupFlush) and flush.requests:
@@ -473,8 +481,9 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
     if s.lightrag_llm_cache and s.lightrag_storage != "postgres":
         rag.llm_response_cache = sqlite_cache(rag.llm_response_cache, s.lightrag_working_dir)
     # A relation's merge holds its own key, and its endpoints only for the writes that
-    # touch them, not for its LLM summary (merge_locks.py).
+    # touch them (merge/locks.py); a merge's LLM summary is made after its lock (merge/summaries.py).
     patch_relation_locks()
+    patch_deferred_summaries()
     lock_endpoint_reads(rag.chunk_entity_relation_graph)
     await rag.initialize_storages()
     return rag

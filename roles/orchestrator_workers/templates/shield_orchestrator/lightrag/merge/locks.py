@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol
+
+from . import summaries
 
 RELATION_KEY_PREFIX = "shield-relation:"
 _RELATION: contextvars.ContextVar[_RelationMerge | None] = contextvars.ContextVar("shield_relation_merge", default=None)
@@ -50,25 +53,56 @@ class KeyedLocks(Protocol):
     ) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
 
-class _RelationMerge:
+class _KeyMerge:
+    """An entity's merge: its name held throughout; its summary made after (summaries.py)."""
+
+    def __init__(self, locks: KeyedLocks, keys: list[str], namespace: str, enable_logging: bool) -> None:
+        self._relock = functools.partial(locks, keys, namespace, enable_logging)
+        self._own = self._relock()
+        self._namespace = namespace
+        self._merge: summaries.Merge | None = None
+        self._summary_token: contextvars.Token[summaries.Merge | None] | None = None
+
+    async def __aenter__(self) -> _KeyMerge:
+        await self._own.__aenter__()
+        self._merge, self._summary_token = summaries.begin_merge(self._namespace)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._summary_token is not None:
+            summaries.end_merge(self._summary_token)
+        try:
+            await self._release(exc_type, exc, tb)
+        finally:
+            if self._merge is not None:
+                await summaries.complete(self._merge, self._relock, exc_type is None)
+
+    async def _release(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._own.__aexit__(exc_type, exc, tb)
+
+
+class _RelationMerge(_KeyMerge):
     """One relation's merge: its key held throughout, its endpoints from their first read."""
 
     def __init__(self, locks: KeyedLocks, endpoints: list[str], namespace: str, enable_logging: bool) -> None:
         self._locks = locks
-        self._namespace = namespace
         self._logging = enable_logging
         self._endpoints = sorted(endpoints)
-        self._own = locks([RELATION_KEY_PREFIX + "\x1f".join(self._endpoints)], namespace, enable_logging)
+        super().__init__(locks, [RELATION_KEY_PREFIX + "\x1f".join(self._endpoints)], namespace, enable_logging)
         self._held: set[str] = set()
         self._stack = contextlib.AsyncExitStack()
         self._token: contextvars.Token[_RelationMerge | None] | None = None
 
     async def __aenter__(self) -> _RelationMerge:
-        await self._own.__aenter__()
+        await super().__aenter__()
         self._token = _RELATION.set(self)
         return self
 
-    async def __aexit__(
+    async def _release(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._token is not None:
@@ -76,7 +110,7 @@ class _RelationMerge:
         try:
             await self._stack.aclose()
         finally:
-            await self._own.__aexit__(exc_type, exc, tb)
+            await super()._release(exc_type, exc, tb)
 
     async def release_endpoints(self) -> None:
         """The relation's endpoints written: let their other merges go on."""
@@ -102,8 +136,10 @@ def relation_locks(original: KeyedLocks) -> KeyedLocks:
     def keyed_lock(
         keys: str | list[str], namespace: str = "default", enable_logging: bool = False
     ) -> contextlib.AbstractAsyncContextManager[Any]:
-        if isinstance(keys, list) and len(keys) == 2 and namespace.endswith("GraphDB") and keys[0] != keys[1]:
-            return _RelationMerge(original, list(keys), namespace, enable_logging)
+        if namespace.endswith("GraphDB"):
+            if isinstance(keys, list) and len(keys) == 2 and keys[0] != keys[1]:
+                return _RelationMerge(original, list(keys), namespace, enable_logging)
+            return _KeyMerge(original, [keys] if isinstance(keys, str) else list(keys), namespace, enable_logging)
         return original(keys, namespace=namespace, enable_logging=enable_logging)
 
     keyed_lock.__shield_patched__ = True  # type: ignore[attr-defined]
