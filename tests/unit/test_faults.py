@@ -13,6 +13,7 @@ from shield_orchestrator.workers.faults import (
     classify_exception,
     classify_message,
     parse_retry_after,
+    raised_by_storage,
     retry_after_of,
 )
 
@@ -135,3 +136,15 @@ def test_the_cause_under_a_retry_wrapper_decides() -> None:
 )
 def test_parse_retry_after(raw: str | None, seconds: float | None) -> None:
     assert parse_retry_after(raw) == seconds
+
+
+def test_what_a_storage_client_raised_is_told_from_an_endpoints() -> None:
+    import asyncpg
+
+    assert raised_by_storage(ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 5432)"))
+    assert raised_by_storage(asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"))
+    request = httpx.Request("POST", "http://llm.example/v1/chat/completions")
+    assert not raised_by_storage(openai.APIConnectionError(request=request))
+    assert not raised_by_storage(httpx.ConnectError("refused", request=request))
+    assert not raised_by_storage(TimeoutError())  # LightRAG's LLM queue times out with it too
+    assert not raised_by_storage(ValueError("the LLM's answer did not parse"))

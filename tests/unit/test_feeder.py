@@ -10,7 +10,7 @@ from typing import Any
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, document_path, outcome_of, plan_admission
 from shield_orchestrator.queue.tasks import ChunkTask
 from shield_orchestrator.workers.breaker import DependencyGate
-from shield_orchestrator.workers.faults import FaultKind
+from shield_orchestrator.workers.faults import STORAGE, FaultKind
 
 
 def task(index: int, source: str = "") -> ChunkTask:
@@ -161,6 +161,8 @@ class _FakeExtractor:
             self.entered_before.append(text)
         if text.startswith("refused"):
             raise RuntimeError("Error code: 400 - lab stand-in: injected failure")
+        if text.startswith("cache down"):
+            raise ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 5432)")  # asyncpg, PostgreSQL down
         self.extracted.append(text)
 
 
@@ -435,6 +437,19 @@ def test_a_failed_extraction_ahead_answers_the_chunk_and_keeps_it_out_of_lightra
         refused, fine = await futures["chunk-j-0"], await futures["chunk-j-1"]
         assert refused is not None and refused.kind is FaultKind.CHUNK and "injected failure" in refused.message
         assert fine is None and rag.started == ["fine"]
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_extraction_ahead_failed_by_its_cache_storage_is_blamed_on_the_storage() -> None:
+    async def scenario() -> None:
+        rag = _FakePipeline()
+        feeder = _feeder(rag, extractor=_FakeExtractor(rag))
+        feeder.start()
+        failure = await feeder.submit([text_task(0, "cache down")])["chunk-j-0"]
+        assert failure is not None and failure.transient and failure.dependency == STORAGE, failure
+        assert rag.started == []
         await feeder.stop()
 
     asyncio.run(scenario())

@@ -56,6 +56,7 @@ from ..workers.faults import (
     classify_exception,
     classify_message,
     job_cancelled,
+    raised_by_storage,
     transient,
 )
 from ..workers.processor import Admission
@@ -452,8 +453,11 @@ class LightRAGFeeder:
         assert self._extractor is not None
         try:
             await self._extractor.extract(item.task.text)
-        except Exception as exc:  # noqa: BLE001 - the LLM's failure is the chunk's answer
-            failure = classify_exception(exc, LLM)
+        except Exception as exc:  # noqa: BLE001 - the LLM's or the cache's failure is the chunk's answer
+            # The extraction talks to the LLM and to the LLM cache, a storage (PostgreSQL
+            # in a cluster): blamed on the LLM, an outage of PostgreSQL paused the pool on
+            # the LLM, whose probe answered at once, and the pool never waited for it.
+            failure = classify_exception(exc, STORAGE if raised_by_storage(exc) else LLM)
             log.info("extraction of %s ahead of the pipeline failed: %s", item.task.doc_id, failure.message[:300])
             self._answer([item], failure)
             self._room.set()

@@ -153,6 +153,23 @@ def classify_exception(exc: BaseException, dependency: str) -> Failure:
     return transient(message, dependency) if found.transient else found
 
 
+STORAGE_CLIENT_MODULES = frozenset({"asyncpg", "psycopg", "psycopg2", "sqlite3"})
+
+
+def raised_by_storage(exc: BaseException) -> bool:
+    """Whether `exc` came from a storage's client (PostgreSQL's asyncpg, SQLite, or a
+    socket error under them) rather than an HTTP endpoint's: the OpenAI client wraps
+    its own socket errors, so a bare OSError is a storage's. A timeout is not told
+    apart (LightRAG's LLM queue raises TimeoutError too) and is not counted here."""
+    import httpx
+    import openai
+
+    cause = _unwrap(exc)
+    if isinstance(cause, openai.OpenAIError | httpx.HTTPError | TimeoutError):
+        return False
+    return isinstance(cause, OSError) or type(cause).__module__.split(".")[0] in STORAGE_CLIENT_MODULES
+
+
 def _superseded(exc: BaseException) -> bool:
     """Whether `exc`, or an exception it was raised from (LightRAG wraps some), is Superseded."""
     seen: BaseException | None = exc
