@@ -155,6 +155,17 @@ def paused_dependencies(worker: Any) -> set[str]:
     return {item.get("dependency", "") for item in body.get("worker_pool", {}).get("paused") or []}
 
 
+def pause_report(paused: dict[str, set[str]], workers: list[Any]) -> str:
+    """What the workers said while they did not pause: their pauses, /health/detailed
+    and the last lines of their journals."""
+    lines = [f"paused: {paused}"]
+    for worker in workers:
+        health = helpers.api(worker, TOKEN, "GET", "/health/detailed")
+        lines.append(f"--- {cluster.name(worker)} /health/detailed: {health}")
+        lines.append(worker.run(f"journalctl -u {SERVICE} --no-pager -o cat -n 40").stdout)
+    return "\n".join(lines)
+
+
 def test_postgresql_down_60s_mid_job_pauses_the_pool_and_loses_nothing(data_host, worker_1, workers):
     """LightRAG's storages are PostgreSQL on the data host: stopped for 60 s mid-job, the
     workers pause on them (no chunk spends an attempt), resume once PostgreSQL answers,
@@ -182,7 +193,7 @@ def test_postgresql_down_60s_mid_job_pauses_the_pool_and_loses_nothing(data_host
             if any("lightrag_storage" in deps for deps in paused.values()):
                 break
             time.sleep(1)
-        assert any("lightrag_storage" in deps for deps in paused.values()), paused
+        assert any("lightrag_storage" in deps for deps in paused.values()), pause_report(paused, workers)
         time.sleep(60)
     finally:
         data_host.check_output("systemctl start postgresql")
