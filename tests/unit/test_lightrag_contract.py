@@ -22,11 +22,13 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from nano_vectordb import NanoVectorDB
 from shield_orchestrator.lightrag import boundary
+from shield_orchestrator.lightrag.clients import chat_messages
 from shield_orchestrator.lightrag.commit import CommitError, commit_continuously, patch_vector_save, share_flushes
 from shield_orchestrator.lightrag.commit.embed_ahead import embed_ahead
 from shield_orchestrator.lightrag.commit.journal import FILE_STORAGES, JOURNAL, PREV, file_spec, storage_file
@@ -34,6 +36,7 @@ from shield_orchestrator.lightrag.extract import Extractor
 from shield_orchestrator.lightrag.feeder import LightRAGFeeder, _status_object
 from shield_orchestrator.lightrag.graph_check import GraphVerification, check_graph
 from shield_orchestrator.lightrag.llm.cache import sqlite_cache
+from shield_orchestrator.lightrag.llm.order import CallOrder, calls_of, place_of
 from shield_orchestrator.lightrag.merge import deferred_summary_patches, lock_endpoint_reads, relation_locks, summaries
 from shield_orchestrator.lightrag.processor import _offline_tokenizer, patch_postgres_reconnect
 from shield_orchestrator.queue.tasks import ChunkTask
@@ -46,6 +49,7 @@ from tests.support.offline_lightrag import (
     OfflineModels,
     offline_rag,
     reopen_copy,
+    standin,
     statuses_on_disk,
     workspace_dir,
     workspace_files,
@@ -802,3 +806,138 @@ async def test_the_pipeline_takes_the_results_extracted_ahead_and_makes_the_same
     assert await ingested_dump(tmp_path / "ahead", models, extract_ahead) == as_lightrag
     assert extractors[0].reused == len(IDS)
     assert models.kinds.count("extraction") == len(IDS)  # each paid once, ahead
+
+
+# --- the LLM's queue in document order (llm/order.py) ---
+
+
+async def test_lightrags_llm_queue_serves_documents_in_their_order_whatever_the_kind() -> None:
+    """Fails if LightRAG's queued LLM function stops taking `_priority`, or its queue
+    stops serving the lowest first."""
+    from lightrag.utils import priority_limit_async_func_call
+
+    served: list[str] = []
+    occupied = asyncio.Event()
+
+    async def llm(name: str) -> str:
+        if name == "occupying":
+            await occupied.wait()
+        served.append(name)
+        return name
+
+    queued = priority_limit_async_func_call(1, queue_name="order contract")(llm)
+    fake = SimpleNamespace(_role_llm_states={"extract": SimpleNamespace(wrapped=queued)}, _process_extract_entities=llm)
+    order = CallOrder(lead=2)
+    order.order_calls(fake)
+    call = fake._role_llm_states["extract"].wrapped
+    ranks = {"doc-a": (1, 0), "doc-b": (1, 2), "doc-c": (1, 4), "doc-d": (1, 5), "doc-urgent": (0, 9)}
+    for doc_id, rank in ranks.items():
+        order.place(doc_id, rank)
+
+    async def of(doc_id: str | None, name: str, priority: int, ahead: bool = False) -> str:
+        if doc_id is not None:
+            calls_of(doc_id, ahead=ahead)
+        return str(await call(name, _priority=priority))
+
+    first = asyncio.create_task(of(None, "occupying", 10))
+    await asyncio.sleep(0.05)
+    waiting = [
+        asyncio.create_task(of("doc-c", "summary of c", 8)),
+        asyncio.create_task(of("doc-d", "extraction of d ahead", 10, ahead=True)),  # at (1, 3)
+        asyncio.create_task(of("doc-b", "extraction of b", 10)),
+        asyncio.create_task(of("doc-a", "gleaning of a", 10)),
+        asyncio.create_task(of("doc-urgent", "summary of urgent", 8)),
+        asyncio.create_task(of(None, "outside any document", 10)),
+    ]
+    await asyncio.sleep(0.05)
+    occupied.set()
+    await asyncio.gather(first, *waiting)
+    await queued.shutdown()
+    assert served == [
+        "occupying",
+        "outside any document",  # LightRAG's own priority, ahead of every document
+        "summary of urgent",
+        "gleaning of a",
+        "extraction of b",
+        "extraction of d ahead",  # two places earlier than its own: between b and c
+        "summary of c",
+    ]
+    order.forget("doc-a")
+    assert len(order) == len(ranks) - 1
+
+
+def spy_on_llm_queue(instance: Any) -> list[tuple[Any, str, str]]:
+    """Each call that reaches the instance's queued LLM function (extraction role):
+    (its priority, its kind as the stand-in classifies it, its prompt and history)."""
+    calls: list[tuple[Any, str, str]] = []
+    state = instance._role_llm_states["extract"]
+    queued = state.wrapped
+
+    async def spy(prompt: str, *args: Any, **kwargs: Any) -> Any:
+        history = kwargs.get("history_messages")
+        kind, _ = standin().answer_chat(chat_messages(prompt, kwargs.get("system_prompt"), history), False)
+        calls.append((kwargs.get("_priority"), str(kind), json.dumps([prompt, history])))
+        return await queued(prompt, *args, **kwargs)
+
+    state.wrapped = spy
+    return calls
+
+
+async def test_an_extraction_ahead_is_queued_a_lead_before_its_documents_place(
+    tmp_path: Path, models: OfflineModels
+) -> None:
+    """Fails if LightRAG's extraction (`operate.extract_entities`, which the
+    extraction ahead calls) stops calling the role's function from the caller's task."""
+    instance = offline_rag(tmp_path, models, extract_cache=True)
+    calls = spy_on_llm_queue(instance)
+    order = CallOrder(lead=4)
+    order.order_calls(instance)
+    order.place("chunk-c-0", (1, 10))
+    await instance.initialize_storages()
+
+    async def ahead() -> None:
+        calls_of("chunk-c-0", ahead=True)
+        await Extractor(instance).extract(TEXTS["chunk-c-0"])
+
+    try:
+        await asyncio.create_task(ahead())
+    finally:
+        await instance.finalize_storages()
+    assert [(priority, kind) for priority, kind, _ in calls] == [
+        (place_of((1, 10)), "extraction"),  # its own place, 4 earlier than in the pipeline
+        (place_of((1, 10)), "gleaning"),
+    ]
+
+
+async def test_every_llm_call_of_the_pipeline_carries_its_documents_place(tmp_path: Path, monkeypatch: Any) -> None:
+    """Fails if LightRAG's pipeline stops merging a document through
+    `lightrag.pipeline.merge_nodes_and_edges` with its `doc_id` (the place would not
+    reach the merge's summaries), stops extracting through the instance's
+    `_process_extract_entities`, or stops calling the extraction role's function
+    for extraction, gleaning or summaries."""
+    from lightrag import operate
+
+    monkeypatch.setattr(operate, "get_storage_keyed_lock", relation_locks(operate.get_storage_keyed_lock))
+    for name, function in deferred_summary_patches(operate).items():
+        monkeypatch.setattr(operate, name, function)
+    models = OfflineModels()
+    instance = offline_rag(tmp_path, models, max_parallel_insert=4)
+    calls = spy_on_llm_queue(instance)
+    order = CallOrder(lead=4)
+    order.order_calls(instance)
+    places = {doc_id: place_of((1, 100 + index), 4) for index, doc_id in enumerate(RECURRING)}
+    for index, doc_id in enumerate(RECURRING):
+        order.place(doc_id, (1, 100 + index))
+    await instance.initialize_storages()
+    try:
+        lock_endpoint_reads(instance.chunk_entity_relation_graph)
+        await instance.ainsert(list(RECURRING.values()), ids=list(RECURRING), track_id="order")
+    finally:
+        await instance.finalize_storages()
+    assert models.kinds.count("summary") > 0 and len(calls) == len(models.kinds)
+    assert {priority for priority, _, _ in calls} <= set(places.values()), calls[:3]
+    extractions = [(priority, text) for priority, kind, text in calls if kind in ("extraction", "gleaning")]
+    assert len(extractions) == 2 * len(RECURRING)
+    for priority, text in extractions:  # each at the place of the document it reads
+        (named,) = [doc_id for index, doc_id in enumerate(RECURRING) if f"review {index}. " in text]
+        assert priority == places[named], (named, priority)

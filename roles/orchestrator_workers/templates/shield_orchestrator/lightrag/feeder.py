@@ -12,6 +12,10 @@ LightRAG and refills it as each one ends, so the LLM never waits for a round:
 - Extraction ahead (with an Extractor: extract.py): an admitted document is
   extracted before it enters the window, with no lock held, up to `window`
   documents at once; it enters the window once extracted (high priority first).
+- The LLM's queue (with a CallOrder: llm/order.py): a document's calls wait
+  behind those of the documents queued before it, its extraction ahead level
+  with the document a window ahead of it, so the window is refilled as it frees
+  and documents end one after another.
 - The driver keeps LightRAG's pipeline running while documents are in flight.
 - The watcher reads the in-flight documents' statuses (woken by LightRAG's own
   status writes, and every POLL_SECONDS): each document is answered on its own
@@ -62,10 +66,12 @@ from ..workers.faults import (
 from ..workers.processor import Admission
 from .boundary import DocRecord, LightRAGInstance, Row, StatusObject
 from .commit import CommitError
+from .llm.order import calls_of
 
 if TYPE_CHECKING:
     from .commit import GroupCommit
     from .extract import Extractor
+    from .llm.order import CallOrder
 
 log = logging.getLogger("shield_orchestrator.lightrag")
 
@@ -184,8 +190,10 @@ class LightRAGFeeder:
         urgent: Callable[[ChunkTask], bool] = lambda task: False,
         commit: GroupCommit | None = None,
         extractor: Extractor | None = None,
+        order: CallOrder | None = None,
     ) -> None:
         self._rag = rag
+        self._order = order
         self._commit = commit
         self._extractor = extractor
         self._storage_probe = storage_probe
@@ -341,6 +349,8 @@ class LightRAGFeeder:
                 else:
                     self._futures[task.doc_id] = future
                     item.rank = (0 if self._urgent(task) else 1, next(self._arrivals))
+                    if self._order is not None:
+                        self._order.place(task.doc_id, item.rank)
                     heapq.heappush(self._queue, (*item.rank, item))
             futures[task.doc_id] = future
         self._wakeup.set()
@@ -451,6 +461,7 @@ class LightRAGFeeder:
     async def _extract(self, item: _Queued) -> None:
         """Extract a document ahead; a failure answers it (it does not enter LightRAG)."""
         assert self._extractor is not None
+        calls_of(item.task.doc_id, ahead=True)  # its LLM calls queue at its place ahead (llm/order.py)
         try:
             await self._extractor.extract(item.task.text)
         except Exception as exc:  # noqa: BLE001 - the LLM's or the cache's failure is the chunk's answer
@@ -708,6 +719,8 @@ class LightRAGFeeder:
         for item in items:
             if self._futures.get(item.task.doc_id) is item.future:
                 del self._futures[item.task.doc_id]
+                if self._order is not None:
+                    self._order.forget(item.task.doc_id)
             if not item.future.done():
                 item.future.set_result(outcome)
                 self.answered += 1

@@ -35,6 +35,7 @@ from .feeder import LightRAGFeeder
 from .fence import fence_report, fence_writes
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .llm.cache import sqlite_cache
+from .llm.order import CallOrder
 from .llm.slots import LLMSlots
 from .merge import COUNTS as SUMMARY_COUNTS
 from .merge import lock_endpoint_reads, patch_deferred_summaries, patch_relation_locks
@@ -222,6 +223,10 @@ class LightRAGProcessor:
             extractor.serve_pipeline()
         self._extractor = extractor
         window = pipeline_window(s)
+        # Each document's LLM calls queue at its place, oldest first, its extraction
+        # ahead a window earlier (llm/order.py).
+        order = CallOrder(lead=window)
+        order.order_calls(self.rag)
         self._feeder = LightRAGFeeder(
             self.rag,
             self._lock,
@@ -234,6 +239,7 @@ class LightRAGProcessor:
             urgent=high_priority(RedisKeys.from_settings(s).high),
             commit=self._commit,
             extractor=extractor,
+            order=order,
         )
         self._feeder.start()
         await fence_writes(self._lock, self.rag, self._feeder.fenced_out)  # PostgreSQL: fence.py
