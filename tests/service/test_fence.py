@@ -296,10 +296,11 @@ def two_hosts(
         "lightrag_lock_ttl_seconds": 3,
         "llm_max_async": 2,
         "pool_size": 2,
-        # The fence alone, as its takeover was validated: with the extraction ahead on,
-        # the host taking over a SIGSTOPped host's chunks stalled in 2 of 4 runs
-        # (an open defect of issue 20, in its closing note), which this test is not about.
-        "lightrag_llm_cache": False,
+        # The role's default, the extraction ahead on. With it, the host taking over
+        # the stopped host's chunks once waited for room in its pipeline for ever: its
+        # other worker, blocked in its read, held every place (workers/worker.py,
+        # Worker._reserve; tests/service/test_worker_inprocess.py).
+        "lightrag_llm_cache": True,
     }
     try:
         for host in hosts:  # one after the other: LightRAG's first start creates its tables, racily

@@ -522,6 +522,32 @@ async def test_with_a_pipeline_each_chunk_is_counted_and_acked_as_soon_as_it_is_
     assert await running == WorkerExit.STOPPED
 
 
+async def test_with_a_pipeline_entries_taken_over_are_handled_while_the_pipeline_has_no_room(rig: Rig) -> None:
+    """Another worker blocked in its read can hold every place of the pipeline, and
+    take them again as its read returns: a worker waiting for room turns to the
+    entries taken over into its inbox at once. Before, a host that took over a
+    stopped host's chunks waited for room for ever (found by the SIGSTOP test of
+    the writer fence, tests/service/test_fence.py, with the extraction ahead on)."""
+    job = await rig.submit(2)
+    ids = rig.ids(await rig.deliver("gone-host-worker-1"))
+    pipeline = ScriptedPipeline(room=4)
+    pipeline.reserved = 4  # every place held by another worker's read
+    worker = rig.worker(pipeline)
+    running = rig.spawn(worker.run())
+    await until(lambda: worker.state == "waiting", "the worker waiting for room")
+    reclaimer = Reclaimer(rig.stream, rig.heartbeats, interval=1)
+    assert await reclaimer.scan({worker.consumer: worker.inbox}, itertools.cycle([worker.consumer])) == 2
+    assert rig.pending() == {worker.consumer: ids}
+    await until(lambda: sorted(pipeline.submitted) == [0, 1], "the taken-over chunks submitted without room")
+    assert pipeline.reserved == 4 and worker.inbox.empty() and not worker.inbox.arrived.is_set()
+    for index in (0, 1):
+        pipeline.finish(index)
+    await until(lambda: rig.job(job) == ("completed", 2, 0, 2), "the job completed")
+    rig.stopping.set()
+    assert await stopped(running, rig.stopping) == WorkerExit.STOPPED
+    assert rig.pending() == {}
+
+
 async def test_with_a_pipeline_a_worker_reads_only_what_the_pipeline_can_start(make_rig: MakeRig) -> None:
     rig = await make_rig(batch_size=50)
     job = await rig.submit(10)

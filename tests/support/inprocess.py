@@ -38,7 +38,7 @@ from shield_orchestrator.workers.faults import LLM, Failure, job_cancelled
 from shield_orchestrator.workers.outcome import OutcomeSettler
 from shield_orchestrator.workers.pool import PauseReporter, WorkerPool
 from shield_orchestrator.workers.processor import Admission, BatchResult
-from shield_orchestrator.workers.worker import Worker, WorkerDeps
+from shield_orchestrator.workers.worker import Inbox, Worker, WorkerDeps
 
 from .servers import wait_until
 
@@ -257,7 +257,7 @@ class Rig:
             stopping=self.stopping,
             admit=self.tracker.admit,
         )
-        return Worker(deps, number, asyncio.Queue())
+        return Worker(deps, number, Inbox())
 
     def pool(self, processor: ScriptedProcessor) -> WorkerPool:
         return WorkerPool(

@@ -28,13 +28,12 @@ from ..events.types import EventType, JsonObject
 from ..jobs.tracker import JobTracker
 from ..metrics import Metrics, RateMeter
 from ..queue.liveness import Heartbeats, Reclaimer, WorkerState
-from ..queue.redis_text import StreamEntry
 from ..queue.stream import IngestionStream, is_group_missing
 from ..settings import Settings
 from .breaker import DependencyGate, PauseChange
 from .outcome import OutcomeSettler
 from .processor import ChunkProcessor, PipelineProcessor
-from .worker import Worker, WorkerDeps, WorkerExit
+from .worker import Inbox, Worker, WorkerDeps, WorkerExit
 
 log = logging.getLogger("shield_orchestrator.workers")
 
@@ -117,7 +116,7 @@ class WorkerPool:
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._workers: dict[int, Worker] = {}
-        self._inboxes: dict[str, asyncio.Queue[list[StreamEntry]]] = {}
+        self._inboxes: dict[str, Inbox] = {}
         self._background: list[asyncio.Task[None]] = []
         self._stop_requested: float | None = None
         self._stopped: asyncio.Task[None] | None = None
@@ -126,9 +125,9 @@ class WorkerPool:
     def active_workers(self) -> int:
         return len(self._workers)
 
-    def inbox(self, consumer: str) -> asyncio.Queue[list[StreamEntry]]:
+    def inbox(self, consumer: str) -> Inbox:
         """Entries taken over from silent consumers, for this worker to finish."""
-        return self._inboxes.setdefault(consumer, asyncio.Queue())
+        return self._inboxes.setdefault(consumer, Inbox())
 
     def worker_states(self) -> list[WorkerState]:
         return [WorkerState(w.consumer, w.state, w.tasks_done) for w in self._workers.values()]

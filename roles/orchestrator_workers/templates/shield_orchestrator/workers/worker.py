@@ -103,13 +103,33 @@ class WorkerDeps:
     batch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BATCHES_IN_PIPELINE))
 
 
+class Inbox(asyncio.Queue[list[StreamEntry]]):
+    """Entries taken over from silent consumers, for one worker to finish (the
+    reclaimer puts, the worker gets). `arrived` is set while it holds any: a
+    worker waiting for room in the pipeline turns to them at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = asyncio.Event()
+
+    def _put(self, item: list[StreamEntry]) -> None:
+        super()._put(item)
+        self.arrived.set()
+
+    def _get(self) -> list[StreamEntry]:
+        item = super()._get()
+        if not self.qsize():
+            self.arrived.clear()
+        return item
+
+
 class Worker:
     """One consumer of the group. Owns its batch from read to outcome: it reads
     (its own pending entries first, then those taken over for it, then new ones),
     processes with retries, and hands every chunk's outcome to the settler. It
     holds no entry past a stop: what it has not settled stays pending."""
 
-    def __init__(self, deps: WorkerDeps, number: int, inbox: asyncio.Queue[list[StreamEntry]]) -> None:
+    def __init__(self, deps: WorkerDeps, number: int, inbox: Inbox) -> None:
         self.s = deps.settings
         self.stream = deps.stream
         self.processor = deps.processor
@@ -169,7 +189,7 @@ class Worker:
         slot = True
         try:
             self.state = "waiting"  # for room in the pipeline
-            reserved = await self.pipeline.reserve(self.s.batch_size, self.stopping)
+            reserved = await self._reserve(self.pipeline)
             if not reserved:
                 return
             self.state = "idle"
@@ -190,6 +210,23 @@ class Worker:
         finally:
             if slot:
                 self.batch_slots.release()
+
+    async def _reserve(self, pipeline: PipelineProcessor) -> int:
+        """Places in the pipeline for a read; 0 once the worker stops, or as soon as
+        entries taken over reach its inbox (the run loop handles them first). Another
+        worker blocked in its read may hold every place for the whole block, and take
+        them again as it returns: waiting for room, taken-over entries waited for ever."""
+        if self.inbox.arrived.is_set():
+            return 0
+        wake = asyncio.Event()
+        watchers = [asyncio.ensure_future(event.wait()) for event in (self.stopping, self.inbox.arrived)]
+        for watcher in watchers:
+            watcher.add_done_callback(lambda _watcher: wake.set())
+        try:
+            return await pipeline.reserve(self.s.batch_size, wake)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
 
     def _batch_ended(self, reservation: Reservation) -> None:
         reservation.release()
