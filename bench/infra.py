@@ -183,6 +183,7 @@ async def start_standin(
 class Service:
     proc: Proc
     port: int
+    env: dict[str, str] = field(default_factory=dict)  # the environment it was started with
 
     @property
     def url(self) -> str:
@@ -275,7 +276,7 @@ class ServiceLauncher:
         if not noop:
             argv.append("serve")
         proc = spawn(name, argv, env, self.infra.logs)
-        service = Service(proc, port)
+        service = Service(proc, port, env)
         try:
             await wait_for(
                 lambda: httpx.get(f"{service.url}/health", timeout=2).status_code == 200, 120, f"service {name}", proc

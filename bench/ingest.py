@@ -7,13 +7,22 @@
   .venv-bench-lightrag), the n texts POSTed to /documents/texts in one request; the
   clock stops when /documents/status_counts shows them all PROCESSED.
 * lightrag-inprocess: `ainsert` in a small script (bench/lightrag_inprocess.py on the
-  service's virtualenv), the floor of the path; its clock runs from the call to the
-  moment doc status shows every document PROCESSED.
+  service's virtualenv), LightRAG writing its storages after every document as it
+  does by itself; its clock runs from the call to the moment doc status shows every
+  document PROCESSED.
+* lightrag-floor: the same script with its flushes deferred (--defer-flushes): the
+  storages written once, at the end, inside its clock. The least any driver of
+  LightRAG can cost: the true floor.
 
-All three get the role's LightRAG settings (LightRAGSettings), local storages in a
+All of them get the same LightRAG settings (LightRAGSettings: the role's, the LLM
+cache included, max_parallel_insert what the service gives LightRAG), storages in a
 fresh directory, and the same stand-in, whose GET /stats (difference over the run)
-shows that they did the same work. For each run: chunks/s, chat and embedding calls,
-CPU seconds of the contestant's process group and its peak RSS (VmHWM).
+shows that they did the same work. Each run reports the settings LightRAG really got
+(`lightrag_settings`: what was passed, and the effective values by LightRAG's own
+names, read from the contestant: the service's own settings code on its environment,
+lightrag-server's /health, the script's LightRAG instance); the harness checks that
+they are equal. For each run: chunks/s, chat and embedding calls, CPU seconds of the
+contestant's process group and its peak RSS (VmHWM).
 
 W6's fixtures (graphs pre-filled with N documents) are built here once per size with
 LightRAG in-process and cached under .cache/bench-fixtures/. W6 on the PostgreSQL
@@ -32,7 +41,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +73,8 @@ from tests.support.servers import STANDIN, Standin, free_port
 SERVICE = "shield-orchestrator"
 SERVER = "lightrag-server"
 INPROCESS = "lightrag-inprocess"
-CONTESTANTS = (SERVICE, SERVER, INPROCESS)
+FLOOR = "lightrag-floor"  # lightrag-inprocess with its flushes deferred: the true floor
+CONTESTANTS = (SERVICE, SERVER, INPROCESS, FLOOR)
 FIXTURE_CACHE = REPO / ".cache" / "bench-fixtures"
 # Where the service keeps LightRAG's local storages: <state_dir>/lightrag/<workspace>
 # (the role's orchestrator_workers_state_dir). A W6 run checks afterwards that the
@@ -215,6 +227,7 @@ class LightRAGSettings:
     workspace: str
     llm_timeout: int
     embedding_timeout: int
+    llm_cache: bool  # LightRAG's enable_llm_cache and enable_llm_cache_for_entity_extract
 
     @classmethod
     def from_role(cls) -> LightRAGSettings:
@@ -229,12 +242,35 @@ class LightRAGSettings:
             embedding_dim=EMBEDDING_DIM,
             llm_max_async=int(get("llm_max_async")),
             embedding_max_async=int(get("embedding_max_async")),
-            # what the service gives LightRAG today: max(2, pool_size)
-            max_parallel_insert=max(2, int(get("pool_size"))),
+            max_parallel_insert=pipeline_window(int(get("llm_max_async"))),
             workspace=str(get("lightrag_workspace")),
             llm_timeout=int(float(get("llm_timeout_seconds"))),
             embedding_timeout=int(float(get("embedding_timeout_seconds"))),
+            llm_cache=render_service.ansible_bool(get("lightrag_llm_cache")),
         )
+
+    def cell(self, llm_max_async: int, llm_cache: bool) -> LightRAGSettings:
+        """The settings of one W2/W3 cell: LLM slots and cache as asked, the window following the slots."""
+        return replace(
+            self, llm_max_async=llm_max_async, max_parallel_insert=pipeline_window(llm_max_async), llm_cache=llm_cache
+        )
+
+    def effective(self) -> dict[str, Any]:
+        """What LightRAG is meant to get, by its own parameter names (the keys of `lightrag_settings`)."""
+        return {
+            "llm_model_name": self.llm_model,
+            "llm_model_max_async": self.llm_max_async,
+            "default_llm_timeout": self.llm_timeout,
+            "embedding_model": self.embedding_model,
+            "embedding_dim": self.embedding_dim,
+            "embedding_func_max_async": self.embedding_max_async,
+            "default_embedding_timeout": self.embedding_timeout,
+            "max_parallel_insert": self.max_parallel_insert,
+            "workspace": self.workspace,
+            "enable_llm_cache": self.llm_cache,
+            "enable_llm_cache_for_entity_extract": self.llm_cache,
+            "cosine_better_than_threshold": COSINE_THRESHOLD,
+        }
 
     def server_env(self, llm_url: str) -> dict[str, str]:
         """lightrag-server's configuration (lightrag/api/config.py reads these)."""
@@ -254,7 +290,9 @@ class LightRAGSettings:
             "LLM_TIMEOUT": str(self.llm_timeout),
             "EMBEDDING_TIMEOUT": str(self.embedding_timeout),
             "WORKSPACE": self.workspace,
-            "COSINE_THRESHOLD": "0.2",
+            "COSINE_THRESHOLD": str(COSINE_THRESHOLD),
+            "ENABLE_LLM_CACHE": on_off(self.llm_cache, "true", "false"),
+            "ENABLE_LLM_CACHE_FOR_EXTRACT": on_off(self.llm_cache, "true", "false"),
             "WORKERS": "1",
             "LOG_LEVEL": "WARNING",  # the service and the script also keep LightRAG's logger at WARNING
         }
@@ -282,7 +320,23 @@ class LightRAGSettings:
             str(self.embedding_timeout),
             "--workspace",
             self.workspace,
+            "--llm-cache",
+            on_off(self.llm_cache),
         ]
+
+
+def pipeline_window(llm_max_async: int) -> int:
+    """LightRAG's max_parallel_insert as the service sets it (pipeline_window() in the
+    role's lightrag/processor.py: two documents per LLM slot, at least 4). The harness
+    checks it against the service's own code on every run (`lightrag_settings`)."""
+    return max(4, 2 * llm_max_async)
+
+
+def on_off(flag: bool, on: str = "on", off: str = "off") -> str:
+    return on if flag else off
+
+
+COSINE_THRESHOLD = 0.2  # LightRAG's default, which the service passes explicitly too
 
 
 @dataclass
@@ -307,7 +361,8 @@ class RealContext:
 
 @dataclass
 class RealRun:
-    """One contestant's run; the rates are over the chunks done (all of them unless cut)."""
+    """One contestant's run; the rates are over the chunks done (all of them unless cut).
+    `settings`: what LightRAG got, {"passed": ..., "effective": ...} (see lightrag_settings)."""
 
     complete: bool
     chunks_done: int
@@ -316,6 +371,7 @@ class RealRun:
     peak_rss_mb: float
     calls: dict[str, int]
     extra: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def figures(self) -> dict[str, float]:
         return {
@@ -378,6 +434,44 @@ PG_STORAGES = {
 
 
 # --- shield-orchestrator ---------------------------------------------------------------------
+# The service's LightRAG settings read by its own code, on the environment it was started
+# with: its settings loader (the rendered defaults and the ORCHESTRATOR_* overrides), and
+# what open_lightrag() in lightrag/processor.py makes of them (pipeline_window() for
+# max_parallel_insert). Prints {"passed": the settings, "effective": LightRAG's names}.
+SERVICE_SETTINGS_PROBE = """
+import json, os
+from shield_orchestrator.cli import load_settings
+from shield_orchestrator.lightrag.processor import COSINE_THRESHOLD, pipeline_window
+s = load_settings(os.environ)
+passed = ("llm_model", "llm_max_async", "llm_timeout_seconds", "embedding_model", "embedding_dim",
+          "embedding_max_async", "embedding_timeout_seconds", "lightrag_workspace", "lightrag_llm_cache",
+          "lightrag_storage", "pool_size")
+print(json.dumps({"passed": {name: getattr(s, name) for name in passed}, "effective": {
+    "llm_model_name": s.llm_model,
+    "llm_model_max_async": s.llm_max_async,
+    "default_llm_timeout": int(s.llm_timeout_seconds),
+    "embedding_model": s.embedding_model,
+    "embedding_dim": s.embedding_dim,
+    "embedding_func_max_async": s.embedding_max_async,
+    "default_embedding_timeout": int(s.embedding_timeout_seconds),
+    "max_parallel_insert": pipeline_window(s),
+    "workspace": s.lightrag_workspace,
+    "enable_llm_cache": s.lightrag_llm_cache,
+    "enable_llm_cache_for_entity_extract": s.lightrag_llm_cache,
+    "cosine_better_than_threshold": COSINE_THRESHOLD,
+}}))
+"""
+
+
+def service_settings(python: str, env: dict[str, str]) -> dict[str, Any]:
+    """The service's LightRAG settings (SERVICE_SETTINGS_PROBE) on the service's environment."""
+    out = subprocess.run([python, "-c", SERVICE_SETTINGS_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise BenchError(f"the service's settings could not be read: {out.stderr[-600:]}")
+    settings: dict[str, Any] = json.loads(out.stdout)
+    return settings
+
+
 async def run_service(
     ctx: RealContext,
     standin: Standin,
@@ -397,8 +491,11 @@ async def run_service(
         workspace_dir.append(target)
         copy_fixture(fixture, target)
 
-    # W3 runs a cell per llm_max_async: the service gets the cell's value like the others
-    overrides: dict[str, Any] = {"llm_max_async": ctx.settings.llm_max_async}
+    # W2 and W3 run a cell per llm_max_async and LLM cache: the service gets the cell's values like the others
+    overrides: dict[str, Any] = {
+        "llm_max_async": ctx.settings.llm_max_async,
+        "lightrag_llm_cache": on_off(ctx.settings.llm_cache, "true", "false"),
+    }
     database = ""
     if postgres is not None:
         database = await asyncio.to_thread(postgres.fresh, name)
@@ -418,6 +515,7 @@ async def run_service(
     redis_proc = ctx.infra.redis_proc
     assert redis_proc is not None
     try:
+        settings = await asyncio.to_thread(service_settings, ctx.service_python, service.env)
         async with (
             service.client() as http,
             SSEClient(service, "ingestion.completed,ingestion.failed", watch.on_event),
@@ -437,7 +535,9 @@ async def run_service(
         done = int(job["chunks_processed"])
         if complete and done != n:
             raise BenchError(f"{name}: job {job_id} processed {done} of {n} chunks")
-        run = RealRun(complete, done, end - start, cpu, service.peak_rss_mb(), calls, {"redis_cpu_s": redis_cpu})
+        run = RealRun(
+            complete, done, end - start, cpu, service.peak_rss_mb(), calls, {"redis_cpu_s": redis_cpu}, settings
+        )
     finally:
         service.proc.stop(stop_within)
     if fixture is not None and complete:
@@ -507,6 +607,11 @@ async def run_server(
                 reply.raise_for_status()
                 return {k.lower(): int(v) for k, v in reply.json()["status_counts"].items()}
 
+            # what the server read from its environment (its /health "configuration")
+            health = await http.get("/health")
+            health.raise_for_status()
+            settings = {"passed": ctx.settings.server_env(standin.base_url)}
+            settings["effective"] = server_effective(health.json()["configuration"], settings["passed"])
             base = await counts()
             before = standin.stats()
             cpu0 = group_cpu_seconds(proc.pid)
@@ -538,9 +643,28 @@ async def run_server(
                 summary = (await http.get(f"/documents/track_status/{track_id}")).json()["status_summary"]
                 if {k.lower().rsplit(".", 1)[-1]: v for k, v in summary.items()}.get("processed") != n:
                     raise BenchError(f"{name}: track {track_id}: {summary}, expected {n} processed")
-        return RealRun(complete, processed, end - start, cpu, rss, calls)
+        return RealRun(complete, processed, end - start, cpu, rss, calls, settings=settings)
     finally:
         proc.stop(60.0)
+
+
+def server_effective(config: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """lightrag-server's settings by LightRAG's names, from its /health configuration
+    (embedding_dim is not in it: as passed)."""
+    return {
+        "llm_model_name": config["llm_model"],
+        "llm_model_max_async": config["max_async"],
+        "default_llm_timeout": config["llm_timeout"],
+        "embedding_model": config["embedding_model"],
+        "embedding_dim": int(env["EMBEDDING_DIM"]),
+        "embedding_func_max_async": config["embedding_func_max_async"],
+        "default_embedding_timeout": config["embedding_timeout"],
+        "max_parallel_insert": config["max_parallel_insert"],
+        "workspace": config["workspace"],
+        "enable_llm_cache": config["enable_llm_cache"],
+        "enable_llm_cache_for_entity_extract": config["enable_llm_cache_for_extract"],
+        "cosine_better_than_threshold": config["cosine_threshold"],
+    }
 
 
 # --- lightrag-inprocess ---------------------------------------------------------------------
@@ -552,8 +676,10 @@ async def run_inprocess(
     within: float,
     fixture: Path | None = None,
     postgres: PgGraph | None = None,
+    defer: bool = False,
 ) -> RealRun:
-    """bench/lightrag_inprocess.py: initialises LightRAG, then (on `go`) ainsert and waits for PROCESSED."""
+    """bench/lightrag_inprocess.py: initialises LightRAG, then (on `go`) ainsert and waits for PROCESSED.
+    `defer` (lightrag-floor): its flushes deferred, the storages written once at the end, inside the clock."""
     n = len(batch)
     postgres_env: dict[str, str] = {}
     if postgres is not None:
@@ -573,12 +699,16 @@ async def run_inprocess(
         "--control",
         str(control),
         *(["--storage", "postgres"] if postgres is not None else []),
+        *(["--defer-flushes"] if defer else []),
         *ctx.settings.script_args(standin.base_url),
     ]
     proc = spawn(name, argv, ctx.env(**postgres_env), ctx.infra.logs, root)
     stop_within = 60.0
     try:
         await wait_file(control / "ready", 180, proc, name)
+        # the script's arguments, and what its LightRAG instance holds (written before `ready`)
+        settings = {"passed": argv[argv.index("--control") + 2 :]}
+        settings["effective"] = json.loads((control / "settings.json").read_text())
         before = standin.stats()
         cpu0 = group_cpu_seconds(proc.pid)
         (control / "go").touch()
@@ -598,7 +728,7 @@ async def run_inprocess(
         rss = peak_rss_mb(proc.pid)
         if failed:
             raise BenchError(f"{name}: {failed} of {n} documents FAILED")
-        return RealRun(complete, processed, seconds, cpu, rss, calls)
+        return RealRun(complete, processed, seconds, cpu, rss, calls, settings=settings)
     finally:
         proc.stop(stop_within)
 
@@ -617,11 +747,20 @@ async def wait_file(path: Path, within: float, proc: Proc, name: str) -> None:
         await asyncio.sleep(0.02)
 
 
-RUNNERS = {SERVICE: run_service, SERVER: run_server, INPROCESS: run_inprocess}
+# lightrag-floor: lightrag-inprocess with its flushes deferred (the true floor)
+RUNNERS: dict[str, Callable[..., Awaitable[RealRun]]] = {
+    SERVICE: run_service,
+    SERVER: run_server,
+    INPROCESS: run_inprocess,
+    FLOOR: partial(run_inprocess, defer=True),
+}
 SETTINGS = {
     SERVICE: "python -m shield_orchestrator serve, role defaults, {storages}; one job of n chunks",
     SERVER: "lightrag-server 1.5.7 (.venv-bench-lightrag), {storages}; one POST /documents/texts of n texts",
-    INPROCESS: "LightRAG.ainsert in bench/lightrag_inprocess.py on the service's venv, {storages} (the floor)",
+    INPROCESS: "LightRAG.ainsert in bench/lightrag_inprocess.py on the service's venv, {storages}, "
+    "its storages written after every document",
+    FLOOR: "LightRAG.ainsert in bench/lightrag_inprocess.py --defer-flushes, {storages}, "
+    "its storages written once at the end, inside the clock (the true floor)",
 }
 STORAGES = {"local": "local storages", "postgres": "PostgreSQL storages"}
 

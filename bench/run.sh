@@ -13,7 +13,7 @@
 # one table, writes bench/results/latest.json (smoke: bench/results/smoke.json).
 # W6's graph fixtures are cached in .cache/bench-fixtures/ (built on first use).
 # Environment: BENCH_ROUNDS, BENCH_REAL_ROUNDS, BENCH_ONLY, BENCH_SIZES, BENCH_PEERS,
-# BENCH_CONTESTANTS, BENCH_CONCURRENCY, BENCH_SSE_RATE, BENCH_OUTPUT, BENCH_KEEP=1,
+# BENCH_CONTESTANTS, BENCH_LLM_CACHE, BENCH_CONCURRENCY, BENCH_SSE_RATE, BENCH_OUTPUT, BENCH_KEEP=1,
 # BENCH_PYTHON, BENCH_SERVICE_PYTHON, BENCH_LIGHTRAG_PYTHON (see bench/README.md).
 set -euo pipefail
 

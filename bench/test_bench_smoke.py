@@ -5,7 +5,10 @@ service with the no-op and the LightRAG processor, the LLM stand-in, every peer,
 lightrag-server, LightRAG in-process, W6's fixtures on the local storages and in
 PostgreSQL with pgvector, in a container, and issue 19's progress, cancel and W7 on
 LightRAG with the lab/test LLM stand-in at 30 ms a call); the figures of a smoke run
-mean nothing, but the checks below hold for any run.
+mean nothing, but the checks below hold for any run, and so does what makes a
+comparison of the LightRAG contestants fair (issue 21): every contestant complete,
+the same LightRAG settings in each (as each one reports them in the JSON), the same
+work (chat calls within CHAT_CALLS_SPREAD of each other).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-REAL = ("shield-orchestrator", "lightrag-server", "lightrag-inprocess")
+REAL = ("shield-orchestrator", "lightrag-server", "lightrag-inprocess", "lightrag-floor")
 PER_RUN = ("chunks_per_s", "seconds", "llm_calls", "embedding_calls", "cpu_s", "peak_rss_mb")
+CHAT_CALLS_SPREAD = 0.10  # the contestants of one cell: most chat calls at most this much above the fewest
 
 
 def number(value: Any) -> bool:
@@ -35,12 +39,30 @@ def positive(figure: Any) -> bool:
     return number(median(figure)) and median(figure) > 0
 
 
-def assert_real_run(name: str, entry: dict[str, Any]) -> None:
-    """A contestant's W2/W3/W6 figures: the run completed and every figure is a positive number."""
+def assert_real_run(name: str, entry: dict[str, Any], chunks: int) -> None:
+    """A contestant's W2/W3/W6 figures: the run completed, every chunk done, every figure a positive number."""
     assert entry.get("status", "ok") == "ok", (name, entry)
-    assert median(entry["complete"]) == 1, (name, entry)
+    assert entry["complete"]["min"] == 1 and entry["chunks_done"]["min"] == chunks, (name, entry)
     for key in PER_RUN:
         assert positive(entry[key]), (name, key, entry)
+
+
+def assert_fair(where: str, contestants: dict[str, dict[str, Any]], slots: int, cache: bool) -> None:
+    """The contestants of one cell ran LightRAG with the same settings (those of the cell:
+    its LLM slots and cache) and did the same work (chat calls within CHAT_CALLS_SPREAD)."""
+    settings = {name: entry["lightrag_settings"]["effective"] for name, entry in contestants.items()}
+    first = next(iter(settings.values()))
+    for name, effective in settings.items():
+        differ = {key: (effective.get(key), first.get(key)) for key in set(effective) | set(first)}
+        assert all(a == b for a, b in differ.values()), (where, name, differ)
+        assert effective["llm_model_max_async"] == slots, (where, name, effective)
+        assert effective["enable_llm_cache"] is cache, (where, name, effective)
+        assert effective["enable_llm_cache_for_entity_extract"] is cache, (where, name, effective)
+    calls = {name: median(entry["llm_calls"]) for name, entry in contestants.items()}
+    assert min(calls.values()) > 0 and max(calls.values()) <= (1 + CHAT_CALLS_SPREAD) * min(calls.values()), (
+        where,
+        calls,
+    )
 
 
 def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
@@ -85,23 +107,33 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     assert number(median(w1["ratio_to_floor"]))
 
     w2 = workloads["w2_real_ingestion"]
-    assert set(w2["contestants"]) == set(REAL)
-    for name, entry in w2["contestants"].items():
-        assert_real_run(name, entry)
-    for ratio in ("service_to_lightrag_server", "service_to_inprocess", "lightrag_server_to_inprocess"):
-        assert positive(w2["ratios"][ratio]), ratio
-    assert number(results["w2_ratio_to_lightrag_server"])
+    assert w2["cells"] and len(w2["cells"]) == len(w2["llm_cache"]), w2["cells"].keys()
+    for label, cell in w2["cells"].items():
+        assert set(cell["contestants"]) == set(REAL), label
+        for name, entry in cell["contestants"].items():
+            assert_real_run(f"W2 {label} {name}", entry, w2["chunks"])
+        assert_fair(f"W2 {label}", cell["contestants"], cell["llm_max_async"], cell["llm_cache"])
+        for ratio in (
+            "service_to_lightrag_server",
+            "service_to_lightrag_floor",
+            "service_to_inprocess",
+            "lightrag_server_to_inprocess",
+        ):
+            assert positive(cell["ratios"][ratio]), (label, ratio)
+    assert number(results["w2_ratio_to_lightrag_server"]) and number(results["w2_ratio_to_lightrag_floor"])
 
     w3 = workloads["w3_llm_bound"]
-    assert w3["texts"] == "recurring" and w3["llm_slots"] and set(w3["cells"]) == {str(n) for n in w3["llm_slots"]}
-    for slots, cell in w3["cells"].items():
-        assert cell["llm_max_async"] == int(slots)
+    assert w3["texts"] == "recurring" and w3["llm_slots"]
+    assert len(w3["cells"]) == len(w3["llm_slots"]) * len(w3["llm_cache"]), w3["cells"].keys()
+    assert {cell["llm_max_async"] for cell in w3["cells"].values()} == set(w3["llm_slots"])
+    for label, cell in w3["cells"].items():
         assert set(cell["contestants"]) == set(REAL)
         for name, entry in cell["contestants"].items():
-            assert_real_run(name, entry)
+            assert_real_run(f"W3 {label} {name}", entry, w3["chunks"])
             # the LLM slots cannot be more than busy: ideal <= wall
-            assert 0 < median(entry["llm_busy_percent"]) <= 100, (slots, name, entry["llm_busy_percent"])
-            assert positive(entry["chat_calls_per_chunk"]) and positive(entry["ideal_s"]), (slots, name)
+            assert 0 < median(entry["llm_busy_percent"]) <= 100, (label, name, entry["llm_busy_percent"])
+            assert positive(entry["chat_calls_per_chunk"]) and positive(entry["ideal_s"]), (label, name)
+        assert_fair(f"W3 {label}", cell["contestants"], cell["llm_max_async"], cell["llm_cache"])
     assert "llm_max_async" in w3["formula"]
     assert number(results["w3_efficiency"]) and results["w3_efficiency"] > 0
     assert number(results["w3_llm_busy_percent_min"]) and 0 < results["w3_llm_busy_percent_min"] <= 100
@@ -112,7 +144,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
 
     w5 = workloads["w5_sse_fanout"]
     assert number(median(w5["p50_ms"])) and number(median(w5["p99_ms"]))
-    assert number(median(w5["missed"]))
+    assert w5["missed"]["max"] == 0, w5["missed"]  # every event reached every client
 
     for key in ("w6_growth", "w6pg_growth"):  # local storages, then PostgreSQL (pgvector container)
         w6 = workloads[key]
@@ -124,7 +156,13 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
             assert storages in entry["setting"], (key, name, entry["setting"])  # says what it ran on
             assert set(entry["by_docs"]) == {str(docs) for docs in w6["fixture_docs"]}, name
             for docs, figures in entry["by_docs"].items():
-                assert_real_run(f"{key} {name} at {docs}", figures)
+                assert_real_run(f"{key} {name} at {docs}", figures, w6["chunks"])
+        for docs in w6["fixture_docs"]:
+            cell = {name: entry["by_docs"][str(docs)] for name, entry in w6["contestants"].items()}
+            for name, entry in w6["contestants"].items():
+                cell[name]["lightrag_settings"] = entry["lightrag_settings"]
+            slots = results["meta"]["lightrag_settings"]["llm_max_async"]
+            assert_fair(f"{key} at {docs}", cell, slots, results["meta"]["lightrag_settings"]["llm_cache"])
             assert positive(entry["rate_ratio_last_to_first"]), (key, name)
             assert number(median(entry["rss_growth_mb"])), (key, name)
         prefix = key.split("_", 1)[0]
