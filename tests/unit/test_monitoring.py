@@ -207,6 +207,15 @@ def test_the_metrics_list_is_what_the_service_registers() -> None:
 # --- the rules ------------------------------------------------------------------
 
 
+def test_the_readmes_runbook_answers_every_alert() -> None:
+    """README.md's runbook has a row for each alert the rules define, and none for an alert they do not."""
+    readme = (REPO / "README.md").read_text()
+    runbook = readme.split("## Runbook", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("`")[1] for line in runbook.splitlines() if line.startswith("| `Shield")}
+    alerts = {rule["alert"] for rule in rules()}
+    assert rows == alerts
+
+
 def test_promtool_checks_the_rules() -> None:
     assert "SUCCESS" in run_promtool("check", "rules", str(RULES))
 
