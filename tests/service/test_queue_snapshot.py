@@ -7,9 +7,13 @@ are then read as the pool reads them (own pending, new, taken over)."""
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+from shield_orchestrator import commands
+from shield_orchestrator.cli import parser
 from shield_orchestrator.queue.snapshot import SnapshotError, export_queue, import_queue
 
 from tests.support.inprocess import Rig
@@ -126,3 +130,27 @@ async def test_both_refuse_while_a_pool_runs_and_import_refuses_what_is_no_snaps
     with pytest.raises(SnapshotError, match="not a queue snapshot"):
         await import_queue(rig.redis, rig.keys, {"format": "something else"})
     assert rig.depth() == 1  # nothing was touched
+
+
+async def test_the_commands_write_and_read_the_snapshot_file(make_rig: MakeRig, tmp_path: Path) -> None:
+    source, target = await make_rig(), await make_rig()
+    await a_busy_queue(source)
+    path = tmp_path / "queue.json"
+
+    exported, code = await commands.run(source.settings, parser().parse_args(["export-queue", "--output", str(path)]))
+    assert code == 0 and exported["output"] == str(path), exported
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    imported, code = await commands.run(target.settings, parser().parse_args(["import-queue", "--input", str(path)]))
+    assert code == 0, imported
+    assert {key: imported[key] for key in ("streams", "keys", "jobs")} == {
+        key: exported[key] for key in ("streams", "keys", "jobs")
+    }
+    assert streams_of(target) == streams_of(source)
+
+    target.r.set(target.keys.heartbeat(target.consumer(1)), "{}", px=60_000)
+    refused, code = await commands.run(target.settings, parser().parse_args(["import-queue", "--input", str(path)]))
+    assert code == 1 and "worker pool is running" in str(refused["error"]), refused
+    missing, code = await commands.run(
+        target.settings, parser().parse_args(["import-queue", "--input", str(tmp_path / "none.json")])
+    )
+    assert code == 1 and "FileNotFoundError" in str(missing["error"]), missing
