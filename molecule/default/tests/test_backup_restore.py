@@ -59,21 +59,21 @@ def outage(host, seconds: float) -> None:
     )
 
 
-def playbook(name: str, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The real playbook against the scenario's inventory, from the controller."""
+def playbook(name: str, extra: dict[str, str], *options: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
+    """The real playbook against the scenario's inventory, from the controller; its exit status must be `rc`."""
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
     assert inventory, "MOLECULE_INVENTORY_FILE is not set: run this through molecule verify"
     executable = shutil.which("ansible-playbook")
     assert executable, "ansible-playbook is not on PATH"
     run = subprocess.run(
-        [executable, "-i", inventory, str(REPO / "playbooks" / name), "--extra-vars", json.dumps(extra)],
+        [executable, "-i", inventory, *options, str(REPO / "playbooks" / name), "--extra-vars", json.dumps(extra)],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=REPO,
         check=False,
     )
-    assert run.returncode == 0, f"{name} failed (rc {run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    assert run.returncode == rc, f"{name} {options} (rc {run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     leaked = [secret for secret in SECRETS if secret in run.stdout + run.stderr]
     assert not leaked, f"{name} printed {len(leaked)} secret value(s)"
     return run
@@ -132,6 +132,10 @@ def test_a_backup_restored_onto_a_fresh_host_answers_as_before_and_its_queue_is_
         assert get(host, f"/jobs/{queued}")["chunks_processed"] == 0
 
         backups = tmp_path / "backups"
+        for name in ("backup.yml", "restore.yml"):  # both refuse check mode, touching nothing
+            refused = playbook(name, {"orchestrator_workers_backup_dir": str(backups)}, "--check", rc=2)
+            assert "does not run in check mode" in " ".join(refused.stdout.split()), refused.stdout[-3000:]
+        assert not backups.exists()
         playbook("backup.yml", {"orchestrator_workers_backup_dir": str(backups)})
         [taken] = list(backups.iterdir())
         manifest = json.loads((taken / "manifest.json").read_text())
