@@ -134,7 +134,8 @@ def test_a_backup_restored_onto_a_fresh_host_answers_as_before_and_its_queue_is_
         backups = tmp_path / "backups"
         for name in ("backup.yml", "restore.yml"):  # both refuse check mode, touching nothing
             refused = playbook(name, {"orchestrator_workers_backup_dir": str(backups)}, "--check", rc=2)
-            assert "does not run in check mode" in " ".join(refused.stdout.split()), refused.stdout[-3000:]
+            said = " ".join((refused.stdout + refused.stderr).split())  # a failed task is reported on stderr
+            assert "does not run in check mode" in said, said[-3000:]
         assert not backups.exists()
         playbook("backup.yml", {"orchestrator_workers_backup_dir": str(backups)})
         [taken] = list(backups.iterdir())
