@@ -6,6 +6,7 @@
 #   ./run test          everything CI runs: lint, service tests, bench smoke, Molecule
 #   ./run bench         the benchmarks (not part of the tests)
 #   ./run lab-destroy   remove the lab container (cluster-destroy: the multi-host lab)
+#   ./run backup        back up the lab into backups/<UTC time>/ (./run restore [BACKUP=name] puts it back)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -108,6 +109,20 @@ deploy: images ## build the lab container and deploy data services + the worker 
 	ansible-playbook -i inventory/lab playbooks/data-services.yml
 	ansible-playbook -i inventory/lab playbooks/deploy-orchestrator-workers.yml
 	@echo "lab ready: curl -s http://127.0.0.1:8000/health"
+
+# Backups of the lab land in $(BACKUP_DIR)/<UTC time>/ on this machine;
+# restore takes BACKUP=<name> (default: the newest complete one).
+BACKUP_DIR ?= $(CURDIR)/backups
+BACKUP     ?=
+
+.PHONY: backup
+backup: bootstrap ## back up the lab (job history, LightRAG workspace, queued chunks) into $(BACKUP_DIR)/<UTC time>/
+	ansible-playbook -i inventory/lab playbooks/backup.yml -e orchestrator_workers_backup_dir=$(BACKUP_DIR)
+
+.PHONY: restore
+restore: bootstrap ## restore a lab backup (BACKUP=<name>, default the newest) onto the lab, e.g. after ./run deploy
+	ansible-playbook -i inventory/lab playbooks/restore.yml -e orchestrator_workers_backup_dir=$(BACKUP_DIR) \
+	  -e orchestrator_workers_backup_name=$(BACKUP)
 
 .PHONY: lab-destroy
 lab-destroy: ## remove the lab container

@@ -29,7 +29,12 @@ def defaults() -> dict[str, object]:
 
 
 def specs() -> dict[str, dict[str, object]]:
-    return yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    """The options of every entry point (main, backup, restore); one spec per name."""
+    merged: dict[str, dict[str, object]] = {}
+    for entry in yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"].values():
+        for name, spec in entry["options"].items():
+            assert merged.setdefault(name, spec).get("default") == spec.get("default"), name
+    return merged
 
 
 def test_every_default_is_declared_in_argument_specs_and_back() -> None:

@@ -13,6 +13,13 @@ verify-graph [--dump PATH]
                    dump (JSON) that compares two graphs by equality
 dlq list [--job ID] [--limit N] | replay --ids ID... | --job ID | --all | discard ID...
                    the dead letters (a replayed chunk goes back to its own job)
+export-queue --output PATH
+                   write the queue's part of a backup (both streams with what the group has
+                   pending, the dead letters, the jobs' keys) to PATH as JSON (0600); refused
+                   (exit 1) while a worker pool runs on any host
+import-queue --input PATH
+                   replace the queue and the jobs' keys with those of a snapshot: its entries
+                   waiting or pending again, as they were (exit 1 when refused)
 
 --env-file reads the environment file the unit uses (the secrets) itself, so
 that no secret has to travel on a command line or through sudo's log.
@@ -166,6 +173,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true")
     discard = dlq.add_parser("discard")
     discard.add_argument("ids", nargs="+")
+    export = sub.add_parser("export-queue", help="the queue's part of a backup, to a JSON file (the pool stopped)")
+    export.add_argument("--output", required=True, metavar="PATH")
+    restore = sub.add_parser("import-queue", help="replace the queue with a snapshot's (the pool stopped)")
+    restore.add_argument("--input", required=True, metavar="PATH")
     return top
 
 

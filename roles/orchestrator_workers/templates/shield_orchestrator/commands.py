@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from redis.asyncio import Redis
@@ -18,6 +21,7 @@ from .lightrag.graph_check import check_graph, write_dump
 from .lightrag.processor import Endpoints, open_lightrag
 from .lightrag.verify import verify_job
 from .queue.keys import RedisKeys
+from .queue.snapshot import SnapshotError, export_queue, import_queue, summary
 from .queue.stream import IngestionStream
 from .service import make_redis, workspace_lock
 from .settings import Settings
@@ -41,6 +45,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> Result:
         return report, 0 if report.get("verified") else 1
     if args.command == "verify-graph":
         return await verify_graph_command(settings, args.dump)
+    if args.command in ("export-queue", "import-queue"):
+        return await queue_snapshot_command(settings, args)
     return await dlq_command(settings, args)
 
 
@@ -60,6 +66,37 @@ async def inspect_queue(settings: Settings) -> dict[str, object]:
     finally:
         await redis.aclose()
     return inspection.as_dict()
+
+
+async def queue_snapshot_command(settings: Settings, args: argparse.Namespace) -> Result:
+    """export-queue --output PATH / import-queue --input PATH: the queue's part of a
+    backup (queue/snapshot.py), with the pool stopped on every host; exit 1 when refused."""
+    redis = make_redis(settings)
+    keys = RedisKeys.from_settings(settings)
+    try:
+        if args.command == "export-queue":
+            snapshot = await export_queue(redis, keys)
+            await asyncio.to_thread(write_private, args.output, json.dumps(snapshot))
+            return {**summary(snapshot), "output": args.output}, 0
+        loaded = json.loads(await asyncio.to_thread(Path(args.input).read_text, encoding="utf-8"))
+        return {**await import_queue(redis, keys, loaded), "input": args.input}, 0
+    except (SnapshotError, OSError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}, 1
+    finally:
+        await redis.aclose()
+
+
+def write_private(path: str, content: str) -> None:
+    """`content` to `path`, readable by its owner only, replaced in one rename."""
+    partial = f"{path}.partial"
+    if os.path.exists(partial):
+        os.unlink(partial)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
 
 
 async def verify_job_command(settings: Settings, job_id: str) -> dict[str, object]:

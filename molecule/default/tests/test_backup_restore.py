@@ -1,0 +1,171 @@
+"""Backup and restore with the real playbooks (playbooks/backup.yml, playbooks/restore.yml).
+
+A job is ingested; a second one is posted while the LLM stand-in is down, so
+its chunks are queued (the pool pauses on the LLM) when the backup is taken.
+The host's state is then wiped as a fresh deployment has it (the service
+stopped, Redis flushed, the database dropped and created again as
+postgresql_server creates it, migrated, LightRAG's working directory removed,
+the service started) and the newest backup restored: the first job, its
+verify-job answer and the whole graph (verify-graph's canonical dump) are as
+before, and once the LLM answers again the queued job completes with every
+chunk in the graph.
+
+This file runs before test_default.py, which then checks the restored host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import helpers
+import pytest
+from helpers import PG_DB, SERVICE, USER
+
+REPO = Path(__file__).resolve().parents[3]
+SCENARIO_VARS = helpers.scenario_vars(__file__)
+TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
+REDIS_PASSWORD = SCENARIO_VARS["redis_server_password"]
+SECRETS = [str(value) for name, value in SCENARIO_VARS.items() if name.endswith(("_password", "_token")) and value]
+STANDIN = "http://127.0.0.1:18080"
+CLI = (
+    "PYTHONPATH=/opt/hx-citadel-shield/orchestrator/src /opt/hx-citadel-shield/orchestrator/venv/bin/python "
+    f"-m shield_orchestrator --env-file {helpers.ENV_FILE}"
+)
+
+
+def api(host, method: str, path: str, body: object | None = None, timeout: int = 30) -> tuple[int, Any]:
+    return helpers.api(host, TOKEN, method, path, body, timeout)
+
+
+def get(host, path: str, timeout: int = 60) -> Any:
+    status, body = api(host, "GET", path, timeout=timeout)
+    assert status == 200, (path, status, body)
+    return body
+
+
+def outage(host, seconds: float) -> None:
+    """The stand-in answers 503 on its LLM and embedding routes for `seconds` (0 ends it)."""
+    body = json.dumps({"status": 503, "seconds": seconds})
+    host.check_output(
+        f"curl -sS -f -X POST -H 'Content-Type: application/json' --data {shlex.quote(body)} {STANDIN}/admin/outage"
+    )
+
+
+def playbook(name: str, extra: dict[str, str], *options: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
+    """The real playbook against the scenario's inventory, from the controller; its exit status must be `rc`."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    assert inventory, "MOLECULE_INVENTORY_FILE is not set: run this through molecule verify"
+    executable = shutil.which("ansible-playbook")
+    assert executable, "ansible-playbook is not on PATH"
+    run = subprocess.run(
+        [executable, "-i", inventory, *options, str(REPO / "playbooks" / name), "--extra-vars", json.dumps(extra)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        check=False,
+    )
+    assert run.returncode == rc, f"{name} {options} (rc {run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    leaked = [secret for secret in SECRETS if secret in run.stdout + run.stderr]
+    assert not leaked, f"{name} printed {len(leaked)} secret value(s)"
+    return run
+
+
+def wipe(host) -> None:
+    """The state of a fresh deployment: no job, no queue, no graph."""
+    host.check_output(f"systemctl stop {SERVICE}")
+    helpers.redis_cli(host, REDIS_PASSWORD, "FLUSHALL")
+    helpers.psql(host, f"DROP DATABASE {PG_DB} WITH (FORCE)", db="postgres")
+    helpers.psql(host, f"CREATE DATABASE {PG_DB} OWNER {USER} ENCODING 'UTF8' TEMPLATE template0", db="postgres")
+    host.check_output("rm -rf /var/lib/shield-orchestrator/lightrag")
+    host.check_output(
+        f"runuser -u {USER} -- sh -c {shlex.quote('cd /var/lib/shield-orchestrator && ' + CLI + ' migrate')}"
+    )
+    host.check_output(f"systemctl start {SERVICE}")
+    wait_health(host)
+
+
+def wait_health(host, within: float = 90) -> None:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if host.run(f"curl -sf -m 5 {helpers.BASE}/health").rc == 0:
+            return
+        time.sleep(1)
+    pytest.fail(f"/health did not answer 200 within {within}s")
+
+
+def chunks(tag: str, count: int) -> list[dict[str, Any]]:
+    names = ["Alice Johnson", "Bruno Martins", "Chiara Rossi", "Dmitri Ivanov", "Emma Laurent", "Farid Haddad"]
+    return [
+        {
+            "text": f"{names[i % len(names)]} met {names[(i + 1) % len(names)]} at Backup Works {tag} in Berlin {i}.",
+            "source_uri": f"backup/{tag}/{i}.txt",
+            "metadata": {"n": i},
+        }
+        for i in range(count)
+    ]
+
+
+def test_a_backup_restored_onto_a_fresh_host_answers_as_before_and_its_queue_is_processed(host, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    done = helpers.submit(host, TOKEN, chunks(f"done-{tag}", 4), {"case": "backup"})["job_id"]
+    assert helpers.wait_job(host, TOKEN, done)["status"] == "completed"
+    job_before = get(host, f"/jobs/{done}")
+    verify_before = get(host, f"/jobs/{done}/verify", timeout=120)
+    assert verify_before["verified"] is True, verify_before
+    graph_before = get(host, "/graph/verify?dump=true", timeout=300)
+    assert graph_before["consistent"] is True, graph_before["problems"]
+
+    try:
+        # Queued at backup time: the LLM is down, so the pool pauses and the chunks wait.
+        outage(host, 900)
+        queued = helpers.submit(host, TOKEN, chunks(f"queued-{tag}", 3))["job_id"]
+        time.sleep(2)
+        assert get(host, f"/jobs/{queued}")["chunks_processed"] == 0
+
+        backups = tmp_path / "backups"
+        for name in ("backup.yml", "restore.yml"):  # both refuse check mode, touching nothing
+            refused = playbook(name, {"orchestrator_workers_backup_dir": str(backups)}, "--check", rc=2)
+            said = " ".join((refused.stdout + refused.stderr).split())  # a failed task is reported on stderr
+            assert "does not run in check mode" in said, said[-3000:]
+        assert not backups.exists()
+        playbook("backup.yml", {"orchestrator_workers_backup_dir": str(backups)})
+        [taken] = list(backups.iterdir())
+        manifest = json.loads((taken / "manifest.json").read_text())
+        assert sorted(manifest["files"]) == ["postgres.dump", "queue.json", "workspace.tar.gz"]
+        assert manifest["queue"]["streams"]["normal"]["entries"] == 3, manifest["queue"]
+        assert oct(taken.stat().st_mode & 0o777) == "0o700"
+        assert host.service(SERVICE).is_running  # started again after the backup
+
+        wipe(host)
+        status, _ = api(host, "GET", f"/jobs/{done}")
+        assert status == 404  # the job is gone: the restore has everything to bring back
+
+        playbook("restore.yml", {"orchestrator_workers_backup_dir": str(backups)})  # the newest: `taken`
+
+        assert get(host, f"/jobs/{done}") == job_before
+        assert get(host, f"/jobs/{done}/verify", timeout=120) == verify_before
+        graph_after = get(host, "/graph/verify?dump=true", timeout=300)
+        assert graph_after["consistent"] is True, graph_after["problems"]
+        assert graph_after["dump"] == graph_before["dump"]
+    finally:
+        outage(host, 0)
+
+    # The chunks queued at backup time are processed after the restore.
+    job = helpers.wait_job(host, TOKEN, queued)
+    assert (job["status"], job["chunks_processed"], job["chunks_failed"]) == ("completed", 3, 0), job
+    assert get(host, f"/jobs/{queued}/verify", timeout=120)["verified"] is True
+    listed = {job["job_id"] for job in get(host, "/jobs?limit=100")["jobs"]}  # the history in PostgreSQL
+    assert {done, queued} <= listed
+    graph_end = get(host, "/graph/verify", timeout=300)
+    assert graph_end["consistent"] is True, graph_end["problems"]
+    processed_before = graph_before["counts"]["documents"].get("processed", 0)
+    assert graph_end["counts"]["documents"].get("processed", 0) == processed_before + 3, graph_end["counts"]
