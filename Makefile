@@ -7,6 +7,7 @@
 #   ./run bench         the benchmarks (not part of the tests)
 #   ./run lab-destroy   remove the lab container (cluster-destroy: the multi-host lab)
 #   ./run backup        back up the lab into backups/<UTC time>/ (./run restore [BACKUP=name] puts it back)
+#   ./run rollback      switch the lab back to its previous release (RELEASE=name for another one)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -123,6 +124,12 @@ backup: bootstrap ## back up the lab (job history, LightRAG workspace, queued ch
 restore: bootstrap ## restore a lab backup (BACKUP=<name>, default the newest) onto the lab, e.g. after ./run deploy
 	ansible-playbook -i inventory/lab playbooks/restore.yml -e orchestrator_workers_backup_dir=$(BACKUP_DIR) \
 	  -e orchestrator_workers_backup_name=$(BACKUP)
+
+RELEASE ?=
+
+.PHONY: rollback
+rollback: bootstrap ## switch the lab back to its previous release (RELEASE=<name> for another; /health reports the release)
+	ansible-playbook -i inventory/lab playbooks/rollback.yml -e orchestrator_workers_rollback_to=$(RELEASE)
 
 .PHONY: lab-destroy
 lab-destroy: ## remove the lab container

@@ -9,9 +9,13 @@ scenario's test file does `import helpers`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,11 @@ GROUP = "lightrag-workers"
 USER = "orchestrator"
 PG_DB = "shield_orchestrator"
 ENV_FILE = "/etc/shield-orchestrator/orchestrator.env"  # the service's secrets
+APP_DIR = "/opt/hx-citadel-shield/orchestrator"
+RELEASES = f"{APP_DIR}/releases"  # one directory per release (issue 22)
+CURRENT = f"{APP_DIR}/current"  # the link to the release the host runs
+# The service's CLI of the release the host runs (run it as the service user).
+CLI = f"PYTHONPATH={CURRENT}/src {CURRENT}/venv/bin/python -m shield_orchestrator --env-file {ENV_FILE}"
 JOB_DEADLINE = 240  # seconds a test job may take to complete
 
 
@@ -131,3 +140,47 @@ def service_redis(host, user: str, *args: str, server: str = "127.0.0.1", port: 
         f'REDISCLI_AUTH="$ORCHESTRATOR_REDIS_PASSWORD" redis-cli --no-auth-warning --user {shlex.quote(user)} '
         f"-h {shlex.quote(server)} -p {port} {words}",
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN = "http://127.0.0.1:18080"  # the lab's LLM stand-in (a deterministic fake, not a language model)
+
+
+def outage(host, seconds: float) -> None:
+    """The stand-in answers 503 on its LLM and embedding routes for `seconds` (0 ends it)."""
+    body = json.dumps({"status": 503, "seconds": seconds})
+    host.check_output(
+        f"curl -sS -f -X POST -H 'Content-Type: application/json' --data {shlex.quote(body)} {STANDIN}/admin/outage"
+    )
+
+
+def playbook(
+    path: Path,
+    extra: dict[str, str],
+    *options: str,
+    rc: int = 0,
+    secrets: Sequence[str] = (),
+    repo: Path = REPO,
+) -> subprocess.CompletedProcess[str]:
+    """A real playbook against the scenario's inventory, from the controller, with
+    the roles and the configuration of checkout `repo` (another checkout is another
+    release); its exit status must be `rc`, and its output holds none of `secrets`."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    assert inventory, "MOLECULE_INVENTORY_FILE is not set: run this through molecule verify"
+    executable = shutil.which("ansible-playbook")
+    assert executable, "ansible-playbook is not on PATH"
+    env = dict(os.environ, ANSIBLE_CONFIG=str(repo / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(repo / "roles"))
+    run = subprocess.run(
+        [executable, "-i", inventory, *options, str(path), "--extra-vars", json.dumps(extra)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=repo,
+        env=env,
+        check=False,
+    )
+    said = f"{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    assert run.returncode == rc, f"{path.name} {options} (rc {run.returncode}):\n{said}"
+    leaked = [secret for secret in secrets if secret in run.stdout + run.stderr]
+    assert not leaked, f"{path.name} printed {len(leaked)} secret value(s)"
+    return run

@@ -236,7 +236,9 @@ def test_sse_rejects_unknown_types_limits_clients_and_replays(
 def test_health_and_metrics(api_service: ServiceProcess, client: httpx.Client, rendered: Path) -> None:
     basic = httpx.get(f"{api_service.url}/health").json()
     assert basic["status"] == "healthy"
-    assert set(basic) == {"status", "timestamp", "version", "tree_sha256", "uptime_seconds"}
+    assert set(basic) == {"status", "timestamp", "version", "tree_sha256", "release", "uptime_seconds"}
+    # Run from a rendered tree, not from a release directory of the role.
+    assert basic["release"] is None
     assert basic["version"] == shield_orchestrator.__version__
     # The code it runs: the package rendered for the tests, hashed as the role hashes it.
     assert basic["tree_sha256"] == tree_sha256(rendered / "shield_orchestrator")
@@ -250,6 +252,7 @@ def test_health_and_metrics(api_service: ServiceProcess, client: httpx.Client, r
         "tree_sha256": basic["tree_sha256"],
         "recorded_sha256": None,
         "intact": None,
+        "release": None,
     }
     assert body["endpoint_calls"]["endpoints"]["llm_endpoint"]["stalled_total"] == 0
     for name in ("redis", "postgres", "lightrag", "llm_endpoint", "embedding_endpoint"):
@@ -270,7 +273,7 @@ def test_health_and_metrics(api_service: ServiceProcess, client: httpx.Client, r
         "shield_pending",
         "shield_active_workers 4.0",
         "shield_sse_clients",
-        f'shield_build_info{{tree_sha256="{basic["tree_sha256"]}",version="{basic["version"]}"}} 1.0',
+        f'shield_build_info{{release="",tree_sha256="{basic["tree_sha256"]}",version="{basic["version"]}"}} 1.0',
         'shield_endpoint_calls_in_flight{endpoint="llm_endpoint"}',
     ):
         assert name in text, name

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from shield_orchestrator.build_info import tree_files, tree_sha256
+from shield_orchestrator.build_info import read_build_info, release_name, tree_files, tree_sha256
 
 from tests.support.service import render
 from tests.unit.conftest import PACKAGE
@@ -185,6 +185,19 @@ def test_the_tree_hash_covers_every_file_and_only_those(tmp_path: Path) -> None:
     assert tree_sha256(rendered) == before
     (rendered / "workers" / "worker.py").write_text("# changed\n")
     assert tree_sha256(rendered) != before
+
+
+def test_the_release_is_named_by_its_directory(tmp_path: Path) -> None:
+    """Installed as the role installs it (releases/<name>/src/shield_orchestrator) the
+    package reports the release's name, with the hash the role recorded; elsewhere none."""
+    release = tmp_path / "opt" / "releases" / "1.2.3-0123456789ab"
+    package = render(release / "src") / "shield_orchestrator"
+    (release / "src" / "shield_orchestrator.sha256").write_text(tree_sha256(package) + "\n")
+    build = read_build_info(package)
+    assert (build.release, build.intact) == ("1.2.3-0123456789ab", True)
+    assert build.as_dict()["release"] == "1.2.3-0123456789ab"
+    assert release_name(render(tmp_path / "checkout") / "shield_orchestrator") is None
+    assert release_name(PACKAGE) is None
 
 
 @pytest.mark.parametrize("name", ["queue", "events", "jobs", "workers", "lightrag", "api", "api.routes"])

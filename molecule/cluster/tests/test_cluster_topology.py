@@ -30,7 +30,7 @@ def test_api_answers_on_every_worker(workers):
         assert status == 200, (cluster.name(worker), body)
 
 
-CODE_RECORD = "/opt/hx-citadel-shield/orchestrator/src/shield_orchestrator.sha256"
+CODE_RECORD = "/opt/hx-citadel-shield/orchestrator/current/src/shield_orchestrator.sha256"
 
 
 def test_every_worker_runs_the_same_code_the_role_recorded(workers):

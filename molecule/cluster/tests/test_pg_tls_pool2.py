@@ -26,7 +26,7 @@ POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
 REDIS_PASSWORD = SCENARIO_VARS["redis_server_password"]
 PG_PASSWORD = SCENARIO_VARS["orchestrator_workers_postgres_password"]
 PG_HOST = SCENARIO_VARS["orchestrator_workers_postgres_host"]
-VENV_PYTHON = "/opt/hx-citadel-shield/orchestrator/venv/bin/python"
+VENV_PYTHON = "/opt/hx-citadel-shield/orchestrator/current/venv/bin/python"
 
 
 def test_data_host_runs_debian_13_and_postgresql_17(data_host):

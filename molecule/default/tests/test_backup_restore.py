@@ -16,9 +16,7 @@ This file runs before test_default.py, which then checks the restored host.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import subprocess
 import time
 import uuid
@@ -34,11 +32,7 @@ SCENARIO_VARS = helpers.scenario_vars(__file__)
 TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
 REDIS_PASSWORD = SCENARIO_VARS["redis_server_password"]
 SECRETS = [str(value) for name, value in SCENARIO_VARS.items() if name.endswith(("_password", "_token")) and value]
-STANDIN = "http://127.0.0.1:18080"
-CLI = (
-    "PYTHONPATH=/opt/hx-citadel-shield/orchestrator/src /opt/hx-citadel-shield/orchestrator/venv/bin/python "
-    f"-m shield_orchestrator --env-file {helpers.ENV_FILE}"
-)
+CLI = helpers.CLI
 
 
 def api(host, method: str, path: str, body: object | None = None, timeout: int = 30) -> tuple[int, Any]:
@@ -51,32 +45,9 @@ def get(host, path: str, timeout: int = 60) -> Any:
     return body
 
 
-def outage(host, seconds: float) -> None:
-    """The stand-in answers 503 on its LLM and embedding routes for `seconds` (0 ends it)."""
-    body = json.dumps({"status": 503, "seconds": seconds})
-    host.check_output(
-        f"curl -sS -f -X POST -H 'Content-Type: application/json' --data {shlex.quote(body)} {STANDIN}/admin/outage"
-    )
-
-
 def playbook(name: str, extra: dict[str, str], *options: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
-    """The real playbook against the scenario's inventory, from the controller; its exit status must be `rc`."""
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    assert inventory, "MOLECULE_INVENTORY_FILE is not set: run this through molecule verify"
-    executable = shutil.which("ansible-playbook")
-    assert executable, "ansible-playbook is not on PATH"
-    run = subprocess.run(
-        [executable, "-i", inventory, *options, str(REPO / "playbooks" / name), "--extra-vars", json.dumps(extra)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-        check=False,
-    )
-    assert run.returncode == rc, f"{name} {options} (rc {run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
-    leaked = [secret for secret in SECRETS if secret in run.stdout + run.stderr]
-    assert not leaked, f"{name} printed {len(leaked)} secret value(s)"
-    return run
+    """The repository's playbook `name`; its exit status must be `rc`, and it prints no secret."""
+    return helpers.playbook(REPO / "playbooks" / name, extra, *options, rc=rc, secrets=SECRETS)
 
 
 def wipe(host) -> None:
@@ -126,7 +97,7 @@ def test_a_backup_restored_onto_a_fresh_host_answers_as_before_and_its_queue_is_
 
     try:
         # Queued at backup time: the LLM is down, so the pool pauses and the chunks wait.
-        outage(host, 900)
+        helpers.outage(host, 900)
         queued = helpers.submit(host, TOKEN, chunks(f"queued-{tag}", 3))["job_id"]
         time.sleep(2)
         assert get(host, f"/jobs/{queued}")["chunks_processed"] == 0
@@ -157,7 +128,7 @@ def test_a_backup_restored_onto_a_fresh_host_answers_as_before_and_its_queue_is_
         assert graph_after["consistent"] is True, graph_after["problems"]
         assert graph_after["dump"] == graph_before["dump"]
     finally:
-        outage(host, 0)
+        helpers.outage(host, 0)
 
     # The chunks queued at backup time are processed after the restore.
     job = helpers.wait_job(host, TOKEN, queued)

@@ -33,6 +33,7 @@ TOKEN = SCENARIO_VARS["orchestrator_workers_api_token"]
 REDIS_PASSWORD = SCENARIO_VARS.get("redis_server_password") or ""
 POOL_SIZE = int(SCENARIO_VARS["orchestrator_workers_pool_size"])
 STATE_DIR = "/var/lib/shield-orchestrator"
+RELEASES, CURRENT = helpers.RELEASES, helpers.CURRENT
 
 # Hardening the unit must carry, as `systemctl show` prints it.
 HARDENING = {
@@ -212,9 +213,12 @@ def test_unit_proc_is_private_to_the_service(host):
 def test_unit_timeout_stop_is_graceful_timeout_plus_30(host):
     unit = host.file(UNIT_FILE).content_string
     assert re.search(r"^TimeoutStopSec=90$", unit, re.M)
-    assert "ExecStart=/opt/hx-citadel-shield/orchestrator/venv/bin/python -m shield_orchestrator serve" in unit
+    # The release's own paths, never the `current` link: a running process keeps
+    # importing from the release it started with (issue 22).
+    release = host.file(CURRENT).linked_to.rsplit("/", 1)[-1]
+    assert f"ExecStart={RELEASES}/{release}/venv/bin/python -m shield_orchestrator serve" in unit
     assert "EnvironmentFile=/etc/shield-orchestrator/orchestrator.env" in unit
-    assert "Environment=PYTHONPATH=/opt/hx-citadel-shield/orchestrator/src" in unit
+    assert f"Environment=PYTHONPATH={RELEASES}/{release}/src" in unit
 
 
 def test_systemd_analyze_verify_clean(host):
@@ -270,7 +274,7 @@ def test_service_user_has_no_login(host):
 
 
 def test_code_is_root_owned_and_read_only(host):
-    pkg = "/opt/hx-citadel-shield/orchestrator/src/shield_orchestrator"
+    pkg = f"{CURRENT}/src/shield_orchestrator"
     files = host.check_output(f"find {pkg} -type f -not -path '*/__pycache__/*' -printf '%u %m %P\\n'").splitlines()
     assert any(line.endswith(" workers/outcome.py") for line in files), files
     assert all(line.startswith("root 644 ") for line in files), files
@@ -281,7 +285,7 @@ def test_code_is_root_owned_and_read_only(host):
 def test_the_deployed_tree_is_the_repository_tree(host):
     """Issue 18: the host holds every file of the template tree at the same path
     (deployed.py rendered), nothing else, and the service reports its hash."""
-    pkg = "/opt/hx-citadel-shield/orchestrator/src/shield_orchestrator"
+    pkg = f"{CURRENT}/src/shield_orchestrator"
     on_host = sorted(
         host.check_output(
             f"find {pkg} -type f -not -path '*/__pycache__/*' -not -name '*.pyc' -printf '%P\\n'"
@@ -292,6 +296,7 @@ def test_the_deployed_tree_is_the_repository_tree(host):
     body = json.loads(host.check_output(f"curl -sS -m 10 {BASE}/health"))
     assert body["tree_sha256"] == recorded
     assert body["version"] == PACKAGE_VERSION
+    assert body["release"] == host.file(CURRENT).linked_to.rsplit("/", 1)[-1]
 
 
 # --- least privilege: the service's own credentials ---------------------------------

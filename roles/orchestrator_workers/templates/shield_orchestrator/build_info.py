@@ -4,7 +4,10 @@ The role records the hash of the tree it rendered beside the package
 (`shield_orchestrator.sha256`); the process hashes the files it finds at start.
 Both are reported (/health/detailed, the `shield_build_info` metric), so an
 operator sees whether every host runs the same code and whether a host's files
-still are what the role put there.
+still are what the role put there. The role installs each version in its own
+release directory (`releases/<name>/src/shield_orchestrator`); the release's
+name is reported too, so an operator sees which one a host runs after an
+upgrade or a rollback.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from . import __version__
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RECORD_NAME = "shield_orchestrator.sha256"
+RELEASES_DIR_NAME = "releases"
 # Files of the tree: what the role renders. Caches are never part of it.
 SUFFIXES = (".py", ".lua", ".html", ".js", ".css", "py.typed")
 SKIPPED_DIRS = frozenset({"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
@@ -42,14 +46,25 @@ def tree_sha256(package_dir: Path) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+def release_name(package_dir: Path) -> str | None:
+    """The release directory's name, for a package at `<...>/releases/<name>/src/<package>`;
+    None elsewhere (a checkout, or the layout before releases)."""
+    parents = package_dir.parents
+    if len(parents) > 2 and parents[2].name == RELEASES_DIR_NAME:
+        return parents[1].name
+    return None
+
+
 @dataclass(frozen=True)
 class BuildInfo:
-    """The version, the hash of the files found at start, and the hash the role
-    recorded when it rendered them (None when run from a checkout)."""
+    """The version, the hash of the files found at start, the hash the role
+    recorded when it rendered them (None when run from a checkout), and the
+    release they were installed as (None outside a release directory)."""
 
     version: str
     tree_sha256: str
     recorded_sha256: str | None
+    release: str | None = None
 
     @property
     def intact(self) -> bool | None:
@@ -62,10 +77,11 @@ class BuildInfo:
             "tree_sha256": self.tree_sha256,
             "recorded_sha256": self.recorded_sha256,
             "intact": self.intact,
+            "release": self.release,
         }
 
 
 def read_build_info(package_dir: Path = PACKAGE_DIR) -> BuildInfo:
     record = package_dir.parent / RECORD_NAME
     recorded = record.read_text(encoding="utf-8").strip() if record.is_file() else None
-    return BuildInfo(__version__, tree_sha256(package_dir), recorded or None)
+    return BuildInfo(__version__, tree_sha256(package_dir), recorded or None, release_name(package_dir))

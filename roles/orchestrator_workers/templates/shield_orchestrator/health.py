@@ -68,6 +68,7 @@ class HealthService:
             "timestamp": datetime.now(UTC).isoformat(),
             "version": self._build.version,
             "tree_sha256": self._build.tree_sha256,
+            "release": self._build.release,
             "uptime_seconds": round(time.monotonic() - self._started, 1),
         }
 

@@ -111,8 +111,8 @@ class Metrics:
         )
         self.build_info = Gauge(
             "shield_build_info",
-            "1, labelled with the version and the SHA-256 of the package's file tree this process runs",
-            ["version", "tree_sha256"],
+            "1, labelled with the version, the SHA-256 of the package's file tree and the release this process runs",
+            ["version", "tree_sha256", "release"],
             registry=r,
         )
 

@@ -129,7 +129,7 @@ class Service:
         keys = RedisKeys.from_settings(settings)
         metrics = Metrics()
         build = read_build_info()
-        metrics.build_info.labels(build.version, build.tree_sha256).set(1)
+        metrics.build_info.labels(build.version, build.tree_sha256, build.release or "").set(1)
         stream = IngestionStream(redis, keys)
         tracker = JobTracker(redis, keys, ttl_seconds=settings.job_status_ttl)
         history = JobHistory(engine)

@@ -25,7 +25,7 @@ RETRY = {"Retry-After": "5"}
 
 
 class Health(BaseModel):
-    """The process is up: its version, the hash of the code it runs, its uptime. No
+    """The process is up: its version, the hash of the code it runs, its release, its uptime. No
     dependency is asked (GET /health/detailed asks them)."""
 
     status: Annotated[
@@ -35,6 +35,10 @@ class Health(BaseModel):
     timestamp: str
     version: str
     tree_sha256: Annotated[str, Field(description="SHA-256 of the package's file tree this process runs")]
+    release: Annotated[
+        str | None,
+        Field(description="the release directory the code runs from (releases/<name>); null outside one"),
+    ] = None
     uptime_seconds: float
 
 
