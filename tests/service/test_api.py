@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,49 @@ def test_queue_backlog_over_the_limit_gets_429_with_retry_after(
     assert "max_queue_depth (8)" in response.json()["detail"]
     assert not r.keys("shield:job:*")
     r.delete(STREAM)
+
+
+def jobs_in_redis(redis_server: RedisServer) -> list[str]:
+    return sorted(key for key in redis_server.client().keys("shield:job:*") if key.count(":") == 2)
+
+
+def test_an_idempotency_key_makes_a_repeated_post_return_the_first_job(
+    api_service: ServiceProcess, client: httpx.Client, redis_server: RedisServer
+) -> None:
+    """Issue 23, item 4: the same key and body answer the first job with 200 and enqueue
+    nothing, also when the requests arrive together; another body with the key is a
+    409 naming the header and the first job, a malformed key a 422 naming the header."""
+    redis_server.client().flushdb()
+    body = {"chunks": make_chunks(2), "metadata": {"case": "idempotency"}}
+
+    def post(key: str, payload: dict[str, Any] = body) -> httpx.Response:
+        with api_service.client() as own:  # one client per thread
+            return own.post("/lightrag/ingest-async", json=payload, headers={"Idempotency-Key": key})
+
+    first = post("order-1")
+    assert first.status_code == 202, first.text
+    again = post("order-1")
+    assert again.status_code == 200, again.text
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.json()["chunks_total"] == 2 and again.json()["status_url"] == first.json()["status_url"]
+    assert jobs_in_redis(redis_server) == [f"shield:job:{first.json()['job_id']}"]
+
+    with ThreadPoolExecutor(6) as pool:  # a new key, six requests at once: one job
+        together = list(pool.map(lambda _: post("order-2"), range(6)))
+    assert sorted(r.status_code for r in together) == [200] * 5 + [202], [r.text for r in together]
+    assert len({r.json()["job_id"] for r in together}) == 1
+    assert len(jobs_in_redis(redis_server)) == 2
+
+    other = post("order-1", {"chunks": make_chunks(1)})
+    assert other.status_code == 409, other.text
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert first.json()["job_id"] in other.json()["detail"]
+    for bad in ("with space", "x" * 256, ""):
+        refused = client.post("/lightrag/ingest-async", json=body, headers={"Idempotency-Key": bad})
+        assert refused.status_code == 422, (bad, refused.text)
+        assert refused.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert len(jobs_in_redis(redis_server)) == 2
+    assert not [k for k in redis_server.client().keys("shield:idempotency:*") if "order" in k]  # hashed keys
 
 
 def test_job_lookups_and_listing(client: httpx.Client, redis_server: RedisServer) -> None:

@@ -61,6 +61,7 @@ async def a_busy_queue(rig: Rig) -> tuple[str, str]:
     rig.r.setbit(rig.keys.job_admitted(normal), 0, 1)
     rig.r.setbit(rig.keys.job_admitted(normal), 9, 1)  # bytes 0x80 0x40: not text
     rig.r.pexpire(rig.keys.job(urgent), 3_600_000)
+    rig.r.set(rig.keys.idempotency("ab" * 32), f"{normal} {'cd' * 32} 4", ex=3600)  # an Idempotency-Key's job
     return normal, urgent
 
 
@@ -78,7 +79,7 @@ async def test_a_restored_snapshot_is_the_queue_as_it_was_under_other_names(make
             "normal": {"entries": 3, "pending": 1},
             "dlq": {"entries": 1, "pending": 0},
         },
-        "keys": 6,  # two job hashes, the done set, the bitmap, the recent index, the dirty set
+        "keys": 7,  # two job hashes, the done set, the bitmap, the recent index, the dirty set, an Idempotency-Key
         "jobs": 2,
     }
     assert streams_of(target) == streams_of(source)
@@ -93,6 +94,8 @@ async def test_a_restored_snapshot_is_the_queue_as_it_was_under_other_names(make
     assert target.r.zrange(target.keys.jobs_recent, 0, -1, withscores=True) == source.r.zrange(
         source.keys.jobs_recent, 0, -1, withscores=True
     )
+    assert target.r.get(target.keys.idempotency("ab" * 32)) == f"{normal} {'cd' * 32} 4"
+    assert 3_500 < target.r.ttl(target.keys.idempotency("ab" * 32)) <= 3_600
     assert not target.r.exists(target.keys.job(stray))
     assert target.r.hgetall(target.keys.jobs_dirty) == source.r.hgetall(source.keys.jobs_dirty)
 

@@ -207,6 +207,8 @@ class Rig:
             publisher=self.publisher,
             max_queue_depth=self.settings.max_queue_depth,
             on_enqueued=lambda: None,
+            keys=self.keys,
+            idempotency_ttl_seconds=self.settings.job_status_ttl,
         )
         self._tasks: list[asyncio.Task[Any]] = []
 

@@ -166,6 +166,8 @@ class Service:
             publisher=publisher,
             max_queue_depth=settings.max_queue_depth,
             on_enqueued=projection.request_sync,
+            keys=keys,
+            idempotency_ttl_seconds=settings.job_status_ttl,
         )
         health = HealthService(
             settings=settings,

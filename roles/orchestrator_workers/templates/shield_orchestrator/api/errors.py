@@ -29,7 +29,7 @@ DESCRIPTIONS = {
     401: "No valid `Authorization: Bearer <token>`",
     404: "No such job or path",
     405: "Method not allowed on this path (see the Allow header)",
-    409: "Conflicts with the job's current state",
+    409: "Conflicts with the current state: the job's, or the first use of the Idempotency-Key",
     413: "The body is over the request limit (a field over its own limit is a 422)",
     422: "A field is invalid: `errors` names each one",
     429: "Too many: the queue backlog or the event stream clients are at their limit; retry after `Retry-After`",

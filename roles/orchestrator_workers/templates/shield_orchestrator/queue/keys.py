@@ -78,6 +78,10 @@ class RedisKeys:
         """Sorted set of the cluster's LLM slots: holder tokens scored by lease expiry (lightrag/llm/slots.py)."""
         return f"{self.prefix}llm:slots"
 
+    def idempotency(self, key_sha256: str) -> str:
+        """The job first accepted with an Idempotency-Key (by the key's SHA-256): "<job id> <body's SHA-256>"."""
+        return f"{self.prefix}idempotency:{key_sha256}"
+
     @property
     def jobs_recent(self) -> str:
         """Sorted set of job ids by creation time (GET /jobs while PostgreSQL is down)."""

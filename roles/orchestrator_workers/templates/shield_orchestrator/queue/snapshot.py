@@ -96,6 +96,15 @@ async def refuse_if_live(redis: Redis, keys: RedisKeys) -> None:
         raise SnapshotError(f"a worker pool is running (heartbeats of {names}): stop the service on every host first")
 
 
+async def _job_key_names(redis: Redis, keys: RedisKeys) -> list[str]:
+    """The jobs' keys: each job's hash, done set and admitted bitmap, the dirty set, the
+    recent index, and the Idempotency-Keys (each the job a request made)."""
+    names = [keys.jobs_dirty, keys.jobs_recent]
+    for pattern in (keys.job(""), keys.idempotency("")):
+        names += [text(key) async for key in redis.scan_iter(match=glob_escape(pattern) + "*", count=PAGE)]
+    return sorted(set(names))
+
+
 # --- export -------------------------------------------------------------------------
 async def export_queue(redis: Redis, keys: RedisKeys) -> Snapshot:
     """The snapshot of the queue and the jobs' keys (the pool must be stopped)."""
@@ -103,9 +112,7 @@ async def export_queue(redis: Redis, keys: RedisKeys) -> Snapshot:
     streams = {
         role: await _export_stream(redis, name, keys.group, role != "dlq") for role, name in stream_roles(keys).items()
     }
-    names = [text(key) async for key in redis.scan_iter(match=glob_escape(keys.job("")) + "*", count=PAGE)]
-    names += [keys.jobs_dirty, keys.jobs_recent]
-    exported = await _export_keys(redis, keys.prefix, sorted(set(names)))
+    exported = await _export_keys(redis, keys.prefix, await _job_key_names(redis, keys))
     return {"format": FORMAT, "exported_at": utcnow(), "streams": streams, "keys": exported}
 
 
@@ -199,8 +206,7 @@ async def import_queue(redis: Redis, keys: RedisKeys, snapshot: object) -> dict[
     """Replace the queue and the jobs' keys with the snapshot's (the pool must be stopped)."""
     checked = validate(snapshot)
     await refuse_if_live(redis, keys)
-    doomed = [text(key) async for key in redis.scan_iter(match=glob_escape(keys.job("")) + "*", count=PAGE)]
-    doomed += [*stream_roles(keys).values(), keys.jobs_dirty, keys.jobs_recent]
+    doomed = [*await _job_key_names(redis, keys), *stream_roles(keys).values()]
     for batch in batches(doomed):
         await redis.delete(*batch)
     for role, name in stream_roles(keys).items():

@@ -1,14 +1,16 @@
-"""POST /lightrag/ingest-async: accept a job (202) or say exactly why not."""
+"""POST /lightrag/ingest-async: accept a job (202), find the job an Idempotency-Key
+already made (200), or say exactly why not."""
 
 from __future__ import annotations
 
 import logging
 import math
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Response
 from redis.exceptions import RedisError
 
-from ...jobs.intake import QueueFull
+from ...jobs.intake import IdempotencyConflict, QueueFull, sha256
 from ...jobs.states import JobState
 from ..context import Context
 from ..errors import error_responses
@@ -18,6 +20,17 @@ log = logging.getLogger("shield_orchestrator.api")
 
 router = APIRouter(tags=["ingest"])
 MAX_RETRY_AFTER_SECONDS = 300
+IDEMPOTENCY_HEADER = Header(
+    alias="Idempotency-Key",
+    pattern=r"^[!-~]{1,255}$",  # visible ASCII: FastAPI refuses any other value, 422 naming the header
+    max_length=255,
+    description=(
+        "Makes the POST safe to repeat: a repeat with the same key and the same body answers 200 with the "
+        "job the first request made (nothing enqueued again) while the job's status is kept "
+        "(orchestrator_workers_job_status_ttl); the same key with another body is a 409. 1-255 visible "
+        "ASCII characters."
+    ),
+)
 
 
 def retry_after(exc: QueueFull, rate: float) -> int:
@@ -26,11 +39,29 @@ def retry_after(exc: QueueFull, rate: float) -> int:
     return min(max(math.ceil(excess / max(rate, 1.0)), 1), MAX_RETRY_AFTER_SECONDS)
 
 
-@router.post("/lightrag/ingest-async", status_code=202, responses=error_responses(413, 422, 429, 503))
-async def ingest(body: IngestRequest, context: Context) -> IngestAccepted:
+@router.post(
+    "/lightrag/ingest-async",
+    status_code=202,
+    responses={
+        200: {"model": IngestAccepted, "description": "The job this Idempotency-Key made before; nothing enqueued"},
+        **error_responses(409, 413, 422, 429, 503),
+    },
+)
+async def ingest(
+    body: IngestRequest,
+    context: Context,
+    response: Response,
+    idempotency_key: Annotated[str | None, IDEMPOTENCY_HEADER] = None,
+) -> IngestAccepted:
     validate_ingest(body, context.settings)
     try:
-        accepted = await context.intake.submit(body)
+        accepted = await context.intake.submit(body, idempotency_key)
+    except IdempotencyConflict as exc:
+        # A valid body that conflicts with the key's first use: the server's state, not
+        # the input, is what refuses it (409), as for a cancel of a finished job.
+        raise ApiError(
+            409, f"Idempotency-Key: already used with another body, for job {exc.job_id}; use a new key"
+        ) from None
     except QueueFull as exc:
         raise ApiError(
             429,
@@ -43,10 +74,24 @@ async def ingest(body: IngestRequest, context: Context) -> IngestAccepted:
         raise ApiError(
             503, "redis: queue unavailable, nothing was enqueued; retry later", {"Retry-After": "5"}
         ) from None
-    log.info("job accepted job=%s chunks=%d source_type=%s", accepted.job_id, accepted.chunks_total, body.source_type)
+    if accepted.repeated:
+        # The key may be anything the client chose: only a prefix of its hash is logged.
+        log.info(
+            "job found again by its Idempotency-Key job=%s key_sha256=%s",
+            accepted.job_id,
+            sha256(str(idempotency_key))[:12],
+        )
+        response.status_code = 200
+        view = await context.tracker.get(accepted.job_id)
+        status = view["status"] if view is not None else JobState.QUEUED.value
+    else:
+        log.info(
+            "job accepted job=%s chunks=%d source_type=%s", accepted.job_id, accepted.chunks_total, body.source_type
+        )
+        status = JobState.QUEUED.value
     return IngestAccepted(
         job_id=accepted.job_id,
-        status=JobState.QUEUED.value,
+        status=status,
         chunks_total=accepted.chunks_total,
         status_url=f"/jobs/{accepted.job_id}",
     )
