@@ -79,6 +79,60 @@ def submit(host, token: str, chunks: list[dict[str, Any]], metadata: dict[str, A
     return body
 
 
+PEOPLE = ("Ada Moreau", "Bilal Khan", "Chiara Rossi", "Dmitri Ivanov", "Elif Aksoy")
+
+
+def people_chunks(tag: str, count: int, place: str) -> list[dict[str, Any]]:
+    """`count` chunks whose people recur (LightRAG merges them), unique to `tag`."""
+    return [
+        {
+            "text": f"{PEOPLE[i % 5]} met {PEOPLE[(i + 1) % 5]} at {place} {tag} {i}.",
+            "source_uri": f"{place.lower().replace(' ', '-')}/{tag}/{i}.txt",
+        }
+        for i in range(count)
+    ]
+
+
+def assert_job_whole(host, token: str, job_id: str, count: int) -> None:
+    """The job completes with its `count` chunks processed, none failed, and verify-job finds them all."""
+    job = wait_job(host, token, job_id)
+    assert (job["status"], job["chunks_processed"], job["chunks_failed"]) == ("completed", count, 0), job
+    status, verified = api(host, token, "GET", f"/jobs/{job_id}/verify", timeout=120)
+    assert status == 200 and verified["verified"] is True, (status, verified)
+
+
+def consistent_graph(host, token: str, dump: bool = False) -> dict[str, Any]:
+    """GET /graph/verify (with the canonical dump when asked); asserts the graph is consistent."""
+    status, body = api(host, token, "GET", "/graph/verify?dump=true" if dump else "/graph/verify", timeout=300)
+    assert status == 200 and isinstance(body, dict), (status, body)
+    assert body["consistent"] is True, body["problems"]
+    return body
+
+
+def processed_documents(graph: dict[str, Any]) -> int:
+    return int(graph["counts"]["documents"].get("processed", 0))
+
+
+def assert_restored(host, token: str, job_id: str, before: tuple[Any, Any, dict[str, Any]]) -> None:
+    """After a restore: the job's answer, its verify-job answer and the graph's canonical
+    dump are `before`'s (taken the same way before the backup)."""
+    job_before, verify_before, graph_before = before
+    for path, expected in ((f"/jobs/{job_id}", job_before), (f"/jobs/{job_id}/verify", verify_before)):
+        status, body = api(host, token, "GET", path, timeout=120)
+        assert (status, body) == (200, expected), path
+    assert consistent_graph(host, token, dump=True)["dump"] == graph_before["dump"]
+
+
+def wait_health(host, within: float = 120) -> None:
+    """Until the host's /health answers 200."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if host.run(f"curl -sf -m 5 {BASE}/health").rc == 0:
+            return
+        time.sleep(1)
+    pytest.fail(f"/health of {host.backend.get_hostname()} did not answer 200 within {within}s")
+
+
 def wait_job(host, token: str, job_id: str, deadline: float = JOB_DEADLINE) -> dict[str, Any]:
     """Poll GET /jobs/{id} until the job is final; tolerate a restarting service."""
     end = time.monotonic() + deadline

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import helpers
-import pytest
 from helpers import PG_DB, SERVICE, USER
 
 REPO = Path(__file__).resolve().parents[3]
@@ -61,44 +60,22 @@ def wipe(host) -> None:
         f"runuser -u {USER} -- sh -c {shlex.quote('cd /var/lib/shield-orchestrator && ' + CLI + ' migrate')}"
     )
     host.check_output(f"systemctl start {SERVICE}")
-    wait_health(host)
-
-
-def wait_health(host, within: float = 90) -> None:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if host.run(f"curl -sf -m 5 {helpers.BASE}/health").rc == 0:
-            return
-        time.sleep(1)
-    pytest.fail(f"/health did not answer 200 within {within}s")
-
-
-def chunks(tag: str, count: int) -> list[dict[str, Any]]:
-    names = ["Alice Johnson", "Bruno Martins", "Chiara Rossi", "Dmitri Ivanov", "Emma Laurent", "Farid Haddad"]
-    return [
-        {
-            "text": f"{names[i % len(names)]} met {names[(i + 1) % len(names)]} at Backup Works {tag} in Berlin {i}.",
-            "source_uri": f"backup/{tag}/{i}.txt",
-            "metadata": {"n": i},
-        }
-        for i in range(count)
-    ]
+    helpers.wait_health(host)
 
 
 def test_a_backup_restored_onto_a_fresh_host_answers_as_before_and_its_queue_is_processed(host, tmp_path):
     tag = uuid.uuid4().hex[:8]
-    done = helpers.submit(host, TOKEN, chunks(f"done-{tag}", 4), {"case": "backup"})["job_id"]
+    first = helpers.people_chunks(f"done-{tag}", 4, "Backup Works")
+    done = helpers.submit(host, TOKEN, first, {"case": "backup"})["job_id"]
     assert helpers.wait_job(host, TOKEN, done)["status"] == "completed"
-    job_before = get(host, f"/jobs/{done}")
     verify_before = get(host, f"/jobs/{done}/verify", timeout=120)
     assert verify_before["verified"] is True, verify_before
-    graph_before = get(host, "/graph/verify?dump=true", timeout=300)
-    assert graph_before["consistent"] is True, graph_before["problems"]
+    before = (get(host, f"/jobs/{done}"), verify_before, helpers.consistent_graph(host, TOKEN, dump=True))
 
     try:
         # Queued at backup time: the LLM is down, so the pool pauses and the chunks wait.
         helpers.outage(host, 900)
-        queued = helpers.submit(host, TOKEN, chunks(f"queued-{tag}", 3))["job_id"]
+        queued = helpers.submit(host, TOKEN, helpers.people_chunks(f"queued-{tag}", 3, "Backup Works"))["job_id"]
         time.sleep(2)
         assert get(host, f"/jobs/{queued}")["chunks_processed"] == 0
 
@@ -122,21 +99,13 @@ def test_a_backup_restored_onto_a_fresh_host_answers_as_before_and_its_queue_is_
 
         playbook("restore.yml", {"orchestrator_workers_backup_dir": str(backups)})  # the newest: `taken`
 
-        assert get(host, f"/jobs/{done}") == job_before
-        assert get(host, f"/jobs/{done}/verify", timeout=120) == verify_before
-        graph_after = get(host, "/graph/verify?dump=true", timeout=300)
-        assert graph_after["consistent"] is True, graph_after["problems"]
-        assert graph_after["dump"] == graph_before["dump"]
+        helpers.assert_restored(host, TOKEN, done, before)
     finally:
         helpers.outage(host, 0)
 
     # The chunks queued at backup time are processed after the restore.
-    job = helpers.wait_job(host, TOKEN, queued)
-    assert (job["status"], job["chunks_processed"], job["chunks_failed"]) == ("completed", 3, 0), job
-    assert get(host, f"/jobs/{queued}/verify", timeout=120)["verified"] is True
+    helpers.assert_job_whole(host, TOKEN, queued, 3)
     listed = {job["job_id"] for job in get(host, "/jobs?limit=100")["jobs"]}  # the history in PostgreSQL
     assert {done, queued} <= listed
-    graph_end = get(host, "/graph/verify", timeout=300)
-    assert graph_end["consistent"] is True, graph_end["problems"]
-    processed_before = graph_before["counts"]["documents"].get("processed", 0)
-    assert graph_end["counts"]["documents"].get("processed", 0) == processed_before + 3, graph_end["counts"]
+    processed = helpers.processed_documents(helpers.consistent_graph(host, TOKEN))
+    assert processed == helpers.processed_documents(before[2]) + 3

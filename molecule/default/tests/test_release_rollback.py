@@ -72,25 +72,6 @@ def schema(host) -> tuple[str, bool]:
     return revision, probe == "t"
 
 
-def chunks(tag: str, count: int) -> list[dict[str, Any]]:
-    names = ["Ada Moreau", "Bilal Khan", "Carla Nunes", "Diego Pardo", "Elif Aksoy"]
-    return [
-        {
-            "text": f"{names[i % 5]} shipped release {tag} with {names[(i + 2) % 5]} in Lisbon {i}.",
-            "source_uri": f"rollback/{tag}/{i}",
-        }
-        for i in range(count)
-    ]
-
-
-def settle(host, job_id: str, count: int) -> None:
-    """The job completes with every chunk processed, none failed, and all in the graph."""
-    job = helpers.wait_job(host, TOKEN, job_id)
-    assert (job["status"], job["chunks_processed"], job["chunks_failed"]) == ("completed", count, 0), job
-    verified = get(host, f"/jobs/{job_id}/verify", timeout=120)
-    assert verified["verified"] is True, verified
-
-
 def release_of(host) -> str:
     body = json.loads(host.check_output(f"curl -sS -m 10 {helpers.BASE}/health"))
     assert body["release"] == host.file(helpers.CURRENT).linked_to.rsplit("/", 1)[-1], body
@@ -117,7 +98,7 @@ def test_deploy_b_mid_job_then_roll_back_to_a_mid_job_loses_nothing(host, tmp_pa
 
     try:
         helpers.outage(host, 900)  # the pool pauses: the job's chunks wait through the upgrade
-        first = helpers.submit(host, TOKEN, chunks("one", 5))["job_id"]
+        first = helpers.submit(host, TOKEN, helpers.people_chunks("one", 5, "Release Yard"))["job_id"]
         helpers.playbook(deploy, {}, secrets=SECRETS, repo=b)
         release_b = release_of(host)
         assert release_b != release_a and release_b.startswith(f"{version_a}+b-"), (release_a, release_b)
@@ -128,10 +109,10 @@ def test_deploy_b_mid_job_then_roll_back_to_a_mid_job_loses_nothing(host, tmp_pa
         assert host.check_output(f"ls {helpers.APP_DIR}/venvs").split() == venvs
         assert get(host, f"/jobs/{first}")["chunks_processed"] == 0
         helpers.outage(host, 0)
-        settle(host, first, 5)  # accepted by A, processed by B
+        helpers.assert_job_whole(host, TOKEN, first, 5)  # accepted by A, processed by B
 
         helpers.outage(host, 900)
-        second = helpers.submit(host, TOKEN, chunks("two", 5))["job_id"]
+        second = helpers.submit(host, TOKEN, helpers.people_chunks("two", 5, "Release Yard"))["job_id"]
         run = helpers.playbook(rollback, {}, secrets=SECRETS)
         assert re.search(r"Migrate the database to the release's schema revision[^\n]*\n[^\n]*\nchanged: ", run.stdout)
         assert release_of(host) == release_a
@@ -140,8 +121,7 @@ def test_deploy_b_mid_job_then_roll_back_to_a_mid_job_loses_nothing(host, tmp_pa
         assert get(host, f"/jobs/{second}")["chunks_processed"] == 0
     finally:
         helpers.outage(host, 0)
-    settle(host, second, 5)  # accepted by B, processed by A
-    graph = get(host, "/graph/verify", timeout=300)
-    assert graph["consistent"] is True, graph["problems"]
+    helpers.assert_job_whole(host, TOKEN, second, 5)  # accepted by B, processed by A
+    helpers.consistent_graph(host, TOKEN)
     # Both releases stay for the next rollback, which would go to B.
     assert sorted(host.check_output(f"ls {helpers.RELEASES}").split()) == sorted([release_a, release_b])
