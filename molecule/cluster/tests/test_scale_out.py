@@ -29,8 +29,6 @@ STREAM = helpers.STREAM
 SERVICE = helpers.SERVICE
 STANDIN_STATS = "http://127.0.0.1:18080/stats"
 REPO = Path(__file__).resolve().parents[3]
-APP_DIR = "/opt/hx-citadel-shield/orchestrator"
-ENV_FILE = "/etc/shield-orchestrator/orchestrator.env"
 TAKEOVER_LIMIT = 60  # seconds from the kill to the other host's first claim (issue 9)
 
 
@@ -74,10 +72,7 @@ def assert_complete(body: dict[str, Any], total: int) -> None:
 
 def verify_job(worker: Any, job_id: str) -> dict[str, Any]:
     """`python -m shield_orchestrator verify-job` on `worker`, as the service user, from the graph in PostgreSQL."""
-    result = worker.run(
-        f"runuser -u {helpers.USER} -- env PYTHONPATH={APP_DIR}/src "
-        f"{APP_DIR}/venv/bin/python -m shield_orchestrator --env-file {ENV_FILE} verify-job {job_id}"
-    )
+    result = worker.run(f"runuser -u {helpers.USER} -- env {helpers.CLI} verify-job {job_id}")
     report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.rc == (0 if report.get("verified") else 1), (result.rc, result.stderr[-2000:])
     return report
