@@ -25,7 +25,9 @@ from shield_orchestrator.workers.processor import BatchResult
 class NoopProcessor:
     """Takes every chunk as done, at once or after BENCH_NOOP_MS_PER_CHUNK per chunk."""
 
-    def __init__(self, settings: Settings, gate: DependencyGate, lock: object, watch: object, slots: object) -> None:
+    def __init__(
+        self, settings: Settings, gate: DependencyGate, lock: object, watch: object, slots: object, removals: object
+    ) -> None:
         self.settings = settings
         self.seconds_per_chunk = float(os.environ.get("BENCH_NOOP_MS_PER_CHUNK") or 0) / 1000
 

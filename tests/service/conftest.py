@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.inprocess import Rig
-from tests.support.servers import PostgresServer, RedisServer, Standin, free_port
+from tests.support.servers import PGVECTOR_BINDIR_ENV, PostgresServer, RedisServer, Standin, free_port, pgvector_bindir
 from tests.support.service import EMBEDDING_DIM, PG_PASSWORD, ServiceProcess, build_env, render, run_init_db
 
 ServiceFactory = Callable[..., ServiceProcess]
@@ -46,6 +46,21 @@ def postgres_server(workdir: Path) -> Iterator[PostgresServer]:
     yield server
     if server.running:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def pgvector_server(workdir: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL with pgvector, for LightRAG's PostgreSQL storages (a module's own)."""
+    bindir = pgvector_bindir(workdir)
+    if bindir is None:
+        pytest.fail(
+            f"no PostgreSQL with pgvector: requirements-test.txt installs the pgserver wheel"
+            f" (or set {PGVECTOR_BINDIR_ENV})"
+        )
+    server = PostgresServer.start_new(Path(tempfile.mkdtemp(prefix="pgvector-", dir=workdir)), PG_PASSWORD, bindir)
+    server.admin("CREATE EXTENSION IF NOT EXISTS vector")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -29,12 +29,10 @@ from tests.support.offline_lightrag import TEXTS, OfflineModels, offline_rag
 from tests.support.servers import (
     DB_NAME,
     DB_USER,
-    PGVECTOR_BINDIR_ENV,
     PostgresServer,
     RedisServer,
     Standin,
     free_port,
-    pgvector_bindir,
     wait_until,
 )
 from tests.support.service import (
@@ -252,20 +250,6 @@ BEGIN
   END LOOP;
 END $$;
 """
-
-
-@pytest.fixture(scope="module")
-def pgvector_server(workdir: Path) -> Iterator[PostgresServer]:
-    bindir = pgvector_bindir(workdir)
-    if bindir is None:
-        pytest.fail(
-            f"no PostgreSQL with pgvector: requirements-test.txt installs the pgserver wheel"
-            f" (or set {PGVECTOR_BINDIR_ENV})"
-        )
-    server = PostgresServer.start_new(workdir / "pgvector", PG_PASSWORD, bindir)
-    server.admin("CREATE EXTENSION IF NOT EXISTS vector")
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -155,7 +155,7 @@ class _FakeExtractor:
         self.extracted: list[str] = []
         self.entered_before: list[str] = []
 
-    async def extract(self, text: str) -> None:
+    async def extract(self, text: str, doc_id: str) -> None:
         await asyncio.sleep(self.seconds)
         if text in self.rag.started:
             self.entered_before.append(text)

@@ -567,7 +567,7 @@ async def test_extraction_ahead_leaves_the_pipeline_no_extraction_to_pay(
 ) -> None:
     extractor = Extractor(cached_rag)
     for doc_id in IDS:
-        await extractor.extract(TEXTS[doc_id])
+        await extractor.extract(TEXTS[doc_id], doc_id)
     ahead = list(models.kinds)
     assert ahead.count("extraction") == len(IDS) and ahead.count("gleaning") == len(IDS)
     await insert(cached_rag, IDS)
@@ -591,7 +591,7 @@ async def test_the_sqlite_cache_keeps_every_answer_for_a_new_instance(
     try:
         extractor = Extractor(reopened)
         for doc_id in IDS:
-            await extractor.extract(TEXTS[doc_id])
+            await extractor.extract(TEXTS[doc_id], doc_id)
         assert paid > 0 and again.kinds == []
     finally:
         await reopened.finalize_storages()
@@ -798,7 +798,7 @@ async def test_the_pipeline_takes_the_results_extracted_ahead_and_makes_the_same
         extractor = Extractor(instance)
         extractor.serve_pipeline()
         for doc_id in IDS:
-            await extractor.extract(TEXTS[doc_id])
+            await extractor.extract(TEXTS[doc_id], doc_id)
         extractors.append(extractor)
 
     as_lightrag = await ingested_dump(tmp_path / "lightrag", OfflineModels())
@@ -806,6 +806,46 @@ async def test_the_pipeline_takes_the_results_extracted_ahead_and_makes_the_same
     assert await ingested_dump(tmp_path / "ahead", models, extract_ahead) == as_lightrag
     assert extractors[0].reused == len(IDS)
     assert models.kinds.count("extraction") == len(IDS)  # each paid once, ahead
+
+
+# --- deletes after extraction ahead (extract.py's cache keys, handlers/delete.py's rebuild) ---
+
+
+async def test_a_delete_rebuilds_shared_entities_from_chunks_extracted_ahead(cached_rag: Any) -> None:
+    """Fails if LightRAG's pipeline stops naming a plain text's chunks <doc>-chunk-NNN,
+    its rebuild stops reading the chunks' llm_cache_list through
+    operate._get_cached_extraction_results, or update_chunk_cache_list moves: the
+    delete then leaves the deleted chunk named as a source of the shared entity."""
+    from shield_orchestrator.lightrag.handlers.delete import patch_rebuild_attribution
+
+    patch_rebuild_attribution()
+    extractor = Extractor(cached_rag)
+    extractor.serve_pipeline()
+
+    async def add(doc_id: str, text: str) -> None:
+        await extractor.extract(text, doc_id)
+        await cached_rag.ainsert([text], ids=[doc_id], file_paths=[f"{doc_id}__inline"], track_id="contract")
+
+    for doc_id in ("chunk-c-0", "chunk-c-1"):
+        await add(doc_id, TEXTS[doc_id])
+    assert extractor.reused == 2
+    for doc_id in ("chunk-c-0", "chunk-c-1"):
+        record = await cached_rag.text_chunks.get_by_id(f"{doc_id}-chunk-000")
+        listed = record["llm_cache_list"]
+        entries = await cached_rag.llm_response_cache.get_by_ids(listed)
+        assert listed and {entry["chunk_id"] for entry in entries} == {f"{doc_id}-chunk-000"}, entries
+
+    shared = "Tomas Berg"  # in both texts
+    assert (await cached_rag.adelete_by_doc_id("chunk-c-0")).status == "success"
+    await add("chunk-d-0", TEXTS["chunk-c-0"])  # the same text again: its extraction is the cached one
+    assert extractor.reused == 3
+    node = await cached_rag.chunk_entity_relation_graph.get_node(shared)
+    assert set(node["source_id"].split("<SEP>")) == {"chunk-c-1-chunk-000", "chunk-d-0-chunk-000"}
+
+    assert (await cached_rag.adelete_by_doc_id("chunk-c-1")).status == "success"
+    node = await cached_rag.chunk_entity_relation_graph.get_node(shared)
+    assert node["source_id"] == "chunk-d-0-chunk-000", node  # rebuilt from the chunk that remains
+    assert "Helios Grid" not in node["description"] or "chunk-c-1" not in node["description"]
 
 
 # --- the LLM's queue in document order (llm/order.py) ---
@@ -897,7 +937,7 @@ async def test_an_extraction_ahead_is_queued_a_lead_before_its_documents_place(
 
     async def ahead() -> None:
         calls_of("chunk-c-0", ahead=True)
-        await Extractor(instance).extract(TEXTS["chunk-c-0"])
+        await Extractor(instance).extract(TEXTS["chunk-c-0"], "chunk-c-0")
 
     try:
         await asyncio.create_task(ahead())

@@ -32,6 +32,10 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 STREAM_ID_PATTERN = r"^[0-9]{1,19}-[0-9]{1,19}$"
 SOURCE_TYPE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# A LightRAG document id a delete job names (the service's are chunk-<job id>-<index>):
+# visible ASCII, as LightRAG's own ids (doc-<md5>) are.
+DOC_ID_PATTERN = r"^[!-~]+$"
+DOC_ID_MAX_CHARS = 255
 # What LightRAG takes out of a document before storing it (lightrag.utils.
 # sanitize_text_for_encoding: strip, html.unescape, control characters, U+FFFE/FFFF):
 # a text made only of these is stored as an empty document. Spelled out, as

@@ -19,7 +19,7 @@ from .jobs.migrations import HEAD, migrate
 from .jobs.tracker import JobTracker
 from .lightrag.graph_check import check_graph, write_dump
 from .lightrag.processor import Endpoints, open_lightrag
-from .lightrag.verify import verify_job
+from .lightrag.verify import chunk_indexes, verify_job
 from .queue.keys import RedisKeys
 from .queue.snapshot import SnapshotError, export_queue, import_queue, summary
 from .queue.stream import IngestionStream
@@ -108,10 +108,13 @@ async def verify_job_command(settings: Settings, job_id: str) -> dict[str, objec
         job = await tracker.get(job_id) or await history.get(job_id)
     if job is None:
         return {"job_id": job_id, "verified": False, "error": "job not found"}
+    indexes = chunk_indexes(job["job_type"], job["chunks_total"])
+    if indexes is None:
+        return {"job_id": job_id, "verified": False, "error": "a delete job has no chunk to read back"}
     endpoints = Endpoints(settings)
     rag = await open_lightrag(settings, DependencyGate(lambda _change: None), endpoints)
     try:
-        return dict(await verify_job(rag, job["job_id"], job["chunks_total"]))
+        return dict(await verify_job(rag, job["job_id"], indexes))
     finally:
         await rag.finalize_storages()
         await endpoints.close()

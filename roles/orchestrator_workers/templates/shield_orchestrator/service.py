@@ -32,8 +32,10 @@ from .jobs.dead_letters import DeadLetters
 from .jobs.history import JobHistory, create_engine
 from .jobs.intake import JobIntake
 from .jobs.projection import JobProjection
+from .jobs.removals import RemovalLedger
 from .jobs.tracker import JobTracker
 from .lightrag.fence import FencedLock, WriterFence
+from .lightrag.handlers import Removals
 from .lightrag.llm.slots import LLMSlots
 from .lightrag.locks import RedisLeaseLock
 from .lightrag.processor import LightRAGProcessor, endpoint_addresses
@@ -57,7 +59,13 @@ class ProcessorFactory(Protocol):
     """Makes the processor the pool calls: LightRAG's in production, another in the bench."""
 
     def __call__(
-        self, settings: Settings, gate: DependencyGate, lock: WorkspaceLock, watch: CallWatch, slots: LLMSlots
+        self,
+        settings: Settings,
+        gate: DependencyGate,
+        lock: WorkspaceLock,
+        watch: CallWatch,
+        slots: LLMSlots,
+        removals: Removals,
     ) -> ChunkProcessor: ...
 
 
@@ -145,7 +153,8 @@ class Service:
         gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
         watch = CallWatch(settings.llm_stall_seconds, endpoint_addresses(settings), metrics)
         slots = LLMSlots.build(settings, redis, metrics)
-        processor = processor_factory(settings, gate, workspace_lock(settings, redis, keys, metrics), watch, slots)
+        lock, removals = workspace_lock(settings, redis, keys, metrics), RemovalLedger(tracker, publisher)
+        processor = processor_factory(settings, gate, lock, watch, slots, removals)
         heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(
             redis=redis,

@@ -103,7 +103,10 @@ def contract(app: FastAPI, settings: Settings) -> dict[str, Any]:
     schemas.update(bounds.metadata_schemas())
     ingest = schemas["IngestRequest"]["properties"]
     ingest["chunks"]["maxItems"] = settings.max_chunks_per_job
+    schemas["DeleteRequest"]["properties"]["documents"]["maxItems"] = settings.max_chunks_per_job
+    schemas["ReplaceRequest"]["properties"]["chunks"]["maxItems"] = settings.max_chunks_per_job
     schemas["ChunkIn"]["properties"]["text"]["maxLength"] = settings.max_chunk_bytes
+    schemas["ReplaceChunk"]["properties"]["text"]["maxLength"] = settings.max_chunk_bytes
     for operations in spec["paths"].values():
         for operation in operations.values():
             json_errors(operation["responses"])

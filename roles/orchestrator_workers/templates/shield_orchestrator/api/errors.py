@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..jobs.requests import UNKNOWN_JOB_TYPE, unknown_job_type_message
 from .schemas import ApiError, ErrorBody, field_path
 
 MAX_ERRORS_LISTED = 50
@@ -76,15 +77,19 @@ async def http_error(_request: Request, exc: Exception) -> Response:
 
 async def validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {
-            "field": field_path(tuple(err["loc"]))[:MAX_FIELD_CHARS],
-            "message": str(err["msg"]).removeprefix(_VALUE_ERROR),
-        }
-        for err in exc.errors()
-    ]
+    errors = [_field_error(err) for err in exc.errors()]
     detail = "; ".join(f"{err['field']}: {err['message']}" for err in errors[:5])
     return JSONResponse(error_body(detail, errors), status_code=422)
+
+
+def _field_error(err: Any) -> dict[str, str]:  # Any: pydantic's ErrorDetails, as FastAPI passes it on
+    if err["type"] == UNKNOWN_JOB_TYPE:  # the union's own error sits on the body: it is job_type's
+        return {"field": "job_type", "message": unknown_job_type_message(err.get("input"))}
+    field, message = field_path(tuple(err["loc"])), str(err["msg"]).removeprefix(_VALUE_ERROR)
+    named = _FIELD_PREFIX.match(message)
+    if field == "body" and named:  # a check across fields names the field in its message
+        field, message = named.group(1), message[named.end() :]
+    return {"field": field[:MAX_FIELD_CHARS], "message": message}
 
 
 def install(app: FastAPI) -> None:

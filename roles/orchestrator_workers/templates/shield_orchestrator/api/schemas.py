@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from .. import bounds
-from ..jobs.requests import ChunkIn, IngestRequest, Metadata
+from ..jobs.requests import (
+    DOCUMENT_SHAPE,
+    JOB_SHAPE,
+    ChunkIn,
+    DeleteRequest,
+    IngestRequest,
+    JobRequest,
+    Metadata,
+    ReplaceRequest,
+    shape_by_key,
+)
 from ..settings import Settings
 
-__all__ = ["ChunkIn", "IngestRequest", "Metadata"]
+__all__ = ["ChunkIn", "DeleteRequest", "IngestRequest", "JobRequest", "Metadata", "ReplaceRequest"]
 
 
 class ApiError(Exception):
@@ -77,13 +87,7 @@ class ReplayAll(BaseModel):
 SHAPE = "shape:"  # a union member's tag: in an error's location, not a field
 
 
-def replay_shape(value: Any) -> str | None:
-    """Which of the three shapes a body is, by its first known key (None: none of them)."""
-    if isinstance(value, dict):
-        for key in ("ids", "job_id", "all"):
-            if key in value:
-                return SHAPE + key
-    return None
+replay_shape = shape_by_key(SHAPE, "ids", "job_id", "all")
 
 
 # Exactly one of the three shapes (each forbids the others' fields): oneOf in the spec.
@@ -126,7 +130,9 @@ def field_path(loc: Sequence[int | str]) -> str:
     """("body", "chunks", 3, "text") -> "chunks[3].text"."""
     path = ""
     for part in loc:
-        if part in ("body", "query", "path", "header") or (isinstance(part, str) and part.startswith(SHAPE)):
+        if part in ("body", "query", "path", "header") or (
+            isinstance(part, str) and part.startswith((SHAPE, DOCUMENT_SHAPE, JOB_SHAPE))
+        ):
             continue
         if isinstance(part, int):
             path += f"[{part}]"
@@ -135,17 +141,31 @@ def field_path(loc: Sequence[int | str]) -> str:
     return path or "body"
 
 
-def validate_ingest(body: IngestRequest, settings: Settings) -> None:
+def validate_job(body: IngestRequest | DeleteRequest | ReplaceRequest, settings: Settings) -> None:
     """Limits that depend on the deployment (the document's maxItems and maxLength):
     a field over its limit is invalid, 422 naming it. 413 is the body limit's alone."""
+    if isinstance(body, DeleteRequest):
+        if len(body.documents) > settings.max_chunks_per_job:
+            raise ApiError(
+                422,
+                f"documents: {len(body.documents)} documents exceed max_chunks_per_job "
+                f"({settings.max_chunks_per_job}); split the job",
+            )
+        return
+    validate_ingest(body, settings)
+
+
+def validate_ingest(body: IngestRequest | ReplaceRequest, settings: Settings) -> None:
+    """An ingest or replace job's deployment limits (validate_job)."""
     if len(body.chunks) > settings.max_chunks_per_job:
         raise ApiError(
             422,
             f"chunks: {len(body.chunks)} chunks exceed max_chunks_per_job ({settings.max_chunks_per_job}); "
             "split the job",
         )
-    for index, chunk in enumerate(body.chunks):
-        size = len(chunk.text.encode("utf-8"))
+    texts: list[str] = [chunk.text for chunk in body.chunks]
+    for index, text in enumerate(texts):
+        size = len(text.encode("utf-8"))
         if size > settings.max_chunk_bytes:
             raise ApiError(
                 422, f"chunks[{index}].text: {size} bytes exceed max_chunk_bytes ({settings.max_chunk_bytes})"

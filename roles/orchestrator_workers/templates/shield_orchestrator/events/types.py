@@ -21,6 +21,7 @@ class EventType(StrEnum):
     INGESTION_COMPLETED = "ingestion.completed"
     INGESTION_FAILED = "ingestion.failed"
     INGESTION_CANCELLED = "ingestion.cancelled"
+    DOCUMENTS_DELETED = "documents.deleted"  # a delete job's task: what it removed
     WORKER_STARTED = "worker.started"
     WORKER_STOPPED = "worker.stopped"
     WORKER_TASK_FAILED = "worker.task_failed"

@@ -110,6 +110,7 @@ class JobHistory:
                 "completed_at": unless_newer(func.coalesce(table.completed_at, new.completed_at), new.completed_at),
                 "updated_at": func.greatest(table.updated_at, new.updated_at),
                 "generation": func.greatest(table.generation, new.generation),
+                "documents_removed": func.greatest(table.documents_removed, new.documents_removed),
                 "job_metadata": literal_column("job_status.job_metadata"),
             },
         )

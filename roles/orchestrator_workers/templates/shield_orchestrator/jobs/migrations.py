@@ -84,6 +84,15 @@ def _cancel_replay_priority_down(op: Operations) -> None:
     op.drop_column(TABLE, "priority")
 
 
+def _job_types_up(op: Operations) -> None:
+    """Job types: the documents a delete job removed."""
+    op.add_column(TABLE, sa.Column("documents_removed", sa.Integer, nullable=False, server_default="0"))
+
+
+def _job_types_down(op: Operations) -> None:
+    op.drop_column(TABLE, "documents_removed")
+
+
 REVISIONS = (
     Revision("0001", None, "job_status: the schema init-db created", _initial_up, _initial_down),
     Revision(
@@ -93,6 +102,7 @@ REVISIONS = (
         _cancel_replay_priority_up,
         _cancel_replay_priority_down,
     ),
+    Revision("0003", "0002", "job types: documents removed by a delete job", _job_types_up, _job_types_down),
 )
 HEAD = REVISIONS[-1].id
 

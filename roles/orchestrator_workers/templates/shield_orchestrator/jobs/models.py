@@ -34,6 +34,7 @@ class JobStatusRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     priority: Mapped[str] = mapped_column(String(8), nullable=False, default="normal")
     generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    documents_removed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
     # The schema itself is made by migrations.py (Alembic); this mapping is what
     # the queries use and must match the head revision (a test checks it).

@@ -46,6 +46,7 @@ def job_row(fields: dict[str, str]) -> JobRow:
         "chunks_total": int(fields["chunks_total"]),
         "chunks_processed": int(fields.get("chunks_processed") or 0),
         "chunks_failed": int(fields.get("chunks_failed") or 0),
+        "documents_removed": int(fields.get("documents_removed") or 0),
         "job_metadata": json.loads(fields.get("job_metadata") or "{}"),
         "error_message": fields.get("error_message") or None,
         "created_at": datetime.fromisoformat(fields["created_at"]),

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
@@ -72,6 +73,15 @@ class JobProgress:
         return percent(self.chunks_processed + self.chunks_failed, self.chunks_total)
 
 
+class RetireState(StrEnum):
+    """A replace job's retire, as its chunks wait for it."""
+
+    DONE = "done"
+    FAILED = "failed"
+    PENDING = "pending"
+    CANCELLED = "cancelled"  # the job was cancelled (or Redis no longer holds it)
+
+
 @dataclass(frozen=True)
 class NewJob:
     """A job about to be created in Redis (stage_create): id, type, chunk count,
@@ -125,6 +135,7 @@ class JobTracker:
         self._cancel = lua.register(redis, "cancel_job", __file__)
         self._admit = lua.register(redis, "admit_chunks", __file__)
         self._replay = lua.register(redis, "replay_chunks", __file__)
+        self._removed = lua.register(redis, "record_removed", __file__)
 
     # --- writes ---------------------------------------------------------------------
     def stage_create(self, pipe: Pipeline, job: NewJob) -> None:
@@ -183,6 +194,30 @@ class JobTracker:
         )
         return bool(int(str(reply)))
 
+    async def record_removed(self, job_id: str, documents: int, retire: bool = False) -> int:
+        """A delete job's task, or a replace job's retire, removed this many documents
+        (record_removed.lua; a retire also marks the job `retired`): the job's count
+        after it (-1: Redis does not hold the job)."""
+        reply = await self._removed(
+            keys=[self._keys.job(job_id), self._keys.jobs_dirty],
+            args=[utcnow(), job_id, documents, "1" if retire else "0"],
+        )
+        return int(str(reply))
+
+    async def retire_state(self, job_id: str) -> RetireState:
+        """Where a replace job's retire (index 0) stands: done (its chunks may enter),
+        failed (counted without being done: dead-lettered), pending, or cancelled with
+        its job."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(self._keys.job(job_id), ["retired", "status"])
+            pipe.sismember(self._keys.job_done(job_id), "0")
+            (retired, status), counted = await pipe.execute()
+        if retired is not None:
+            return RetireState.DONE
+        if status is None or status == JobState.CANCELLED.value:
+            return RetireState.CANCELLED
+        return RetireState.FAILED if counted else RetireState.PENDING
+
     async def take_back(self, job_id: str, indexes: Sequence[int]) -> int:
         """Dead-lettered chunks go back to their job (replay_chunks.lua); how many did
         (-1: Redis does not hold the job)."""
@@ -209,6 +244,7 @@ class JobTracker:
                     "chunks_failed": view["chunks_failed"],
                     "priority": view.get("priority") or "normal",
                     "generation": view.get("generation") or 0,
+                    "documents_removed": view.get("documents_removed") or 0,
                     "job_metadata": json.dumps(view["metadata"], separators=(",", ":")),
                     "created_at": view["created_at"] or utcnow(),
                     "started_at": view["started_at"] or "",

@@ -13,7 +13,10 @@ from typing_extensions import TypedDict
 
 
 class JobCounts(TypedDict):
-    """What every shape of a job carries: identity, state, counters."""
+    """What every shape of a job carries: identity, state, counters. A job's tasks are
+    counted as chunks whatever its type (an ingest job's chunks, a delete job's
+    document references); `documents_removed` counts the documents a delete job took
+    out of the graph (0 for an ingest job)."""
 
     job_id: str
     job_type: str
@@ -21,6 +24,7 @@ class JobCounts(TypedDict):
     chunks_total: int
     chunks_processed: int
     chunks_failed: int
+    documents_removed: int
 
 
 class JobView(JobCounts):
@@ -67,6 +71,7 @@ def job_view(fields: Mapping[str, object]) -> JobView:
         "chunks_total": total,
         "chunks_processed": processed,
         "chunks_failed": failed,
+        "documents_removed": _count(fields.get("documents_removed")),
         "percent_complete": percent(processed + failed, total),
         "created_at": _iso(fields.get("created_at")),
         "started_at": _iso(fields.get("started_at")),

@@ -128,6 +128,13 @@ class GraphStore(Protocol):
     async def get_all_edges(self) -> list[Row]: ...
 
 
+class DeletionOutcome(Protocol):
+    """lightrag.base.DeletionResult: success, not_found, not_allowed or fail, and why."""
+
+    status: str
+    message: str
+
+
 class LightRAGInstance(Protocol):
     """lightrag.LightRAG, initialised: the members the service reads, calls or replaces."""
 
@@ -151,6 +158,8 @@ class LightRAGInstance(Protocol):
     async def finalize_storages(self) -> None: ...
 
     async def aget_docs_by_ids(self, ids: list[str]) -> Mapping[str, DocRecord]: ...
+
+    async def adelete_by_doc_id(self, doc_id: str, delete_llm_cache: bool = False) -> DeletionOutcome: ...
 
     async def apipeline_enqueue_documents(
         self,

@@ -16,6 +16,14 @@ so the extraction is not even parsed twice. Every later pass over the
 same text, prompt and model (a redelivery, a retry, a replay, another host's
 takeover, a restart) finds the same answers: the LLM is not paid twice.
 
+The chunks are named as the pipeline names them (`<doc id>-chunk-NNN`), so each
+answer written to the cache names the chunk it is the extraction of, and the
+cache keys each chunk used are kept with its result: when the pipeline takes
+the result, they go into the chunk's `llm_cache_list` as LightRAG's own
+extraction would have put them. LightRAG's delete rebuilds the entities and
+relations a deleted document shared with others from exactly these (without
+them it leaves the deleted chunks named as sources).
+
 Nothing is written to the graph, the chunks or the document statuses here.
 An extraction that fails raises: the feeder answers the chunk with that failure,
 as the pipeline's would have been (a chunk's own fault spends an attempt, a
@@ -35,6 +43,7 @@ from .boundary import LightRAGInstance
 log = logging.getLogger("shield_orchestrator.lightrag")
 
 ChunkResult = tuple[dict[str, list[dict[str, Any]]], dict[tuple[str, str], list[dict[str, Any]]]]
+CACHE_SCENARIO = "entity_extraction"  # what LightRAG's own extraction names its update of llm_cache_list
 KEPT_RESULTS = 4096  # chunk results kept for the pipeline, the oldest dropped first (it then reads the cache)
 
 
@@ -54,6 +63,22 @@ def _as_chunk(result: ChunkResult, chunk_id: str, file_path: str) -> ChunkResult
     )
 
 
+class _CacheKeys:
+    """Stands in for the text-chunk storage while a text is extracted ahead: LightRAG's
+    extraction reports here the cache keys each chunk used (`update_chunk_cache_list`
+    reads the chunk, then writes it back with its keys)."""
+
+    def __init__(self) -> None:
+        self.by_chunk: dict[str, list[str]] = {}
+
+    async def get_by_id(self, chunk_id: str) -> dict[str, Any]:
+        return {"llm_cache_list": list(self.by_chunk.get(chunk_id, []))}
+
+    async def upsert(self, data: dict[str, dict[str, Any]]) -> None:
+        for chunk_id, record in data.items():
+            self.by_chunk[chunk_id] = list(record.get("llm_cache_list", []))
+
+
 class Extractor:
     """Extraction of texts into LightRAG's LLM response cache, outside the pipeline.
 
@@ -71,15 +96,15 @@ class Extractor:
 
     def __init__(self, rag: LightRAGInstance) -> None:
         self._rag = rag
-        self._results: OrderedDict[str, ChunkResult] = OrderedDict()
+        self._results: OrderedDict[str, tuple[ChunkResult, list[str]]] = OrderedDict()
         self.extracted = 0
         self.failed = 0
         self.reused = 0
 
-    def chunks(self, text: str) -> dict[str, dict[str, Any]]:
-        """LightRAG's chunks of `text`, by chunk id, as its pipeline makes them from a
-        plain-text document (the built-in token chunker, the instance's sizes)."""
-        from lightrag.utils import compute_mdhash_id, sanitize_text_for_encoding
+    def chunks(self, text: str, doc_id: str) -> dict[str, dict[str, Any]]:
+        """LightRAG's chunks of `text`, by chunk id, as its pipeline makes them from the
+        plain-text document `doc_id` (the built-in token chunker, the instance's sizes)."""
+        from lightrag.utils import sanitize_text_for_encoding
 
         rag: Any = self._rag
         content = sanitize_text_for_encoding(text)
@@ -87,32 +112,34 @@ class Extractor:
             rag.tokenizer, content, None, False, rag.chunk_overlap_token_size, rag.chunk_token_size
         )
         return {
-            compute_mdhash_id(piece["content"], prefix="chunk-"): {**piece, "full_doc_id": "", "file_path": ""}
+            f"{doc_id}-chunk-{piece['chunk_order_index']:03d}": {**piece, "full_doc_id": doc_id, "file_path": ""}
             for piece in pieces
         }
 
-    async def extract(self, text: str) -> None:
-        """Extract `text` into the cache (and keep the results for the pipeline);
-        what the LLM or the cache raised goes on up (counted in `failed`)."""
+    async def extract(self, text: str, doc_id: str) -> None:
+        """Extract `text`, the document `doc_id`, into the cache (and keep the results
+        for the pipeline); what the LLM or the cache raised goes on up (counted in `failed`)."""
         from lightrag.operate import extract_entities
 
         rag: Any = self._rag
-        chunks = self.chunks(text)
+        chunks = self.chunks(text, doc_id)
+        keys = _CacheKeys()
         try:
             results = await extract_entities(
                 chunks,
                 global_config=rag._build_global_config(),
                 llm_response_cache=rag.llm_response_cache,
+                text_chunks_storage=keys,
             )
         except Exception:
             self.failed += 1
             raise
-        for chunk, result in zip(chunks.values(), results, strict=True):
-            self._keep(_content_key(chunk["content"]), result)
+        for (chunk_id, chunk), result in zip(chunks.items(), results, strict=True):
+            self._keep(_content_key(chunk["content"]), result, keys.by_chunk.get(chunk_id, []))
         self.extracted += 1
 
-    def _keep(self, key: str, result: ChunkResult) -> None:
-        self._results[key] = result
+    def _keep(self, key: str, result: ChunkResult, cache_keys: list[str]) -> None:
+        self._results[key] = (result, cache_keys)
         self._results.move_to_end(key)
         while len(self._results) > KEPT_RESULTS:
             self._results.popitem(last=False)
@@ -120,6 +147,8 @@ class Extractor:
     def serve_pipeline(self) -> None:
         """Let the pipeline's extraction (`_process_extract_entities`, replaced on the
         instance) take the results extracted ahead."""
+        from lightrag.utils import update_chunk_cache_list
+
         rag: Any = self._rag
         own: Callable[..., Awaitable[list[ChunkResult]]] = rag._process_extract_entities
 
@@ -128,9 +157,11 @@ class Extractor:
             if not keys or any(key not in self._results for key in keys):
                 return await own(chunks, *args, **kwargs)
             self.reused += 1
-            return [
-                _as_chunk(self._results.pop(key), chunk_id, str(chunk.get("file_path", "")))
-                for key, (chunk_id, chunk) in zip(keys, chunks.items(), strict=True)
-            ]
+            results = []
+            for key, (chunk_id, chunk) in zip(keys, chunks.items(), strict=True):
+                result, cache_keys = self._results.pop(key)
+                await update_chunk_cache_list(chunk_id, rag.text_chunks, cache_keys, CACHE_SCENARIO)
+                results.append(_as_chunk(result, chunk_id, str(chunk.get("file_path", ""))))
+            return results
 
         rag._process_extract_entities = extract_or_reuse

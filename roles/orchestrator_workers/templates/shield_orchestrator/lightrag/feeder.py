@@ -463,7 +463,7 @@ class LightRAGFeeder:
         assert self._extractor is not None
         calls_of(item.task.doc_id, ahead=True)  # its LLM calls queue at its place ahead (llm/order.py)
         try:
-            await self._extractor.extract(item.task.text)
+            await self._extractor.extract(item.task.text, item.task.doc_id)
         except Exception as exc:  # noqa: BLE001 - the LLM's or the cache's failure is the chunk's answer
             # The extraction talks to the LLM and to the LLM cache, a storage (PostgreSQL
             # in a cluster): blamed on the LLM, an outage of PostgreSQL paused the pool on

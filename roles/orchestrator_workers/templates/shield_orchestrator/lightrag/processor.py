@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ..jobs.history import ssl_context
+from ..jobs.tracker import RetireState
 from ..queue.keys import RedisKeys
-from ..queue.tasks import ChunkTask
+from ..queue.tasks import REMOVALS, ChunkTask
 from ..settings import Settings
 from ..workers.breaker import DependencyGate, DependencyReport
 from ..workers.faults import EMBEDDING, LLM, STORAGE, Failure
@@ -34,6 +35,7 @@ from .extract import Extractor
 from .feeder import LightRAGFeeder
 from .fence import fence_report, fence_writes
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
+from .handlers import AfterRetire, DocumentDeleter, Removals, patch_rebuild_attribution
 from .llm.cache import sqlite_cache
 from .llm.order import CallOrder
 from .llm.slots import LLMSlots
@@ -158,8 +160,12 @@ COSINE_THRESHOLD = 0.2  # LightRAG's own default; PGVectorStorage insists on bei
 class LightRAGProcessor:
     """The product's ChunkProcessor: one LightRAG instance per process.
 
+    Routes each task to its job type's handler: a chunk (ingest) to the feeder, a
+    document reference (delete) and a replace job's retire to the deleter
+    (handlers/delete.py), a replace job's chunk to the feeder once its retire is done
+    (handlers/replace.py).
     Owns the LightRAG instance (built, patched and initialised at start, finalised
-    at stop), its feeder and, on the file storages, its group commit; the LLM and
+    at stop), its feeder, its deleter and, on the file storages, its group commit; the LLM and
     embedding clients (the chat calls through the LLM slots it is given); the
     breaker probes of the LLM, the embedding endpoint and the storages.
     Guarantees: it starts only on the pinned LightRAG
@@ -176,12 +182,16 @@ class LightRAGProcessor:
         lock: AbstractAsyncContextManager[object],
         watch: CallWatch | None = None,
         slots: LLMSlots | None = None,
+        removals: Removals | None = None,
     ) -> None:
         self._s = settings
         self._gate = gate
         self._lock = lock
+        self._removals = removals or _NoLedger()
         self.rag: LightRAGInstance | None = None
         self._feeder: LightRAGFeeder | None = None
+        self._deleter: DocumentDeleter | None = None
+        self._after_retire: AfterRetire | None = None
         self._extractor: Extractor | None = None
         self._commit: GroupCommit | None = None
         self._http = httpx.AsyncClient(timeout=ENDPOINT_CHECK_TIMEOUT)
@@ -242,6 +252,16 @@ class LightRAGProcessor:
             order=order,
         )
         self._feeder.start()
+        self._after_retire = AfterRetire(self._removals, self._feeder.submit)
+        self._deleter = DocumentDeleter(
+            self.rag,
+            self._feeder.quiesced,
+            self._lock,
+            self._removals,
+            self._commit.durable if self._commit is not None else None,
+            self._after_retire.retired,
+            self._after_retire.retire_failed,
+        )
         await fence_writes(self._lock, self.rag, self._feeder.fenced_out)  # PostgreSQL: fence.py
         log.info(
             "LightRAG storages initialised storage=%s workspace=%s working_dir=%s llm=%s embedding=%s dim=%d",
@@ -254,6 +274,12 @@ class LightRAGProcessor:
         )
 
     async def stop(self) -> None:
+        if self._after_retire is not None:
+            await self._after_retire.stop()
+            self._after_retire = None
+        if self._deleter is not None:
+            await self._deleter.stop()
+            self._deleter = None
         if self._feeder is not None:
             await self._feeder.stop()
             self._feeder = None
@@ -290,13 +316,27 @@ class LightRAGProcessor:
         await self._endpoints.close()
 
     async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
-        return await self._running_feeder().process(tasks)
+        futures = self.submit(tasks, _admit_all)
+        await asyncio.wait(futures.values())
+        return {doc_id: future.result() for doc_id, future in futures.items()}
 
     def submit(
         self, tasks: Sequence[ChunkTask], admit: Admission, reserved: int = 0
     ) -> Mapping[str, asyncio.Future[Failure | None]]:
-        """Each task's outcome as soon as its document is done (the continuous pipeline)."""
-        return self._running_feeder().submit(tasks, admit, reserved)
+        """Each task's outcome as soon as it is done: a chunk's once its document is (the
+        continuous pipeline), a delete's once its round has run. The reserved places are
+        the feeder's (a delete holds none of them)."""
+        feeder = self._running_feeder()
+        assert self._deleter is not None and self._after_retire is not None  # made with the feeder
+        removals = [task for task in tasks if task.op in REMOVALS]
+        held = [task for task in tasks if task.after_retire]
+        chunks = [task for task in tasks if task.op not in REMOVALS and not task.after_retire]
+        futures = dict(feeder.submit(chunks, admit, reserved))
+        if removals:
+            futures.update(self._deleter.submit(removals, admit))
+        if held:
+            futures.update(self._after_retire.submit(held, admit))
+        return futures
 
     async def reserve(self, want: int, stopping: asyncio.Event) -> int:
         return await self._running_feeder().reserve(want, stopping)
@@ -314,11 +354,11 @@ class LightRAGProcessor:
             raise RuntimeError("LightRAG storages are not initialised")
         return self._feeder
 
-    async def verify(self, job_id: str, chunks_total: int) -> JobVerification:
+    async def verify(self, job_id: str, indexes: Sequence[int]) -> JobVerification:
         """Read the job's chunks back from LightRAG's storages (verify.py)."""
         if self.rag is None:
             raise RuntimeError("LightRAG storages are not initialised")
-        return await verify_job(self.rag, job_id, chunks_total)
+        return await verify_job(self.rag, job_id, indexes)
 
     async def verify_graph(self, dump: bool = False) -> GraphVerification:
         """Cross-check the whole workspace (graph_check.py) with nothing in flight: the
@@ -399,6 +439,21 @@ class LightRAGProcessor:
         path = os.path.join(s.lightrag_working_dir, PROBE_FILE)
         await asyncio.to_thread(_write_and_sync, path)
         return True
+
+
+async def _admit_all(job_id: str, indexes: Sequence[int]) -> bool:
+    return True
+
+
+class _NoLedger:
+    """Without the job tracker (a processor made alone, as in unit tests): removals are
+    logged, and every retire counts as done."""
+
+    async def record(self, task: ChunkTask, doc_ids: Sequence[str]) -> None:
+        log.info("job=%s removed %d documents (not recorded: no ledger)", task.job_id, len(doc_ids))
+
+    async def retire_state(self, job_id: str) -> RetireState:
+        return RetireState.DONE
 
 
 def endpoint_addresses(s: Settings) -> dict[str, str]:
@@ -490,6 +545,7 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
     # touch them (merge/locks.py); a merge's LLM summary is made after its lock (merge/summaries.py).
     patch_relation_locks()
     patch_deferred_summaries()
+    patch_rebuild_attribution()  # a delete rebuilds what it shared from each chunk's cache list (handlers/delete.py)
     lock_endpoint_reads(rag.chunk_entity_relation_graph)
     await rag.initialize_storages()
     return rag

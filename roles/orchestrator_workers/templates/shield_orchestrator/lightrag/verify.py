@@ -4,12 +4,13 @@ For every chunk of the job: its document is PROCESSED (or, for a chunk LightRAG
 took as a content duplicate, the document that holds its text is), its chunk
 vectors are in the vector store, and the entities extracted from it are
 counted. The same answer from any host sharing the graph (the CLI's
-`verify-job` and GET /jobs/{id}/verify).
+`verify-job` and GET /jobs/{id}/verify). A replace job's chunks are its tasks
+after the first (its retire); a delete job has no chunk to read back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from typing_extensions import TypedDict
@@ -46,23 +47,31 @@ class JobVerification(TypedDict):
 class JobVerifier(Protocol):
     """A processor that can read a job's chunks back from where it put them."""
 
-    async def verify(self, job_id: str, chunks_total: int) -> JobVerification: ...
+    async def verify(self, job_id: str, indexes: Sequence[int]) -> JobVerification: ...
 
 
 def chunk_doc_id(job_id: str, index: int) -> str:
     return f"chunk-{job_id}-{index}"
 
 
-async def verify_job(rag: LightRAGInstance, job_id: str, chunks_total: int) -> JobVerification:
-    """Check every chunk of the job in LightRAG's storages (`rag`: an initialised LightRAG)."""
-    ids = [chunk_doc_id(job_id, index) for index in range(chunks_total)]
+def chunk_indexes(job_type: str, chunks_total: int) -> range | None:
+    """The indexes of a job's chunks: all of an ingest job's tasks, a replace job's
+    after its retire; None for a delete job (it has none)."""
+    if job_type == "delete":
+        return None
+    return range(1 if job_type == "replace" else 0, chunks_total)
+
+
+async def verify_job(rag: LightRAGInstance, job_id: str, indexes: Sequence[int]) -> JobVerification:
+    """Check these chunks of the job in LightRAG's storages (`rag`: an initialised LightRAG)."""
+    ids = [chunk_doc_id(job_id, index) for index in indexes]
     docs = await rag.aget_docs_by_ids(ids)
     holders = await _duplicate_holders(rag, job_id, [doc_id for doc_id in ids if doc_id not in docs])
     if holders:
         docs = {**docs, **(await rag.aget_docs_by_ids(sorted(set(holders.values()))))}
     problems: list[ChunkProblem] = []
     processed: list[str] = []
-    for index, doc_id in enumerate(ids):
+    for index, doc_id in zip(indexes, ids, strict=True):
         document = holders.get(doc_id, doc_id)
         state = doc_status(docs.get(document))
         if state == "processed":
@@ -74,7 +83,7 @@ async def verify_job(rag: LightRAGInstance, job_id: str, chunks_total: int) -> J
         problems.append({"index": -1, "document": "", "problem": f"{expected - found} chunk vectors missing"})
     return {
         "job_id": job_id,
-        "chunks_total": chunks_total,
+        "chunks_total": len(ids),
         "documents_processed": len(processed),
         "duplicates": len(holders),
         "chunk_vectors_expected": expected,

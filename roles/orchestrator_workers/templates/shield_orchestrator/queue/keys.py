@@ -82,6 +82,10 @@ class RedisKeys:
         """The job first accepted with an Idempotency-Key (by the key's SHA-256): "<job id> <body's SHA-256>"."""
         return f"{self.prefix}idempotency:{key_sha256}"
 
+    def replacing(self, source_sha256: str) -> str:
+        """The replace job last accepted for a source_uri (by its SHA-256): its job id."""
+        return f"{self.prefix}replacing:{source_sha256}"
+
     @property
     def jobs_recent(self) -> str:
         """Sorted set of job ids by creation time (GET /jobs while PostgreSQL is down)."""

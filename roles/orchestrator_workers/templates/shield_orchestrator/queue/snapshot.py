@@ -98,9 +98,10 @@ async def refuse_if_live(redis: Redis, keys: RedisKeys) -> None:
 
 async def _job_key_names(redis: Redis, keys: RedisKeys) -> list[str]:
     """The jobs' keys: each job's hash, done set and admitted bitmap, the dirty set, the
-    recent index, and the Idempotency-Keys (each the job a request made)."""
+    recent index, the Idempotency-Keys (each the job a request made) and the replace
+    jobs by source_uri."""
     names = [keys.jobs_dirty, keys.jobs_recent]
-    for pattern in (keys.job(""), keys.idempotency("")):
+    for pattern in (keys.job(""), keys.idempotency(""), keys.replacing("")):
         names += [text(key) async for key in redis.scan_iter(match=glob_escape(pattern) + "*", count=PAGE)]
     return sorted(set(names))
 

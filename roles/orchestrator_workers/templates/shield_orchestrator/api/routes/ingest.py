@@ -1,5 +1,5 @@
-"""POST /lightrag/ingest-async: accept a job (202), find the job an Idempotency-Key
-already made (200), or say exactly why not."""
+"""POST /lightrag/ingest-async: accept a job of any type (202), find the job an
+Idempotency-Key already made (200), or say exactly why not."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import logging
 import math
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Body, Header, Response
 from redis.exceptions import RedisError
 
-from ...jobs.intake import IdempotencyConflict, QueueFull, sha256
+from ...jobs.intake import IdempotencyConflict, QueueFull, ReplaceRunning
 from ...jobs.states import JobState
 from ..context import Context
 from ..errors import error_responses
-from ..schemas import ApiError, IngestAccepted, IngestRequest, validate_ingest
+from ..schemas import ApiError, IngestAccepted, JobRequest, validate_job
 
 log = logging.getLogger("shield_orchestrator.api")
 
@@ -48,12 +48,19 @@ def retry_after(exc: QueueFull, rate: float) -> int:
     },
 )
 async def ingest(
-    body: IngestRequest,
+    body: Annotated[
+        JobRequest,
+        Body(
+            description="A job: `ingest` chunks of text (job_type may be left out), `delete` documents by "
+            "doc_id or source_uri, or `replace` a source_uri's documents by new chunks (409 while another "
+            "replace of it is queued or running). Another job_type is a 422 naming it."
+        ),
+    ],
     context: Context,
     response: Response,
     idempotency_key: Annotated[str | None, IDEMPOTENCY_HEADER] = None,
 ) -> IngestAccepted:
-    validate_ingest(body, context.settings)
+    validate_job(body, context.settings)
     try:
         accepted = await context.intake.submit(body, idempotency_key)
     except IdempotencyConflict as exc:
@@ -61,6 +68,12 @@ async def ingest(
         # the input, is what refuses it (409), as for a cancel of a finished job.
         raise ApiError(
             409, f"Idempotency-Key: already used with another body, for job {exc.job_id}; use a new key"
+        ) from None
+    except ReplaceRunning as exc:
+        raise ApiError(
+            409,
+            f"source_uri: a replace of it is queued or running (job {exc.job_id}); wait for that job to end, "
+            "or cancel it",
         ) from None
     except QueueFull as exc:
         raise ApiError(
@@ -79,15 +92,13 @@ async def ingest(
         log.info(
             "job found again by its Idempotency-Key job=%s key_sha256=%s",
             accepted.job_id,
-            sha256(str(idempotency_key))[:12],
+            accepted.key_sha256,
         )
         response.status_code = 200
         view = await context.tracker.get(accepted.job_id)
         status = view["status"] if view is not None else JobState.QUEUED.value
     else:
-        log.info(
-            "job accepted job=%s chunks=%d source_type=%s", accepted.job_id, accepted.chunks_total, body.source_type
-        )
+        log.info("job accepted job=%s type=%s tasks=%d", accepted.job_id, accepted.job_type, accepted.chunks_total)
         status = JobState.QUEUED.value
     return IngestAccepted(
         job_id=accepted.job_id,

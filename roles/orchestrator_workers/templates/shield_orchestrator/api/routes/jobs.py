@@ -17,7 +17,7 @@ from ...events.types import EventType
 from ...jobs.states import JobState
 from ...jobs.tracker import CancelOutcome
 from ...jobs.views import JobView
-from ...lightrag.verify import JobVerification
+from ...lightrag.verify import JobVerification, chunk_indexes
 from ..context import Context
 from ..errors import error_responses
 from ..schemas import ApiError, CancelResult
@@ -117,14 +117,21 @@ async def cancel_job(job_id: JobId, context: Context) -> CancelResult:
     )
 
 
-@router.get("/jobs/{job_id}/verify", responses=error_responses(404, 422, 503))
+@router.get("/jobs/{job_id}/verify", responses=error_responses(404, 409, 422, 503))
 async def verify_job(job_id: JobId, context: Context) -> JobVerification:
     """Did the job really land in the graph: every chunk's document PROCESSED, its
-    chunk vectors in the vector store, the entities extracted from it."""
+    chunk vectors in the vector store, the entities extracted from it (an ingest or
+    replace job; a delete job has no chunk: 409)."""
     job = await get_job(job_id, context)
+    indexes = chunk_indexes(job["job_type"], job["chunks_total"])
+    if indexes is None:
+        raise ApiError(
+            409,
+            f"job_type: job {job_id} is a delete job, it has no chunk to read back; GET /graph/verify checks the graph",
+        )
     if context.verifier is None:
         raise ApiError(503, "verify: this host's processor cannot read the graph back", RETRY)
-    return await context.verifier.verify(job["job_id"], job["chunks_total"])
+    return await context.verifier.verify(job["job_id"], indexes)
 
 
 @router.get("/jobs/{job_id}", responses=error_responses(404, 422, 503))
