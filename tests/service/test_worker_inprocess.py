@@ -46,7 +46,10 @@ def progress(job_id: str, consumer: str, done: tuple[int, int, int], percent: fl
 
 
 def queued(job_id: str, chunks: int) -> tuple[str, dict[str, Any]]:
-    return ("ingestion.queued", {"job_id": job_id, "chunks_total": chunks, "priority": "normal"})
+    return (
+        "ingestion.queued",
+        {"job_id": job_id, "job_type": "ingest:text", "chunks_total": chunks, "priority": "normal"},
+    )
 
 
 def started(job_id: str, consumer: str) -> tuple[str, dict[str, Any]]:
