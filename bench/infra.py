@@ -153,7 +153,7 @@ class Infra:
         """Empty Redis and the job table between runs."""
         assert self.postgres is not None
         self.redis().flushall()
-        self.postgres.admin("DROP TABLE IF EXISTS job_status, alembic_version")
+        self.postgres.admin("DROP TABLE IF EXISTS job_duplicates, job_status, alembic_version")
 
     def stop(self) -> None:
         if self.postgres is not None and self.postgres.running:

@@ -26,7 +26,7 @@ class NoopProcessor:
     """Takes every chunk as done, at once or after BENCH_NOOP_MS_PER_CHUNK per chunk."""
 
     def __init__(
-        self, settings: Settings, gate: DependencyGate, lock: object, watch: object, slots: object, removals: object
+        self, settings: Settings, gate: DependencyGate, lock: object, watch: object, slots: object, ledger: object
     ) -> None:
         self.settings = settings
         self.seconds_per_chunk = float(os.environ.get("BENCH_NOOP_MS_PER_CHUNK") or 0) / 1000

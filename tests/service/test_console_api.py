@@ -279,7 +279,7 @@ def fill_main_rows(postgres: PostgresServer, n: int) -> None:
 
 def mains_schema(pg: PostgresServer) -> tuple[str, str]:
     """An empty database with main's schema (no alembic_version); its columns and indexes."""
-    pg.psql("DROP TABLE IF EXISTS job_status, alembic_version")
+    pg.psql("DROP TABLE IF EXISTS job_duplicates, job_status, alembic_version")
     pg.psql(MAIN_SCHEMA)
     return pg_value(pg, COLUMNS), pg_value(pg, INDEXES)
 
@@ -292,7 +292,7 @@ def test_migrate_upgrades_mains_schema_keeping_every_row_and_downgrades(
     fill_main_rows(pg, 500)
     before = pg_value(pg, "SELECT md5(string_agg(t::text, '|' ORDER BY job_id)) FROM job_status t")
     code, report, _ = cli_json(service_env, "migrate")
-    assert code == 0 and report["before"] == "0001" and report["applied"] == ["0002", "0003"], report
+    assert code == 0 and report["before"] == "0001" and report["applied"] == ["0002", "0003", "0004"], report
     assert pg_value(pg, "SELECT count(*) FROM job_status") == "500"
     kept = (
         "SELECT md5(string_agg((job_id, job_type, status, chunks_total, chunks_processed, chunks_failed, "
@@ -300,17 +300,19 @@ def test_migrate_upgrades_mains_schema_keeping_every_row_and_downgrades(
         "ORDER BY job_id)) FROM job_status"
     )
     assert pg_value(pg, kept) == before, "a row changed in the upgrade"
-    assert pg_value(pg, "SELECT DISTINCT priority || generation || documents_removed FROM job_status") == "normal00"
-    assert pg_value(pg, "SELECT version_num FROM alembic_version") == "0003"
+    added = "SELECT DISTINCT priority || generation || documents_removed || chunks_duplicate FROM job_status"
+    assert pg_value(pg, added) == "normal000"
+    assert pg_value(pg, "SELECT count(*) FROM job_duplicates") == "0"
+    assert pg_value(pg, "SELECT version_num FROM alembic_version") == "0004"
     code, again, _ = cli_json(service_env, "migrate")
-    assert code == 0 and again["applied"] == [] and again["before"] == "0003", again
+    assert code == 0 and again["applied"] == [] and again["before"] == "0004", again
     code, down, _ = cli_json(service_env, "migrate", "--to", "0001")
-    assert code == 0 and down["applied"] == ["0003", "0002"] and down["after"] == "0001", down
+    assert code == 0 and down["applied"] == ["0004", "0003", "0002"] and down["after"] == "0001", down
     assert pg_value(pg, COLUMNS) == main_columns and pg_value(pg, INDEXES) == main_indexes
     assert pg_value(pg, "SELECT count(*) FROM job_status") == "500"
     assert pg_value(pg, kept) == before, "a row changed in the downgrade"
     code, up, _ = cli_json(service_env, "migrate")
-    assert code == 0 and up["applied"] == ["0002", "0003"], up
+    assert code == 0 and up["applied"] == ["0002", "0003", "0004"], up
 
 
 def test_revision_0001_is_mains_schema_and_the_cancelled_state_needs_0002(
@@ -332,7 +334,7 @@ def test_revision_0001_is_mains_schema_and_the_cancelled_state_needs_0002(
         pg.psql(insert.format(id=uuid.uuid4(), status="exploded"))
     assert "ck_job_status_status" in refused.value.stderr, refused.value.stderr
     code, base, _ = cli_json(service_env, "migrate", "--to", "base")
-    assert code == 0 and base["applied"] == ["0003", "0002", "0001"], base
+    assert code == 0 and base["applied"] == ["0004", "0003", "0002", "0001"], base
     assert pg_value(pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'job_status'") == "0"
     out = run_cli(service_env, "migrate", "--to", "0099")
     assert out.returncode != 0 and "0099" in out.stderr + out.stdout, (out.stdout, out.stderr)
@@ -342,7 +344,7 @@ def test_two_concurrent_migrates_take_turns_on_the_lock(
     service_env: dict[str, str], postgres_server: PostgresServer
 ) -> None:
     pg = postgres_server
-    pg.psql("DROP TABLE IF EXISTS job_status, alembic_version")
+    pg.psql("DROP TABLE IF EXISTS job_duplicates, job_status, alembic_version")
     # A third party holds the migrations' lock for 3 s: both migrates wait, then
     # one applies every revision and the other finds nothing left to do.
     holder = threading.Thread(
@@ -361,6 +363,6 @@ def test_two_concurrent_migrates_take_turns_on_the_lock(
     holder.join(30)
     assert [out.returncode for out in results] == [0, 0], [out.stderr for out in results]
     applied = sorted(json.loads(out.stdout.strip().splitlines()[-1])["applied"] for out in results)
-    assert applied == [[], ["0001", "0002", "0003"]], applied
+    assert applied == [[], ["0001", "0002", "0003", "0004"]], applied
     assert waited >= 2, f"the migrations did not wait for the lock ({waited:.1f}s)"
-    assert pg_value(pg, "SELECT version_num FROM alembic_version") == "0003"
+    assert pg_value(pg, "SELECT version_num FROM alembic_version") == "0004"

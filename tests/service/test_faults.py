@@ -335,16 +335,59 @@ def test_metrics_answer_200_with_redis_up_0_while_redis_is_down(
     assert set(QUEUE_GAUGES) <= exposed(wait_until(redis_back, 30, "shield_redis_up 1"))
 
 
-def test_the_same_text_three_times_in_a_job_completes_in_seconds(
-    service_factory: ServiceFactory, redis_server: RedisServer
+def test_the_same_text_three_times_in_a_job_completes_in_seconds_each_duplicate_reported_with_its_holder(
+    service_factory: ServiceFactory, redis_server: RedisServer, postgres_server: PostgresServer
 ) -> None:
     svc: ServiceProcess = service_factory().start()
     client = svc.client()
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    events = SSECollector(f"{svc.url}/events/stream?event_types=chunks.duplicate", auth).start()
+    same = "Olga Brandt ferried the Meridian Archive from Tallinn to Gdansk in one night."
     chunks = make_chunks(20, prefix="dups")
     for index in (3, 7, 15):
-        chunks[index]["text"] = "Olga Brandt ferried the Meridian Archive from Tallinn to Gdansk in one night."
+        chunks[index]["text"] = same
     started = time.monotonic()
     job = wait_job(client, ingest(client, chunks)["job_id"], timeout=120)
     assert job["status"] == "completed" and job["chunks_processed"] == 20, job
     assert time.monotonic() - started < 30
     assert redis_server.client().xlen(DLQ) == 0
+    job_id = job["job_id"]
+    # Two of the three are duplicates, never failures, each naming the one that holds the text.
+    assert job["chunks_duplicate"] == 2 and job["chunks_failed"] == 0, job
+    answer = client.get(f"/jobs/{job_id}/duplicates")
+    assert answer.status_code == 200, answer.text
+    listed = answer.json()
+    assert listed["chunks_duplicate"] == 2 and len(listed["duplicates"]) == 2, listed
+    holder = ({3, 7, 15} - {item["index"] for item in listed["duplicates"]}).pop()
+    assert {(item["document"], item["holder_job_id"]) for item in listed["duplicates"]} == {
+        (f"chunk-{job_id}-{holder}", job_id)
+    }, listed
+    # A second job with the same text: its chunk is held by the first job's document.
+    second = wait_job(client, ingest(client, [{**chunks[0], "text": same}])["job_id"], timeout=60)
+    assert second["status"] == "completed" and second["chunks_duplicate"] == 1, second
+    held = client.get(f"/jobs/{second['job_id']}/duplicates").json()["duplicates"]
+    assert held == [{"index": 0, "document": f"chunk-{job_id}-{holder}", "holder_job_id": job_id}], held
+    page = client.get(f"/jobs/{job_id}/duplicates", params={"limit": 1, "offset": 1}).json()
+    assert page["chunks_duplicate"] == 2 and page["duplicates"] == listed["duplicates"][1:], page
+    bad = client.get(f"/jobs/{job_id}/duplicates", params={"limit": 0})
+    assert bad.status_code == 422 and "limit" in bad.text, bad.text
+    assert client.get(f"/jobs/{uuid.uuid4()}/duplicates").status_code == 404
+
+    # The event names them as they are found.
+    wait_until(lambda: len(events.events) >= 2, 15, "two chunks.duplicate events")
+    told = {(event.data["job_id"], chunk["index"]) for event in events.events for chunk in event.data["chunks"]}
+    assert told == {*((job_id, item["index"]) for item in listed["duplicates"]), (second["job_id"], 0)}, told
+
+    # Durable with the job's final row: once Redis lets the job go, PostgreSQL answers the same.
+    rows = (
+        f"SELECT chunk_index || ' ' || document_id FROM job_duplicates WHERE job_id = '{job_id}' ORDER BY chunk_index"
+    )
+    expected = "\n".join(f"{item['index']} {item['document']}" for item in listed["duplicates"])
+    wait_until(lambda: postgres_server.psql(rows) == expected or None, 30, "the duplicates' rows")
+    count = f"SELECT chunks_duplicate FROM job_status WHERE job_id = '{job_id}'"
+    assert postgres_server.psql(count) == "2"
+    redis = redis_server.client()
+    wait_until(lambda: not redis.hexists("shield:jobs:dirty", job_id), 30, "the job settled in Redis")
+    redis.delete(*(f"shield:job:{job_id}{suffix}" for suffix in ("", ":done", ":admitted", ":duplicates")))
+    assert client.get(f"/jobs/{job_id}").json()["chunks_duplicate"] == 2
+    assert client.get(f"/jobs/{job_id}/duplicates").json() == listed

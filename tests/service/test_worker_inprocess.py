@@ -604,3 +604,22 @@ async def test_admission_is_refused_once_the_job_is_cancelled_and_counted_by_the
     unknown = "00000000-0000-0000-0000-000000000000"
     assert await rig.tracker.admit(unknown, [0])  # no job in Redis: the chunk's own record decides
     assert not rig.r.exists(rig.keys.job_admitted(unknown))  # and no key is left without a TTL
+
+
+async def test_content_duplicates_are_recorded_once_per_chunk_and_expire_with_their_job(rig: Rig) -> None:
+    job = await rig.submit(3)
+    holder = f"chunk-{job}-0"
+    assert await rig.tracker.record_duplicates(job, {1: holder, 2: holder}) == 2
+    assert await rig.tracker.record_duplicates(job, {2: "chunk-other-9"}) == 0  # a redelivery: its first record stays
+    assert await rig.tracker.duplicates(job) == {1: holder, 2: holder}
+    assert rig.r.hget(rig.keys.job(job), "chunks_duplicate") == "2"
+    assert rig.r.hexists(rig.keys.jobs_dirty, job)  # the PostgreSQL sync writes the count
+    assert await rig.tracker.record_duplicates("00000000-0000-0000-0000-000000000000", {0: holder}) == -1
+    await rig.tracker.record(job, [ChunkOutcome(index, True) for index in range(3)])
+    dirty, _total = await rig.tracker.dirty_jobs(10)
+    (synced,) = [item for item in dirty if item.job_id == job]
+    assert synced.final and synced.duplicates == {1: holder, 2: holder}  # handed to the job's final row
+    await rig.tracker.settle([synced])
+    ttl = rig.settings.job_status_ttl
+    assert 0 < rig.r.ttl(rig.keys.job_duplicates(job)) <= ttl and 0 < rig.r.ttl(rig.keys.job(job)) <= ttl
+    assert await rig.tracker.duplicates("00000000-0000-0000-0000-000000000000") is None

@@ -39,7 +39,7 @@ def build_env(
     redis.client().flushdb()
     if not postgres.running:
         postgres.start()
-    postgres.psql("DROP TABLE IF EXISTS job_status, alembic_version")
+    postgres.psql("DROP TABLE IF EXISTS job_duplicates, job_status, alembic_version")
     state = root / "state"
     state.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}

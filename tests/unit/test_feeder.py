@@ -173,6 +173,7 @@ def _feeder(
     timeout: float = 60.0,
     lock: asyncio.Lock | None = None,
     extractor: _FakeExtractor | None = None,
+    duplicates: _Ledger | None = None,
 ) -> LightRAGFeeder:
     return LightRAGFeeder(
         rag,  # type: ignore[arg-type]
@@ -185,6 +186,7 @@ def _feeder(
         ahead=ahead,
         urgent=lambda t: t.stream == "high",
         extractor=extractor,  # type: ignore[arg-type]
+        duplicates=duplicates,
     )
 
 
@@ -282,6 +284,41 @@ def test_failed_then_retried_and_content_duplicates_answered_through_their_holde
         again = feeder.submit([text_task(0, "bad")])
         assert await again["chunk-j-0"] is None  # FAILED went back to PENDING and ran again
         assert rag.started.count("bad") == 2
+        await feeder.stop()
+
+    asyncio.run(scenario())
+
+
+class _Ledger:
+    """Records content duplicates as JobLedger does; `down` makes the next record fail (Redis)."""
+
+    def __init__(self) -> None:
+        self.recorded: dict[str, dict[int, str]] = {}
+        self.down = False
+
+    async def record_duplicates(self, job_id: str, holders: Any) -> None:
+        if self.down:
+            raise ConnectionError("Redis is down")
+        self.recorded.setdefault(job_id, {}).update(holders)
+
+
+def test_content_duplicates_are_recorded_with_their_holder_before_they_are_answered() -> None:
+    async def scenario() -> None:
+        rag, ledger = _FakePipeline(), _Ledger()
+        feeder = _feeder(rag, duplicates=ledger)
+        feeder.start()
+        assert await feeder.submit([text_task(1, "same")])["chunk-j-1"] is None
+        assert ledger.recorded == {}  # the first holder of a text is no duplicate
+        second = feeder.submit([text_task(2, "same"), text_task(3, "other", job="k"), text_task(4, "same", job="k")])
+        assert [await second[doc] for doc in ("chunk-j-2", "chunk-k-3", "chunk-k-4")] == [None, None, None]
+        assert ledger.recorded == {"j": {2: "chunk-j-1"}, "k": {4: "chunk-j-1"}}
+        ledger.down = True
+        failed = await feeder.submit([text_task(5, "same")])["chunk-j-5"]
+        assert failed is not None and failed.kind is FaultKind.TRANSIENT and failed.dependency is None
+        assert "content duplicates not recorded" in failed.message and "Redis is down" in failed.message
+        ledger.down = False  # the chunk comes back: found a duplicate again, recorded then
+        assert await feeder.submit([text_task(5, "same")])["chunk-j-5"] is None
+        assert ledger.recorded["j"] == {2: "chunk-j-1", 5: "chunk-j-1"}
         await feeder.stop()
 
     asyncio.run(scenario())

@@ -32,7 +32,7 @@ PACKAGE = Path("roles/orchestrator_workers/templates/shield_orchestrator")
 # B's extra revision: a table of its own, dropped on the way back.
 PROBE_REVISION = """    Revision(
         "9001",
-        "0003",
+        "0004",
         "release B's probe table (tests/test_release_rollback.py)",
         lambda op: op.create_table("release_probe", sa.Column("id", sa.Integer, primary_key=True)),
         lambda op: op.drop_table("release_probe"),
@@ -60,7 +60,7 @@ def checkout_b(root: Path) -> Path:
     migrations = root / PACKAGE / "jobs" / "migrations.py"
     text = migrations.read_text()
     tail = ")\nHEAD = REVISIONS[-1].id"
-    assert text.count(tail) == 1 and '"0003", "0002",' in text, "migrations.py changed shape: update B's probe"
+    assert text.count(tail) == 1 and '"0004", "0003",' in text, "migrations.py changed shape: update B's probe"
     migrations.write_text(text.replace(tail, PROBE_REVISION))
     return root
 
@@ -83,7 +83,7 @@ def release_of(host) -> str:
 def test_deploy_b_mid_job_then_roll_back_to_a_mid_job_loses_nothing(host, tmp_path):
     release_a = release_of(host)
     version_a = get(host, "/health")["version"]
-    assert schema(host) == ("0003", False)
+    assert schema(host) == ("0004", False)
     venvs = host.check_output(f"ls {helpers.APP_DIR}/venvs").split()
     b = checkout_b(tmp_path / "b")
     deploy = b / "playbooks" / "deploy-orchestrator-workers.yml"
@@ -117,7 +117,7 @@ def test_deploy_b_mid_job_then_roll_back_to_a_mid_job_loses_nothing(host, tmp_pa
         assert re.search(r"Migrate the database to the release's schema revision[^\n]*\n[^\n]*\nchanged: ", run.stdout)
         assert release_of(host) == release_a
         assert get(host, "/health")["version"] == version_a
-        assert schema(host) == ("0003", False)  # B's revision undone by B's code
+        assert schema(host) == ("0004", False)  # B's revision undone by B's code
         assert get(host, f"/jobs/{second}")["chunks_processed"] == 0
     finally:
         helpers.outage(host, 0)

@@ -31,14 +31,13 @@ from .health import HealthService
 from .jobs.dead_letters import DeadLetters
 from .jobs.history import JobHistory, create_engine
 from .jobs.intake import JobIntake
+from .jobs.ledger import JobLedger
 from .jobs.projection import JobProjection
-from .jobs.removals import RemovalLedger
 from .jobs.tracker import JobTracker
 from .lightrag.fence import FencedLock, WriterFence
-from .lightrag.handlers import Removals
 from .lightrag.llm.slots import LLMSlots
 from .lightrag.locks import RedisLeaseLock
-from .lightrag.processor import LightRAGProcessor, endpoint_addresses
+from .lightrag.processor import Ledger, LightRAGProcessor, endpoint_addresses
 from .lightrag.verify import JobVerifier
 from .metrics import Metrics
 from .queue.keys import RedisKeys
@@ -65,7 +64,7 @@ class ProcessorFactory(Protocol):
         lock: WorkspaceLock,
         watch: CallWatch,
         slots: LLMSlots,
-        removals: Removals,
+        ledger: Ledger,
     ) -> ChunkProcessor: ...
 
 
@@ -153,8 +152,8 @@ class Service:
         gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
         watch = CallWatch(settings.llm_stall_seconds, endpoint_addresses(settings), metrics)
         slots = LLMSlots.build(settings, redis, metrics)
-        lock, removals = workspace_lock(settings, redis, keys, metrics), RemovalLedger(tracker, publisher)
-        processor = processor_factory(settings, gate, lock, watch, slots, removals)
+        lock, ledger = workspace_lock(settings, redis, keys, metrics), JobLedger(tracker, publisher)
+        processor = processor_factory(settings, gate, lock, watch, slots, ledger)
         heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(
             redis=redis,

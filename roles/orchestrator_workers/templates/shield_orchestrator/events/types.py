@@ -22,6 +22,7 @@ class EventType(StrEnum):
     INGESTION_FAILED = "ingestion.failed"
     INGESTION_CANCELLED = "ingestion.cancelled"
     DOCUMENTS_DELETED = "documents.deleted"  # a delete job's task: what it removed
+    CHUNKS_DUPLICATE = "chunks.duplicate"  # chunks whose text the graph already held, and who holds it
     WORKER_STARTED = "worker.started"
     WORKER_STOPPED = "worker.stopped"
     WORKER_TASK_FAILED = "worker.task_failed"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..settings import Settings
-from .models import JobStatusRow
+from .models import JobDuplicateRow, JobStatusRow
 from .states import JobState
 from .views import JobCounts, JobView, job_view
 
@@ -84,11 +84,13 @@ class JobHistory:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def upsert(self, rows: Sequence[JobRow]) -> None:
+    async def upsert(self, rows: Sequence[JobRow], duplicates: Mapping[str, Mapping[int, str]] | None = None) -> None:
         """Insert or update rows so that replays are harmless: counters never go down
         (GREATEST), a status never moves back, the first start and end times stay.
         A newer generation (a dead letter replayed into the job) is the one
-        exception: its row replaces state, failures, error and end time as they are."""
+        exception: its row replaces state, failures, error and end time as they are.
+        `duplicates` (job id -> chunk index -> the document holding its text) go into
+        job_duplicates in the same transaction, each chunk once."""
         stmt = insert(JobStatusRow).values(list(rows))
         new, table = stmt.excluded, JobStatusRow.__table__.c
         newer = new.generation > table.generation
@@ -111,11 +113,26 @@ class JobHistory:
                 "updated_at": func.greatest(table.updated_at, new.updated_at),
                 "generation": func.greatest(table.generation, new.generation),
                 "documents_removed": func.greatest(table.documents_removed, new.documents_removed),
+                "chunks_duplicate": func.greatest(table.chunks_duplicate, new.chunks_duplicate),
                 "job_metadata": literal_column("job_status.job_metadata"),
             },
         )
+        held = [
+            {"job_id": job_id, "chunk_index": index, "document_id": document}
+            for job_id, found in (duplicates or {}).items()
+            for index, document in found.items()
+        ]
         async with self._engine.begin() as conn:
             await conn.execute(stmt)
+            if held:
+                await conn.execute(insert(JobDuplicateRow).values(held).on_conflict_do_nothing())
+
+    async def duplicates(self, job_id: str) -> dict[int, str]:
+        """A finished job's content duplicates: chunk index -> the document holding its text."""
+        query = select(JobDuplicateRow.chunk_index, JobDuplicateRow.document_id).where(JobDuplicateRow.job_id == job_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {int(index): str(document) for index, document in rows}
 
     async def get(self, job_id: str) -> JobView | None:
         query = select(JobStatusRow.__table__).where(JobStatusRow.job_id == job_id)

@@ -93,6 +93,25 @@ def _job_types_down(op: Operations) -> None:
     op.drop_column(TABLE, "documents_removed")
 
 
+DUPLICATES = "job_duplicates"
+
+
+def _duplicates_up(op: Operations) -> None:
+    """Content duplicates: the count per job, and per chunk the document holding its text."""
+    op.add_column(TABLE, sa.Column("chunks_duplicate", sa.Integer, nullable=False, server_default="0"))
+    op.create_table(
+        DUPLICATES,
+        sa.Column("job_id", sa.String(36), sa.ForeignKey(f"{TABLE}.job_id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("chunk_index", sa.Integer, primary_key=True),
+        sa.Column("document_id", sa.Text, nullable=False),
+    )
+
+
+def _duplicates_down(op: Operations) -> None:
+    op.drop_table(DUPLICATES)
+    op.drop_column(TABLE, "chunks_duplicate")
+
+
 REVISIONS = (
     Revision("0001", None, "job_status: the schema init-db created", _initial_up, _initial_down),
     Revision(
@@ -103,6 +122,7 @@ REVISIONS = (
         _cancel_replay_priority_down,
     ),
     Revision("0003", "0002", "job types: documents removed by a delete job", _job_types_up, _job_types_down),
+    Revision("0004", "0003", "content duplicates per job and per chunk", _duplicates_up, _duplicates_down),
 )
 HEAD = REVISIONS[-1].id
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
-    """The declarative base of the job history's mapping (one table, job_status)."""
+    """The declarative base of the job history's mapping (job_status, job_duplicates)."""
 
 
 class JobStatusRow(Base):
@@ -35,7 +35,21 @@ class JobStatusRow(Base):
     priority: Mapped[str] = mapped_column(String(8), nullable=False, default="normal")
     generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     documents_removed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    chunks_duplicate: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
     # The schema itself is made by migrations.py (Alembic); this mapping is what
     # the queries use and must match the head revision (a test checks it).
     __table_args__ = (Index("ix_job_status_created_at", "created_at"),)
+
+
+class JobDuplicateRow(Base):
+    """A chunk of a finished job whose text the graph already held (table
+    job_duplicates): the document that holds it. Written with the job's final row."""
+
+    __tablename__ = "job_duplicates"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("job_status.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[str] = mapped_column(Text, nullable=False)

@@ -1,4 +1,5 @@
-"""The PostgreSQL projection: dirty jobs in Redis become rows of job_status.
+"""The PostgreSQL projection: dirty jobs in Redis become rows of job_status (and a
+finished job's content duplicates rows of job_duplicates).
 
 The upsert is monotonic (history.py, JobHistory), so replays and concurrent syncs
 from several hosts are harmless; when PostgreSQL was down the rows simply
@@ -47,6 +48,7 @@ def job_row(fields: dict[str, str]) -> JobRow:
         "chunks_processed": int(fields.get("chunks_processed") or 0),
         "chunks_failed": int(fields.get("chunks_failed") or 0),
         "documents_removed": int(fields.get("documents_removed") or 0),
+        "chunks_duplicate": int(fields.get("chunks_duplicate") or 0),
         "job_metadata": json.loads(fields.get("job_metadata") or "{}"),
         "error_message": fields.get("error_message") or None,
         "created_at": datetime.fromisoformat(fields["created_at"]),
@@ -143,7 +145,9 @@ class JobProjection:
         if not jobs:
             return set()
         try:
-            await self._history.upsert([job_row(job.fields) for job in jobs])
+            await self._history.upsert(
+                [job_row(job.fields) for job in jobs], {job.job_id: job.duplicates for job in jobs if job.duplicates}
+            )
         except Exception as exc:  # noqa: BLE001 - sorted out below: PostgreSQL down, or a row it refuses
             if not await self._reachable(exc):
                 return None
@@ -161,7 +165,7 @@ class JobProjection:
         written: set[str] = set()
         for job in jobs:
             try:
-                await self._history.upsert([job_row(job.fields)])
+                await self._history.upsert([job_row(job.fields)], {job.job_id: job.duplicates})
             except Exception as exc:  # noqa: BLE001 - this row's own problem (or PostgreSQL went away: retried)
                 self._reject(job, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
             else:

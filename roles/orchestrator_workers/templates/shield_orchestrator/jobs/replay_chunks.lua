@@ -1,7 +1,8 @@
 -- A dead-lettered chunk goes back to its job: the job counts it as pending
 -- again (out of the done set, one failure less), leaves "failed" and gets a
 -- new generation, so the PostgreSQL row may move back from failed once.
--- KEYS[1] job hash, KEYS[2] the job's done set, KEYS[3] dirty-jobs hash
+-- KEYS[1] job hash, KEYS[2] the job's done set, KEYS[3] dirty-jobs hash, KEYS[4] the
+-- job's duplicates hash (kept as long as the job again)
 -- ARGV[1] now (ISO 8601), ARGV[2] job id, ARGV[3] state "failed", ARGV[4] state "processing",
 -- ARGV[5..] the chunk indexes replayed
 -- Returns the number of chunks taken back (-1 when Redis does not hold the job).
@@ -22,5 +23,6 @@ end
 redis.call('HINCRBY', job, 'generation', 1)
 redis.call('PERSIST', job)
 redis.call('PERSIST', done)
+redis.call('PERSIST', KEYS[4])
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 return taken

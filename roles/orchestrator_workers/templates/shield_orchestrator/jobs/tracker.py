@@ -11,8 +11,8 @@ a finished job's TTL: nothing expires before PostgreSQL holds its final row.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -108,11 +108,13 @@ class CancelOutcome:
 
 @dataclass(frozen=True)
 class DirtyJob:
-    """A job PostgreSQL has not caught up with: its id, change version and Redis hash (empty if gone)."""
+    """A job PostgreSQL has not caught up with: its id, change version and Redis hash
+    (empty if gone); a finished job's content duplicates, written with its final row."""
 
     job_id: str
     version: str
     fields: dict[str, str]
+    duplicates: dict[int, str] = field(default_factory=dict)  # a final job's, for its rows
 
     @property
     def final(self) -> bool:
@@ -136,6 +138,7 @@ class JobTracker:
         self._admit = lua.register(redis, "admit_chunks", __file__)
         self._replay = lua.register(redis, "replay_chunks", __file__)
         self._removed = lua.register(redis, "record_removed", __file__)
+        self._duplicates = lua.register(redis, "record_duplicates", __file__)
 
     # --- writes ---------------------------------------------------------------------
     def stage_create(self, pipe: Pipeline, job: NewJob) -> None:
@@ -204,6 +207,18 @@ class JobTracker:
         )
         return int(str(reply))
 
+    async def record_duplicates(self, job_id: str, holders: Mapping[int, str]) -> int:
+        """Chunks of the job (by index) whose text LightRAG already held, with the
+        document that holds it (record_duplicates.lua: each chunk once): how many were
+        new (-1: Redis does not hold the job)."""
+        args: list[str | int] = [utcnow(), job_id]
+        for index, document in sorted(holders.items()):
+            args += [index, document]
+        reply = await self._duplicates(
+            keys=[self._keys.job(job_id), self._keys.job_duplicates(job_id), self._keys.jobs_dirty], args=args
+        )
+        return int(str(reply))
+
     async def retire_state(self, job_id: str) -> RetireState:
         """Where a replace job's retire (index 0) stands: done (its chunks may enter),
         failed (counted without being done: dead-lettered), pending, or cancelled with
@@ -222,7 +237,12 @@ class JobTracker:
         """Dead-lettered chunks go back to their job (replay_chunks.lua); how many did
         (-1: Redis does not hold the job)."""
         reply = await self._replay(
-            keys=[self._keys.job(job_id), self._keys.job_done(job_id), self._keys.jobs_dirty],
+            keys=[
+                self._keys.job(job_id),
+                self._keys.job_done(job_id),
+                self._keys.jobs_dirty,
+                self._keys.job_duplicates(job_id),
+            ],
             args=[utcnow(), job_id, JobState.FAILED.value, JobState.PROCESSING.value, *indexes],
         )
         return int(str(reply))
@@ -245,6 +265,7 @@ class JobTracker:
                     "priority": view.get("priority") or "normal",
                     "generation": view.get("generation") or 0,
                     "documents_removed": view.get("documents_removed") or 0,
+                    "chunks_duplicate": view.get("chunks_duplicate") or 0,
                     "job_metadata": json.dumps(view["metadata"], separators=(",", ":")),
                     "created_at": view["created_at"] or utcnow(),
                     "started_at": view["started_at"] or "",
@@ -279,6 +300,17 @@ class JobTracker:
         fields = text_fields(await self._redis.hgetall(self._keys.job(job_id)))
         return job_view(fields) if fields else None
 
+    async def duplicates(self, job_id: str) -> dict[int, str] | None:
+        """The job's chunks found already in the graph (index -> the document holding
+        the text); None when Redis no longer (or never) held the job."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(self._keys.job(job_id))
+            pipe.hgetall(self._keys.job_duplicates(job_id))
+            exists, found = await pipe.execute()
+        if not exists:
+            return None
+        return {int(index): document for index, document in text_fields(found).items()}
+
     async def list_recent(self, status: JobState | None, limit: int) -> list[JobView]:
         """Newest first, from Redis alone (while PostgreSQL is unreachable)."""
         jobs: list[JobView] = []
@@ -310,6 +342,13 @@ class JobTracker:
                 pipe.hgetall(self._keys.job(job_id))
             snapshots = [text_fields(fields) for fields in await pipe.execute()]
         jobs = [DirtyJob(job_id, version, fields) for (job_id, version), fields in zip(items, snapshots, strict=True)]
+        with_duplicates = [job for job in jobs if job.final and int(job.fields.get("chunks_duplicate") or 0)]
+        if with_duplicates:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job in with_duplicates:
+                    pipe.hgetall(self._keys.job_duplicates(job.job_id))
+                for job, found in zip(with_duplicates, await pipe.execute(), strict=True):
+                    job.duplicates.update({int(index): holder for index, holder in text_fields(found).items()})
         return jobs, len(dirty)
 
     async def settle(self, jobs: Sequence[DirtyJob]) -> int:
@@ -320,7 +359,12 @@ class JobTracker:
         keys = [self._keys.jobs_dirty]
         args: list[str | int] = [self._ttl]
         for job in jobs:
-            keys += [self._keys.job(job.job_id), self._keys.job_done(job.job_id), self._keys.job_admitted(job.job_id)]
+            keys += [
+                self._keys.job(job.job_id),
+                self._keys.job_done(job.job_id),
+                self._keys.job_admitted(job.job_id),
+                self._keys.job_duplicates(job.job_id),
+            ]
             args += [job.job_id, job.version, "1" if job.final else "0"]
         return int(await self._settle(keys=keys, args=args))
 

@@ -5,6 +5,7 @@ answer in them."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,9 @@ class JobCounts(TypedDict):
     """What every shape of a job carries: identity, state, counters. A job's tasks are
     counted as chunks whatever its type (an ingest job's chunks, a delete job's
     document references); `documents_removed` counts the documents a delete job took
-    out of the graph (0 for an ingest job)."""
+    out of the graph (0 for an ingest job); `chunks_duplicate` counts the chunks
+    whose text the graph already held (processed, each listed with the document
+    that holds the text by GET /jobs/{id}/duplicates)."""
 
     job_id: str
     job_type: str
@@ -25,6 +28,7 @@ class JobCounts(TypedDict):
     chunks_processed: int
     chunks_failed: int
     documents_removed: int
+    chunks_duplicate: int
 
 
 class JobView(JobCounts):
@@ -72,6 +76,7 @@ def job_view(fields: Mapping[str, object]) -> JobView:
         "chunks_processed": processed,
         "chunks_failed": failed,
         "documents_removed": _count(fields.get("documents_removed")),
+        "chunks_duplicate": _count(fields.get("chunks_duplicate")),
         "percent_complete": percent(processed + failed, total),
         "created_at": _iso(fields.get("created_at")),
         "started_at": _iso(fields.get("started_at")),
@@ -99,3 +104,25 @@ def _parse(value: object) -> datetime | None:
         return datetime.fromisoformat(str(value))
     except ValueError:
         return None
+
+
+class DuplicateChunk(TypedDict):
+    """A chunk of a job whose text the graph already held: its index, the LightRAG
+    document that holds the text, and the job that document came from (None for a
+    document this service did not write)."""
+
+    index: int
+    document: str
+    holder_job_id: str | None
+
+
+HOLDER = re.compile(r"^chunk-(?P<job>.+)-(?P<index>[0-9]+)$")
+
+
+def duplicate_chunks(holders: Mapping[int, str]) -> list[DuplicateChunk]:
+    """Index -> holding document, as the public list (by index)."""
+    found: list[DuplicateChunk] = []
+    for index, document in sorted(holders.items()):
+        match = HOLDER.match(document)
+        found.append({"index": index, "document": document, "holder_job_id": match["job"] if match else None})
+    return found

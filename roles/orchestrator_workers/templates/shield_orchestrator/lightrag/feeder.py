@@ -46,7 +46,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 from uuid import uuid4
 
@@ -76,6 +76,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("shield_orchestrator.lightrag")
 
 Outcome = Failure | None
+
+
+class Duplicates(Protocol):
+    """jobs/ledger.py's JobLedger: the chunks of a job whose text LightRAG already
+    held, each with the document holding it, recorded before they are answered."""
+
+    async def record_duplicates(self, job_id: str, holders: Mapping[int, str]) -> None: ...
+
+
 IN_PROGRESS = frozenset({"pending", "parsing", "analyzing", "processing", "preprocessed"})
 WATCH_SECONDS = 3.0  # the storages are probed this often while documents are in flight
 POLL_SECONDS = 0.5  # in-flight statuses are read at least this often
@@ -191,8 +200,10 @@ class LightRAGFeeder:
         commit: GroupCommit | None = None,
         extractor: Extractor | None = None,
         order: CallOrder | None = None,
+        duplicates: Duplicates | None = None,
     ) -> None:
         self._rag = rag
+        self._duplicates = duplicates
         self._order = order
         self._commit = commit
         self._extractor = extractor
@@ -540,14 +551,35 @@ class LightRAGFeeder:
         holders = await self._holders(duplicates)
         holder_docs = await self._rag.aget_docs_by_ids(sorted(set(holders.values())))
         await self._reset_failed([doc_id for doc_id, doc in holder_docs.items() if doc_status(doc) == "failed"])
+        unrecorded = await self._record_duplicates([task for task in duplicates if task.doc_id in holders], holders)
         for task in duplicates:
             item, holder = by_doc[task.doc_id], holders.get(task.doc_id)
-            if holder is None:
+            if task.job_id in unrecorded:
+                self._answer([item], unrecorded[task.job_id])
+            elif holder is None:
                 self._answer([item], chunk_fault(f"document {task.doc_id}: LightRAG did not record the document"))
             elif doc_status(holder_docs.get(holder)) == "processed":
                 self._settle_processed([item])
             else:
                 self._fly(holder, item, f"identical text as document {holder}")
+
+    async def _record_duplicates(self, tasks: Sequence[ChunkTask], holders: Mapping[str, str]) -> dict[str, Failure]:
+        """Record each job's content duplicates before they are answered; per job whose
+        record failed (Redis), the transient failure its duplicates are answered with
+        (they come back, are found duplicates again and recorded then)."""
+        failed: dict[str, Failure] = {}
+        if self._duplicates is None:
+            return failed
+        by_job: dict[str, dict[int, str]] = defaultdict(dict)
+        for task in tasks:
+            by_job[task.job_id][task.index] = holders[task.doc_id]
+        for job_id, found in by_job.items():
+            try:
+                await self._duplicates.record_duplicates(job_id, found)
+            except Exception as exc:  # noqa: BLE001 - Redis: the chunks come back and are recorded then
+                log.warning("job %s: %d content duplicates not recorded: %s", job_id, len(found), exc)
+                failed[job_id] = transient(f"content duplicates not recorded: {type(exc).__name__}: {exc}", None)
+        return failed
 
     def _fly(self, doc_id: str, item: _Queued, label: str) -> None:
         flight = self._flights.get(doc_id)

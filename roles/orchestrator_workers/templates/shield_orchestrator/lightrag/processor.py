@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
@@ -32,7 +32,7 @@ from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinne
 from .clients import Endpoint, embed_function, llm_function
 from .commit import KILL_AT_ENV, GroupCommit, GroupFlush, commit_continuously, patch_vector_save, recover, share_flushes
 from .extract import Extractor
-from .feeder import LightRAGFeeder
+from .feeder import Duplicates, LightRAGFeeder
 from .fence import fence_report, fence_writes
 from .graph_check import GraphUnreadable, GraphVerification, check_graph
 from .handlers import AfterRetire, DocumentDeleter, Removals, patch_rebuild_attribution
@@ -182,12 +182,12 @@ class LightRAGProcessor:
         lock: AbstractAsyncContextManager[object],
         watch: CallWatch | None = None,
         slots: LLMSlots | None = None,
-        removals: Removals | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._s = settings
         self._gate = gate
         self._lock = lock
-        self._removals = removals or _NoLedger()
+        self._ledger: Ledger = ledger or _NoLedger()
         self.rag: LightRAGInstance | None = None
         self._feeder: LightRAGFeeder | None = None
         self._deleter: DocumentDeleter | None = None
@@ -250,14 +250,15 @@ class LightRAGProcessor:
             commit=self._commit,
             extractor=extractor,
             order=order,
+            duplicates=self._ledger,
         )
         self._feeder.start()
-        self._after_retire = AfterRetire(self._removals, self._feeder.submit)
+        self._after_retire = AfterRetire(self._ledger, self._feeder.submit)
         self._deleter = DocumentDeleter(
             self.rag,
             self._feeder.quiesced,
             self._lock,
-            self._removals,
+            self._ledger,
             self._commit.durable if self._commit is not None else None,
             self._after_retire.retired,
             self._after_retire.retire_failed,
@@ -441,13 +442,21 @@ class LightRAGProcessor:
         return True
 
 
+class Ledger(Removals, Duplicates, Protocol):
+    """jobs/ledger.py's JobLedger: what a job's tasks removed or found already held in
+    the graph, recorded before their own outcome."""
+
+
 async def _admit_all(job_id: str, indexes: Sequence[int]) -> bool:
     return True
 
 
 class _NoLedger:
-    """Without the job tracker (a processor made alone, as in unit tests): removals are
-    logged, and every retire counts as done."""
+    """Without the job tracker (a processor made alone, as in unit tests): removals and
+    content duplicates are logged, and every retire counts as done."""
+
+    async def record_duplicates(self, job_id: str, holders: Mapping[int, str]) -> None:
+        log.info("job=%s has %d content duplicates (not recorded: no ledger)", job_id, len(holders))
 
     async def record(self, task: ChunkTask, doc_ids: Sequence[str]) -> None:
         log.info("job=%s removed %d documents (not recorded: no ledger)", task.job_id, len(doc_ids))

@@ -60,6 +60,11 @@ class RedisKeys:
         what a cancel can no longer stop."""
         return f"{self.job(job_id)}:admitted"
 
+    def job_duplicates(self, job_id: str) -> str:
+        """A hash of the job's chunks LightRAG found already in the graph: chunk index ->
+        the document that holds its text (record_duplicates.lua)."""
+        return f"{self.job(job_id)}:duplicates"
+
     @property
     def jobs_dirty(self) -> str:
         """Hash job id -> version of the jobs PostgreSQL has not caught up with."""

@@ -16,7 +16,7 @@ from ... import bounds
 from ...events.types import EventType
 from ...jobs.states import JobState
 from ...jobs.tracker import CancelOutcome
-from ...jobs.views import JobView
+from ...jobs.views import DuplicateChunk, JobView, duplicate_chunks
 from ...lightrag.verify import JobVerification, chunk_indexes
 from ..context import Context
 from ..errors import error_responses
@@ -132,6 +132,46 @@ async def verify_job(job_id: JobId, context: Context) -> JobVerification:
     if context.verifier is None:
         raise ApiError(503, "verify: this host's processor cannot read the graph back", RETRY)
     return await context.verifier.verify(job["job_id"], indexes)
+
+
+class JobDuplicates(BaseModel):
+    """The chunks of a job whose text the graph already held (content duplicates:
+    processed, never failures), by index, each with the document that holds the text
+    and that document's job; `chunks_duplicate` counts them all, `duplicates` is the
+    page asked for."""
+
+    job_id: str
+    chunks_duplicate: int
+    duplicates: list[DuplicateChunk]
+
+
+@router.get("/jobs/{job_id}/duplicates", response_model=JobDuplicates, responses=error_responses(404, 422, 503))
+async def job_duplicates(
+    job_id: JobId,
+    context: Context,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """Redis holds a live job's duplicates; PostgreSQL a finished job's (written with its final row)."""
+    job = await get_job(job_id, context)
+    try:
+        holders = await context.tracker.duplicates(job["job_id"])
+    except RedisError as exc:
+        log.warning("GET /jobs/%s/duplicates: Redis unreachable (%s); answering from PostgreSQL", job_id, exc)
+        holders = None
+    if holders is None or len(holders) < job["chunks_duplicate"]:
+        try:
+            holders = {**(await context.history.duplicates(job["job_id"])), **(holders or {})}
+        except (SQLAlchemyError, OSError) as exc:
+            raise ApiError(
+                503, f"job {job_id}: its duplicates are not in Redis and PostgreSQL is unreachable ({exc})", RETRY
+            ) from None
+    listed = duplicate_chunks(holders)
+    return {
+        "job_id": job["job_id"],
+        "chunks_duplicate": max(job["chunks_duplicate"], len(listed)),
+        "duplicates": listed[offset : offset + limit],
+    }
 
 
 @router.get("/jobs/{job_id}", responses=error_responses(404, 422, 503))

@@ -309,7 +309,8 @@ async function showDetail(job) {
   $("detail-status").textContent = job.status;
   $("detail-priority").textContent = job.priority || "normal";
   $("detail-chunks").textContent =
-    `${job.chunks_processed} processed, ${job.chunks_failed} failed, of ${job.chunks_total} (${job.percent_complete} %)`;
+    `${job.chunks_processed} processed, ${job.chunks_failed} failed, of ${job.chunks_total} (${job.percent_complete} %)` +
+    (job.chunks_duplicate ? `; ${job.chunks_duplicate} already in the graph (GET /jobs/${job.job_id}/duplicates)` : "");
   $("detail-created").textContent = when(job.created_at);
   $("detail-started").textContent = when(job.started_at);
   $("detail-completed").textContent = when(job.completed_at);

@@ -56,7 +56,7 @@ BUSY_POLL_SECONDS = 0.05
 
 
 class Removals(Protocol):
-    """jobs/removals.py's RemovalLedger: what a task removed, recorded before it is
+    """jobs/ledger.py's RemovalLedger: what a task removed, recorded before it is
     answered; where a replace job's retire stands."""
 
     async def record(self, task: ChunkTask, doc_ids: Sequence[str]) -> None: ...

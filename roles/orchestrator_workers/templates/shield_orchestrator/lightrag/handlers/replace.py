@@ -4,7 +4,7 @@ A replace job's first task (its retire, index 0: delete.py) removes the
 documents its source_uri holds; its chunks enter LightRAG only after it, so
 that a chunk whose text an old document held is inserted anew instead of being
 found as a duplicate of a document about to go. The retire may run on another
-host: the chunks wait for the job's `retired` mark in Redis (jobs/removals.py),
+host: the chunks wait for the job's `retired` mark in Redis (jobs/ledger.py),
 read every POLL_SECONDS, and at once when this process's own deleter ran it.
 A chunk whose retire failed for good is answered as a chunk fault (it is
 dead-lettered with it; replaying both replays the replace); a chunk of a
