@@ -63,7 +63,7 @@ from ..workers.faults import (
     raised_by_storage,
     transient,
 )
-from ..workers.processor import Admission
+from ..workers.processor import Admission, admit_all, batch_result
 from .boundary import DocRecord, LightRAGInstance, Row, StatusObject
 from .commit import CommitError
 from .llm.order import calls_of
@@ -164,10 +164,6 @@ class _Flight:
     items: list[_Queued]
     label: str  # "document X", or "identical text as document X" for a content duplicate
     since: float
-
-
-async def _admit_all(job_id: str, indexes: Sequence[int]) -> bool:
-    return True
 
 
 class LightRAGFeeder:
@@ -343,7 +339,7 @@ class LightRAGFeeder:
             self._room.set()
 
     def submit(
-        self, tasks: Sequence[ChunkTask], admit: Admission = _admit_all, reserved: int = 0
+        self, tasks: Sequence[ChunkTask], admit: Admission = admit_all, reserved: int = 0
     ) -> dict[str, asyncio.Future[Outcome]]:
         """The future of each task's document: shared by every submission of the same
         document (a redelivery while an earlier attempt still runs waits for it)."""
@@ -370,9 +366,7 @@ class LightRAGFeeder:
 
     async def process(self, tasks: Sequence[ChunkTask]) -> dict[str, Outcome]:
         """Each task's outcome, all at once (the batch interface)."""
-        futures = self.submit(tasks)
-        await asyncio.wait(futures.values())
-        return {doc_id: future.result() for doc_id, future in futures.items()}
+        return await batch_result(self.submit(tasks))
 
     @contextlib.asynccontextmanager
     async def quiesced(self) -> AsyncIterator[None]:

@@ -26,7 +26,7 @@ from ..queue.tasks import REMOVALS, ChunkTask
 from ..settings import Settings
 from ..workers.breaker import DependencyGate, DependencyReport
 from ..workers.faults import EMBEDDING, LLM, STORAGE, Failure
-from ..workers.processor import Admission, BatchResult
+from ..workers.processor import Admission, BatchResult, admit_all, batch_result
 from ..workers.stalls import CallWatch
 from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
@@ -317,9 +317,7 @@ class LightRAGProcessor:
         await self._endpoints.close()
 
     async def process_batch(self, tasks: Sequence[ChunkTask]) -> BatchResult:
-        futures = self.submit(tasks, _admit_all)
-        await asyncio.wait(futures.values())
-        return {doc_id: future.result() for doc_id, future in futures.items()}
+        return await batch_result(self.submit(tasks, admit_all))
 
     def submit(
         self, tasks: Sequence[ChunkTask], admit: Admission, reserved: int = 0
@@ -445,10 +443,6 @@ class LightRAGProcessor:
 class Ledger(Removals, Duplicates, Protocol):
     """jobs/ledger.py's JobLedger: what a job's tasks removed or found already held in
     the graph, recorded before their own outcome."""
-
-
-async def _admit_all(job_id: str, indexes: Sequence[int]) -> bool:
-    return True
 
 
 class _NoLedger:

@@ -16,6 +16,18 @@ BatchResult = dict[str, Failure | None]
 Admission = Callable[[str, Sequence[int]], Awaitable[bool]]
 
 
+async def admit_all(job_id: str, indexes: Sequence[int]) -> bool:
+    """The Admission of a caller without a job tracker (the batch interface, tests): every chunk may start."""
+    return True
+
+
+async def batch_result(futures: Mapping[str, asyncio.Future[Failure | None]]) -> BatchResult:
+    """A pipeline's futures, all awaited, as the batch interface's result."""
+    if futures:
+        await asyncio.wait(futures.values())
+    return {doc_id: future.result() for doc_id, future in futures.items()}
+
+
 class ChunkProcessor(Protocol):
     """What the worker pool calls. The LightRAG processor is the product's one;
     the benchmark harness injects a no-op one."""
