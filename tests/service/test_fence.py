@@ -356,7 +356,10 @@ def test_a_holder_stopped_past_its_lease_writes_nothing_after_the_takeover(
             written = [i for i, tbl, t in audit(pg) if i > raised_at and t == token and tbl != "shield_writer_fence"]
             return raised_at if written else None
 
-        raised_at = wait_until(taken_over_and_written, 60, f"{other.name} taking over and writing", 0.2)
+        try:
+            raised_at = wait_until(taken_over_and_written, 60, f"{other.name} taking over and writing", 0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its task dump and health, in {other.stall_report()}") from None
         assert lock_holder(redis_server, hosts) in (other, None)  # None: its session has already ended
     finally:
         os.kill(stale.proc.pid, signal.SIGCONT)

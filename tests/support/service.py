@@ -4,6 +4,7 @@ through ORCHESTRATOR_* variables."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -115,6 +116,24 @@ class ServiceProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stall_report(self) -> str:
+        """What a stuck service waits on, for a failing test's message: its SIGUSR1 task
+        dump (written to its log) and /health/detailed, saved beside its log; the
+        report's path and its last 20,000 characters (CI keeps only the output)."""
+        assert self.proc is not None
+        before = self.log_text().count("SIGUSR1: ")
+        self.proc.popen.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: self.log_text().count("SIGUSR1: ") > before, 5, "the task dump")
+        try:
+            detailed = self.client().get("/health/detailed", timeout=5).text
+        except httpx.HTTPError as exc:
+            detailed = f"/health/detailed did not answer: {exc!r}"
+        report = self.log_dir / f"{self.name}-stall.txt"
+        text = f"{self.log_text()[-60000:]}\n\n/health/detailed:\n{detailed}\n"
+        report.write_text(text)
+        return f"{report}:\n{text[-20000:]}"
 
     def terminate(self, timeout: float = 90) -> int:
         """SIGTERM (what systemctl stop sends) and the exit status."""
