@@ -367,6 +367,8 @@ def test_the_same_text_three_times_in_a_job_completes_in_seconds_each_duplicate_
     assert second["status"] == "completed" and second["chunks_duplicate"] == 1, second
     held = client.get(f"/jobs/{second['job_id']}/duplicates").json()["duplicates"]
     assert held == [{"index": 0, "document": f"chunk-{job_id}-{holder}", "holder_job_id": job_id}], held
+    counted = [line for line in client.get("/metrics").text.splitlines() if line.startswith("shield_chunks_duplicate_")]
+    assert "shield_chunks_duplicate_total 3.0" in counted, counted
     page = client.get(f"/jobs/{job_id}/duplicates", params={"limit": 1, "offset": 1}).json()
     assert page["chunks_duplicate"] == 2 and page["duplicates"] == listed["duplicates"][1:], page
     bad = client.get(f"/jobs/{job_id}/duplicates", params={"limit": 0})

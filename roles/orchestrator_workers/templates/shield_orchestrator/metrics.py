@@ -58,6 +58,11 @@ class Metrics:
         self.chunks_skipped = Counter(
             "shield_chunks_skipped", "Chunks of cancelled jobs acked without being processed", registry=r
         )
+        self.chunks_duplicate = Counter(
+            "shield_chunks_duplicate",
+            "Chunks whose text the graph already held (content duplicates: processed, listed per job)",
+            registry=r,
+        )
         self.active_workers = Gauge("shield_active_workers", "Workers running in this process", registry=r)
         self.configured_workers = Gauge(
             "shield_configured_workers", "Workers this process is configured to run", registry=r

@@ -152,7 +152,7 @@ class Service:
         gate = DependencyGate(PauseReporter(publisher, metrics, settings.hostname))
         watch = CallWatch(settings.llm_stall_seconds, endpoint_addresses(settings), metrics)
         slots = LLMSlots.build(settings, redis, metrics)
-        lock, ledger = workspace_lock(settings, redis, keys, metrics), JobLedger(tracker, publisher)
+        lock, ledger = workspace_lock(settings, redis, keys, metrics), JobLedger(tracker, publisher, metrics)
         processor = processor_factory(settings, gate, lock, watch, slots, ledger)
         heartbeats = Heartbeats(redis, keys, host=settings.hostname, ttl_seconds=settings.heartbeat_ttl_seconds)
         pool = WorkerPool(

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from ..events.bus import EventPublisher
 from ..events.types import EventType
+from ..metrics import Metrics
 from ..queue.tasks import RETIRE, ChunkTask
 from .tracker import JobTracker, RetireState
 from .views import duplicate_chunks
@@ -23,12 +24,14 @@ class JobLedger:
       `documents.deleted` event naming the documents;
     - the chunks whose text LightRAG already held (a content duplicate: processed,
       not a failure), each with the document that holds the text: the job's
-      duplicates hash and `chunks_duplicate` count, and a `chunks.duplicate` event.
+      duplicates hash and `chunks_duplicate` count, a `chunks.duplicate` event and
+      shield_chunks_duplicate_total.
     Answers where a replace job's retire stands."""
 
-    def __init__(self, tracker: JobTracker, events: EventPublisher) -> None:
+    def __init__(self, tracker: JobTracker, events: EventPublisher, metrics: Metrics | None = None) -> None:
         self._tracker = tracker
         self._events = events
+        self._metrics = metrics
 
     async def record(self, task: ChunkTask, doc_ids: Sequence[str]) -> None:
         if doc_ids or task.op == RETIRE:
@@ -54,6 +57,8 @@ class JobLedger:
             return
         added = await self._tracker.record_duplicates(job_id, holders)
         if added > 0:
+            if self._metrics is not None:
+                self._metrics.chunks_duplicate.inc(added)
             self._events.publish(
                 EventType.CHUNKS_DUPLICATE,
                 {"job_id": job_id, "chunks": list(duplicate_chunks(holders)[:DOC_IDS_IN_EVENT])},
