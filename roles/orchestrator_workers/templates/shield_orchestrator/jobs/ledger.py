@@ -28,7 +28,7 @@ class JobLedger:
       shield_chunks_duplicate_total.
     Answers where a replace job's retire stands."""
 
-    def __init__(self, tracker: JobTracker, events: EventPublisher, metrics: Metrics | None = None) -> None:
+    def __init__(self, tracker: JobTracker, events: EventPublisher, metrics: Metrics) -> None:
         self._tracker = tracker
         self._events = events
         self._metrics = metrics
@@ -57,8 +57,7 @@ class JobLedger:
             return
         added = await self._tracker.record_duplicates(job_id, holders)
         if added > 0:
-            if self._metrics is not None:
-                self._metrics.chunks_duplicate.inc(added)
+            self._metrics.chunks_duplicate.inc(added)
             self._events.publish(
                 EventType.CHUNKS_DUPLICATE,
                 {"job_id": job_id, "chunks": list(duplicate_chunks(holders)[:DOC_IDS_IN_EVENT])},

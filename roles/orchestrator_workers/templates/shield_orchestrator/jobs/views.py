@@ -5,12 +5,13 @@ answer in them."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from typing_extensions import TypedDict
+
+from ..queue.tasks import job_of_document
 
 
 class JobCounts(TypedDict):
@@ -116,13 +117,9 @@ class DuplicateChunk(TypedDict):
     holder_job_id: str | None
 
 
-HOLDER = re.compile(r"^chunk-(?P<job>.+)-(?P<index>[0-9]+)$")
-
-
 def duplicate_chunks(holders: Mapping[int, str]) -> list[DuplicateChunk]:
     """Index -> holding document, as the public list (by index)."""
     found: list[DuplicateChunk] = []
     for index, document in sorted(holders.items()):
-        match = HOLDER.match(document)
-        found.append({"index": index, "document": document, "holder_job_id": match["job"] if match else None})
+        found.append({"index": index, "document": document, "holder_job_id": job_of_document(document)})
     return found

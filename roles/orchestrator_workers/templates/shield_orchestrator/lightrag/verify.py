@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from typing_extensions import TypedDict
 
+from ..queue.tasks import chunk_doc_id
 from .boundary import DocRecord, LightRAGInstance
 from .feeder import doc_status, field_of
 
@@ -48,10 +49,6 @@ class JobVerifier(Protocol):
     """A processor that can read a job's chunks back from where it put them."""
 
     async def verify(self, job_id: str, indexes: Sequence[int]) -> JobVerification: ...
-
-
-def chunk_doc_id(job_id: str, index: int) -> str:
-    return f"chunk-{job_id}-{index}"
 
 
 def chunk_indexes(job_type: str, chunks_total: int) -> range | None:

@@ -7,6 +7,7 @@ then its chunks (`after_retire`: they enter LightRAG once the removal is done)."
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,21 @@ DELETE = "delete"
 RETIRE = "retire"
 OPS = frozenset({INGEST, DELETE, RETIRE})
 REMOVALS = frozenset({DELETE, RETIRE})  # the ops that take documents out of the graph
+
+
+CHUNK_DOCUMENT = re.compile(r"^chunk-(?P<job>.+)-(?P<index>[0-9]+)$")
+
+
+def chunk_doc_id(job_id: str, index: int) -> str:
+    """The LightRAG document of a job's chunk: the same for every delivery of it."""
+    return f"chunk-{job_id}-{index}"
+
+
+def job_of_document(doc_id: str) -> str | None:
+    """The job whose chunk a LightRAG document is (chunk_doc_id's inverse); None for a
+    document this service did not write."""
+    match = CHUNK_DOCUMENT.match(doc_id)
+    return match["job"] if match else None
 
 
 class MalformedEntry(ValueError):
@@ -45,7 +61,7 @@ class ChunkTask:
     @property
     def doc_id(self) -> str:
         """LightRAG document id: stable across redeliveries of the same chunk."""
-        return f"chunk-{self.job_id}-{self.index}"
+        return chunk_doc_id(self.job_id, self.index)
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: Mapping[str, str], stream: str = "") -> ChunkTask:

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from ...jobs.tracker import RetireState
-from ...queue.tasks import RETIRE, ChunkTask
+from ...queue.tasks import RETIRE, ChunkTask, job_of_document
 from ...workers.faults import STORAGE, Failure, classify_exception, classify_message, job_cancelled, transient
 from ...workers.processor import Admission
 from ..boundary import DocRecord, LightRAGInstance
@@ -89,8 +89,7 @@ def targets_of(task: ChunkTask, docs: dict[str, DocRecord]) -> list[str]:
         return [task.doc_ref]
     found = documents_of_source(docs, task.source_uri)
     if task.op == RETIRE:
-        own = f"chunk-{task.job_id}-"
-        found = [doc_id for doc_id in found if not doc_id.startswith(own)]
+        found = [doc_id for doc_id in found if job_of_document(doc_id) != task.job_id]
     return found
 
 
