@@ -384,6 +384,69 @@ async def test_a_failed_document_is_reset_and_processed_again(rag: Any, models: 
     assert statuses_on_disk(rag) == dict.fromkeys(IDS[:2], "processed")
 
 
+async def process_again(rag: Any, doc_id: str) -> Any:
+    """The document back to PENDING as the feeder puts a FAILED one (its chunks
+    kept, so LightRAG's resume purge runs), processed; its doc-status row after."""
+    (row,) = (await rag.aget_docs_by_ids([doc_id])).values()
+    content = await rag.full_docs.get_by_id(doc_id)
+    update, _path, _meta = rag._build_pending_reset_update(_status_object(row), content)
+    await rag.doc_status.upsert({doc_id: update})
+    await rag.apipeline_process_enqueue_documents()
+    (row,) = (await rag.aget_docs_by_ids([doc_id])).values()
+    return row
+
+
+async def test_an_attempt_stopped_after_the_resume_purge_leaves_a_document_lightrag_processes_again(
+    rag: Any, models: OfflineModels, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """A document processed again (after a kill mid-merge, a retry) is first purged by
+    LightRAG, anchors included, its kg_write_state left graph_mutation_started; the new
+    attempt stages its chunks before its merge writes anchors. Stopped in between (here
+    the LLM refuses the text; in the kill test, a kill), the document has chunks, the
+    marker and no anchors. With commit/anchors.py's patch the anchors are empty from
+    the purge's end and the next attempt processes it, the graph consistent on disk;
+    unpatched (a second instance), LightRAG refuses every later attempt
+    (RecoveryAnchorMissingError). Fails when LightRAG closes the window itself (drop
+    the patch then), or when the resume purge no longer ends in `_clear_kg_purge_journal`."""
+    from lightrag import LightRAG
+    from shield_orchestrator.lightrag.commit.anchors import patch_resume_anchors
+
+    patch_resume_anchors()
+    patched = LightRAG._clear_kg_purge_journal
+
+    async def stop_after_the_resume_purge(rag: Any, doc_id: str) -> None:
+        await insert(rag, [doc_id])
+        (row,) = (await rag.aget_docs_by_ids([doc_id])).values()
+        assert row["metadata"]["kg_write_state"] == "graph_mutation_started"
+        await rag.doc_status.upsert({doc_id: {**row, "status": "failed"}})  # as an interrupted attempt
+        marker = TEXTS[doc_id].split(".")[0]
+        models.fail_on.add(marker)
+        try:
+            stopped = await process_again(rag, doc_id)
+        finally:
+            models.fail_on.discard(marker)
+        assert status_value(stopped) == "failed" and stopped["chunks_list"], stopped
+        assert stopped["metadata"]["kg_write_state"] == "graph_mutation_started"
+
+    await stop_after_the_resume_purge(rag, IDS[1])
+    assert (await rag.full_entities.get_by_id(IDS[1]) or {}).get("entity_names") == []
+    done = await process_again(rag, IDS[1])
+    assert status_value(done) == "processed", done
+    assert (await rag.full_entities.get_by_id(IDS[1]) or {}).get("entity_names")
+    await check_from_disk(rag, tmp_path / "reopened")
+
+    monkeypatch.setattr(LightRAG, "_clear_kg_purge_journal", patched.__wrapped__)
+    unpatched = offline_rag(tmp_path / "unpatched", models)
+    await unpatched.initialize_storages()
+    try:
+        await stop_after_the_resume_purge(unpatched, IDS[0])
+        assert await unpatched.full_entities.get_by_id(IDS[0]) is None  # LightRAG's own window
+        refused = await process_again(unpatched, IDS[0])
+    finally:
+        await unpatched.finalize_storages()
+    assert status_value(refused) == "failed" and "recovery anchor" in refused["error_msg"], refused
+
+
 # --------------------------------------------------------------------------
 # The group flush: LightRAG's per-document `_insert_done`, replaced
 # --------------------------------------------------------------------------

@@ -30,7 +30,16 @@ from ..workers.processor import Admission, BatchResult, admit_all, batch_result
 from ..workers.stalls import CallWatch
 from .boundary import LightRAGInstance, PostgresDB, TextTokenizer, require_pinned_lightrag
 from .clients import Endpoint, embed_function, llm_function
-from .commit import KILL_AT_ENV, GroupCommit, GroupFlush, commit_continuously, patch_vector_save, recover, share_flushes
+from .commit import (
+    KILL_AT_ENV,
+    GroupCommit,
+    GroupFlush,
+    commit_continuously,
+    patch_resume_anchors,
+    patch_vector_save,
+    recover,
+    share_flushes,
+)
 from .extract import Extractor
 from .feeder import Duplicates, LightRAGFeeder
 from .fence import fence_report, fence_writes
@@ -548,6 +557,7 @@ async def open_lightrag(s: Settings, gate: DependencyGate, endpoints: Endpoints)
     # touch them (merge/locks.py); a merge's LLM summary is made after its lock (merge/summaries.py).
     patch_relation_locks()
     patch_deferred_summaries()
+    patch_resume_anchors()  # a document purged for its next attempt keeps a proof (commit/anchors.py)
     patch_rebuild_attribution()  # a delete rebuilds what it shared from each chunk's cache list (handlers/delete.py)
     lock_endpoint_reads(rag.chunk_entity_relation_graph)
     await rag.initialize_storages()

@@ -6,8 +6,11 @@ the mutations back while it writes (gate.py), under an undo journal that
 kills the process at a step (faults.py); the buffered vectors embedded
 before the gate is taken (embed_ahead.py). On PostgreSQL, LightRAG's own
 per-document flush shared by the documents in flight (flush.py). And the
-streaming writer of the file vector storages (vector_save.py)."""
+streaming writer of the file vector storages (vector_save.py). On both, the
+recovery anchors of a document whose earlier attempt LightRAG purged, so that
+an attempt stopped before its merge leaves it processable (anchors.py)."""
 
+from .anchors import patch_resume_anchors
 from .faults import KILL_AT_ENV
 from .flush import GroupFlush, share_flushes
 from .group import CommitError, GroupCommit, commit_continuously
@@ -21,6 +24,7 @@ __all__ = [
     "GroupFlush",
     "JournalError",
     "commit_continuously",
+    "patch_resume_anchors",
     "patch_vector_save",
     "recover",
     "share_flushes",
