@@ -519,11 +519,12 @@ def describe(result: dict[str, float]) -> str:
 
 async def run_w6(rctx: RealContext, cfg: Config, storage: str = "local") -> dict[str, Any]:
     """W6: 300 chunks into a graph pre-filled with 0, 2,000 and 5,000 documents (a
-    fixture, copied for every run), this service and lightrag-server, stand-in at once.
-    `storage`: LightRAG's local file storages (cached fixtures), or its PostgreSQL
-    storages in a PostgreSQL 17 + pgvector container (bench/pg_container.py)."""
+    fixture, copied for every run), every contestant (the service, lightrag-server,
+    LightRAG in-process and the true floor), stand-in at once. `storage`: LightRAG's
+    local file storages (cached fixtures), or its PostgreSQL storages in a
+    PostgreSQL 17 + pgvector container (bench/pg_container.py)."""
     n, sizes = cfg.sizes.w6_chunks, sorted(cfg.sizes.w6_docs)
-    names = tuple(c for c in cfg.contestants if c in (SERVICE, SERVER))
+    names = tuple(cfg.contestants)
     pg: PgvectorServer | None = None
     if storage == "postgres":
         pg = await asyncio.to_thread(PgvectorServer.start)
@@ -608,9 +609,19 @@ async def _w6_rounds(
         "fixture_docs": sizes,
         "fixture": fixtures,
         "contestants": table,
+        "ratios_by_docs": {
+            str(size): {
+                f"service_to_{peer.replace('-', '_')}": per_round_ratio(
+                    [r[size] for r in rounds], SERVICE, peer, "chunks_per_s"
+                )
+                for peer in (SERVER, FLOOR)
+            }
+            for size in sizes
+        },
         "figures_note": (
             f"rate_ratio_last_to_first = chunks/s at {last:,} documents / at {first:,} (per round); "
-            f"rss_growth_mb = peak RSS at {last:,} - at {first:,}"
+            f"rss_growth_mb = peak RSS at {last:,} - at {first:,}; ratios_by_docs: the service's "
+            "chunks/s over each contestant's, median (min, max) of the per-round ratios"
         ),
         "failed": errors,
     }
@@ -884,6 +895,10 @@ def build_table(results: dict[str, Any]) -> str:
             rows.append(row("", f"{name}: RSS growth {first:,} -> {last:,}", entry.get("rss_growth_mb"), "MB"))
             if "reason" in entry:
                 rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
+        for docs, ratios in w6.get("ratios_by_docs", {}).items():
+            for key, peer in (("service_to_lightrag_server", SERVER), ("service_to_lightrag_floor", FLOOR)):
+                if ratios.get(key):
+                    rows.append(row("", f"ratio service / {peer} at {int(docs):,} docs", ratios[key], "x"))
     if "w7_priority" in w:
         rows += w7_rows(w["w7_priority"])
     rows += pipeline_rows(w)

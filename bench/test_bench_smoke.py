@@ -149,7 +149,7 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
     for key in ("w6_growth", "w6pg_growth"):  # local storages, then PostgreSQL (pgvector container)
         w6 = workloads[key]
         assert len(w6["fixture_docs"]) >= 2 and w6["fixture_docs"][0] == 0
-        assert set(w6["contestants"]) == {"shield-orchestrator", "lightrag-server"}
+        assert set(w6["contestants"]) == set(REAL)  # every contestant, the true floor included (issue 21)
         storages = "PostgreSQL storages" if key == "w6pg_growth" else "local storages"
         for name, entry in w6["contestants"].items():
             assert entry["status"] == "ok", (key, name, entry)
@@ -165,6 +165,9 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
             assert_fair(f"{key} at {docs}", cell, slots, results["meta"]["lightrag_settings"]["llm_cache"])
             assert positive(entry["rate_ratio_last_to_first"]), (key, name)
             assert number(median(entry["rss_growth_mb"])), (key, name)
+        for docs in w6["fixture_docs"]:  # the service's rate over each peer's, at every size
+            ratios = w6["ratios_by_docs"][str(docs)]
+            assert positive(ratios["service_to_lightrag_server"]) and positive(ratios["service_to_lightrag_floor"])
         prefix = key.split("_", 1)[0]
         assert number(results[f"{prefix}_rate_ratio_last_to_first"]) and number(results[f"{prefix}_rss_growth_mb"])
     assert workloads["w6pg_growth"]["storage"].startswith("postgresql")
