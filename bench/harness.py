@@ -517,6 +517,9 @@ def describe(result: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+W6_RATIOS = {"service_to_lightrag_server": SERVER, "service_to_lightrag_floor": FLOOR}  # W6's ratios_by_docs
+
+
 async def run_w6(rctx: RealContext, cfg: Config, storage: str = "local") -> dict[str, Any]:
     """W6: 300 chunks into a graph pre-filled with 0, 2,000 and 5,000 documents (a
     fixture, copied for every run), every contestant (the service, lightrag-server,
@@ -611,10 +614,8 @@ async def _w6_rounds(
         "contestants": table,
         "ratios_by_docs": {
             str(size): {
-                f"service_to_{peer.replace('-', '_')}": per_round_ratio(
-                    [r[size] for r in rounds], SERVICE, peer, "chunks_per_s"
-                )
-                for peer in (SERVER, FLOOR)
+                key: per_round_ratio([r[size] for r in rounds], SERVICE, peer, "chunks_per_s")
+                for key, peer in W6_RATIOS.items()
             }
             for size in sizes
         },
@@ -896,7 +897,7 @@ def build_table(results: dict[str, Any]) -> str:
             if "reason" in entry:
                 rows.append(["", f"  {entry['reason'][:90]}", "", "", "", "", ""])
         for docs, ratios in w6.get("ratios_by_docs", {}).items():
-            for key, peer in (("service_to_lightrag_server", SERVER), ("service_to_lightrag_floor", FLOOR)):
+            for key, peer in W6_RATIOS.items():
                 if ratios.get(key):
                     rows.append(row("", f"ratio service / {peer} at {int(docs):,} docs", ratios[key], "x"))
     if "w7_priority" in w:

@@ -30,9 +30,6 @@ from __future__ import annotations
 
 from typing import Any
 
-EMPTY_ENTITIES = {"entity_names": [], "count": 0}
-EMPTY_RELATIONS = {"relation_pairs": [], "count": 0}
-
 
 def patch_resume_anchors() -> None:
     """Empty anchors written when LightRAG's resume purge completes (module
@@ -44,8 +41,8 @@ def patch_resume_anchors() -> None:
         return
 
     async def clear_kg_purge_journal(self: Any, doc_id: str, **kwargs: Any) -> None:
-        await self.full_entities.upsert({doc_id: dict(EMPTY_ENTITIES)})
-        await self.full_relations.upsert({doc_id: dict(EMPTY_RELATIONS)})
+        await self.full_entities.upsert({doc_id: {"entity_names": [], "count": 0}})
+        await self.full_relations.upsert({doc_id: {"relation_pairs": [], "count": 0}})
         await self._flush_storages([self.full_entities, self.full_relations])  # before the journal goes
         await original(self, doc_id, **kwargs)
 
